@@ -1,0 +1,205 @@
+"""The ``dicom-cae`` command line: a thin layer over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from dicom_cae import __version__
+
+LOGGER = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
+
+
+def _quality(text: str) -> int:
+    try:
+        q = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 1 <= q <= 100:
+        raise argparse.ArgumentTypeError(f"JPEG quality must be in 1..100, got {q}")
+    return q
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def _qualities(text: str) -> tuple[int, ...]:
+    return tuple(_quality(t) for t in text.split(",") if t.strip())
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="NAME", help="model name (see 'dicom-cae models'); default: blockres")
+    p.add_argument("--weights", metavar="FILE", help="weights file (.weights.h5) instead of the shipped ones")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dicom-cae",
+        description="JPEG compression with autoencoder reconstruction for DICOM images.",
+    )
+    parser.add_argument("--version", action="version", version=f"dicom-cae {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more (per-file messages)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    from dicom_cae.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_QUALITY
+
+    c = sub.add_parser("convert", help="convert a folder of DICOM files into derived reconstructed series")
+    c.add_argument("src", metavar="SRC", help="a DICOM file or a folder (searched recursively)")
+    c.add_argument("dst", metavar="DST", help="output folder: DST/<study>/<series>/<instance>.dcm")
+    c.add_argument("--quality", type=_quality, default=DEFAULT_QUALITY, metavar="Q", help=f"JPEG quality 1-100 (default {DEFAULT_QUALITY})")
+    _add_model_args(c)
+    c.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE, metavar="N", help=f"images per model batch (default {DEFAULT_BATCH_SIZE})")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    t = sub.add_parser("train", help="train a model through the same normalize and JPEG path")
+    t.add_argument("data", nargs="+", metavar="DATA", help="training folders")
+    t.add_argument("--val", nargs="+", required=True, metavar="DATA", help="validation folders (other patients)")
+    t.add_argument("--model", default="blockres", metavar="NAME", help="architecture (default blockres)")
+    t.add_argument("--epochs", type=_positive, default=5, help="epochs (default 5)")
+    t.add_argument("--passes", type=_positive, default=1, help="passes over the training set per epoch, each with new JPEG qualities and flips (default 1)")
+    t.add_argument("--batch-size", type=_positive, default=16, help="batch size (default 16)")
+    t.add_argument("--learning-rate", type=float, default=3e-4, help="initial learning rate, cosine decay (default 3e-4)")
+    t.add_argument("--qualities", type=_qualities, help="JPEG qualities to train at, comma separated (default 1-50 spread; one value trains a single-quality model)")
+    t.add_argument("--val-qualities", type=_qualities, help="JPEG qualities to validate at after each epoch (default 1,10)")
+    t.add_argument("--ssim-weight", type=float, default=0.005, help="weight of (1 - SSIM) added to the MSE loss (default 0.005; 0 for MSE only)")
+    t.add_argument("--no-augment", action="store_true", help="no flips or transposes")
+    t.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPU)")
+    t.add_argument("--init-weights", metavar="FILE", help="start from these weights")
+    t.add_argument("--out", default="runs/train", metavar="DIR", help="output folder (default runs/train)")
+    t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    m = sub.add_parser("models", help="list the models and the weights that ship")
+    m.add_argument("--json", action="store_true", help="print the model cards as JSON")
+
+    # Commands of other installed packages (the DICOM node's 'serve'), found by entry point.
+    for ep in entry_points(group="dicom_cae.commands"):
+        try:
+            ep.load()(sub)
+        except ImportError as exc:  # a broken plugin must not take the other commands down
+            print(f"dicom-cae: command {ep.name!r} unavailable: {exc}", file=sys.stderr)
+    return parser
+
+
+def _load_model(args: argparse.Namespace):
+    from dicom_cae.model import load
+
+    return load(args.model, weights=args.weights)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from dicom_cae.convert import ERRORS_FILE, convert
+    from dicom_cae.pipeline import Pipeline
+
+    src = Path(args.src)
+    if not src.exists():
+        print(f"dicom-cae convert: error: {src} does not exist", file=sys.stderr)
+        return EXIT_USAGE
+    recon = _load_model(args)
+    pipe = Pipeline(recon, batch_size=args.batch_size)
+    s = convert(src, args.dst, pipe, quality=args.quality, progress=not args.no_progress)
+    rate = s.frames / s.seconds if s.seconds else 0.0
+    print(
+        f"converted {s.converted} instance(s) ({s.frames} image(s)) in {s.seconds:.1f} s ({rate:.1f} images/s) "
+        f"with {recon.short_id} at JPEG quality {args.quality}; "
+        f"{s.skipped_done} already done, {len(s.duplicates)} duplicate(s), {len(s.not_images)} not image(s), "
+        f"{len(s.not_dicom)} not DICOM, "
+        f"{len(s.failed)} failed; "
+        f"{len(s.studies)} study report(s) in {args.dst}"
+    )
+    for e in s.failed:
+        print(f"  failed: {e}", file=sys.stderr)
+    for e in s.not_images:
+        print(f"  not converted: {e}", file=sys.stderr)
+    for e in s.duplicates:
+        print(f"  duplicate: {e}", file=sys.stderr)
+    if s.failed or s.not_images or s.duplicates:
+        print(f"  (listed in {Path(args.dst) / ERRORS_FILE})", file=sys.stderr)
+    return s.exit_code
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dicom_cae.model.train import DEFAULT_TRAIN_QUALITIES, DEFAULT_VAL_QUALITIES, TrainConfig, train
+
+    for d in [*args.data, *args.val]:
+        if not Path(d).exists():
+            print(f"dicom-cae train: error: {d} does not exist", file=sys.stderr)
+            return EXIT_USAGE
+    cfg = TrainConfig(
+        model=args.model,
+        train_dirs=tuple(args.data),
+        val_dirs=tuple(args.val),
+        out_dir=args.out,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        train_qualities=args.qualities or DEFAULT_TRAIN_QUALITIES,
+        val_qualities=args.val_qualities or DEFAULT_VAL_QUALITIES,
+        augment=not args.no_augment,
+        seed=args.seed,
+        mixed_precision=args.mixed_precision,
+        init_weights=args.init_weights,
+        ssim_weight=args.ssim_weight,
+        repeats=args.passes,
+    )
+    try:
+        train(cfg)
+    except ValueError as exc:
+        print(f"dicom-cae train: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from dicom_cae.model.architectures import ARCHITECTURES
+    from dicom_cae.model.reconstructor import DEFAULT_MODEL, shipped_cards
+
+    cards = shipped_cards()
+    if args.json:
+        print(json.dumps(cards, indent=2))
+        return EXIT_OK
+    for name, arch in ARCHITECTURES.items():
+        card = cards.get(name)
+        default = " (default)" if name == DEFAULT_MODEL else ""
+        print(f"{name}{default}: {arch.description}")
+        if card:
+            print(f"  weights {card['weights_file']} sha256 {card['sha256'][:16]}...; trained {card['training']['epochs']} epochs on {card['data']['train_images']} images")
+            for q, v in card["validation"]["by_quality"].items():
+                j, m = v["jpeg"], v["model"]
+                print(f"  q{q:>3}: ratio {j['compression_ratio']:.4f}  PSNR {j['psnr']:.2f} -> {m['psnr']:.2f} dB  SSIM {j['ssim']:.4f} -> {m['ssim']:.4f}")
+        else:
+            print("  no weights ship; train it with 'dicom-cae train --model " + name + "'")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from dicom_cae.errors import ModelError
+
+    try:
+        commands = {"convert": cmd_convert, "train": cmd_train, "models": cmd_models}
+        return commands[args.command](args) if args.command in commands else args.func(args)
+    except ModelError as exc:
+        print(f"dicom-cae {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Derived instances: a new series of reconstructed images, built from the source dataset.
+
+Everything that identifies the new objects is passed in explicitly (highdicom's habit);
+inputs are checked before anything is built.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.valuerep import format_number_as_ds
+
+import dicom_cae
+from dicom_cae import image, private_tags
+
+#: Root of every UID dicom-cae makes (pydicom's root, for UIDs derived from an entropy source).
+UID_PREFIX = "1.2.826.0.1.3680043.8.498."
+IMPLEMENTATION_VERSION_NAME = "DICOM_CAE_" + dicom_cae.__version__.replace(".", "")
+SERIES_NUMBER_OFFSET = 7000
+
+# Elements dropped from the copy: they describe the source pixels, not ours.
+_DROP = (
+    "PixelData", "FloatPixelData", "DoubleFloatPixelData", "IconImageSequence",
+    "SmallestImagePixelValue", "LargestImagePixelValue", "SmallestPixelValueInSeries",
+    "LargestPixelValueInSeries", "PixelPaddingValue", "PixelPaddingRangeLimit",
+    "PixelAspectRatio", "RedPaletteColorLookupTableDescriptor", "ExtendedOffsetTable",
+    "ExtendedOffsetTableLengths", "LossyImageCompression", "DerivationDescription",
+    "DerivationCodeSequence", "SourceImageSequence", "PlanarConfiguration",
+)
+# Type 2 attributes of the Patient, General Study, General Series and General Image modules:
+# present, even if empty, in every image IOD. Adding an empty one invents no data.
+_TYPE2 = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+    "ReferringPhysicianName", "StudyID", "AccessionNumber", "InstanceNumber",
+)
+_SPACINGS = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")
+# Enhanced (multi-frame) IODs: Image Type value 2 is PRIMARY by definition, and the MR Pulse
+# Sequence and Bulk Motion attributes are for ORIGINAL or MIXED images only.
+_ENHANCED = {
+    "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR Image Storage
+    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR Image Storage
+    "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT Image Storage
+}
+_ORIGINAL_ONLY = (
+    "PulseSequenceName", "MRAcquisitionType", "EchoPulseSequence", "MultipleSpinEcho",
+    "MultiPlanarExcitation", "PhaseContrast", "TimeOfFlightContrast", "ArterialSpinLabelingContrast",
+    "SteadyStatePulseSequence", "EchoPlanarPulseSequence", "SaturationRecovery",
+    "SpectrallySelectedSuppression", "OversamplingPhase", "GeometryOfKSpaceTraversal",
+    "RectilinearPhaseEncodeReordering", "SegmentedKSpaceTraversal", "CoverageOfKSpace",
+    "NumberOfKSpaceTrajectories", "BulkMotionCompensationTechnique", "BulkMotionSignalSource",
+)
+
+
+@dataclass(frozen=True)
+class DerivedUIDs:
+    series: str
+    instance: str
+
+
+def derived_uids(source: Dataset, *, key: str) -> DerivedUIDs:
+    """Deterministic UIDs: the same source processed with the same ``key`` (model and
+    compression setting) gets the same series and instance UIDs."""
+    return DerivedUIDs(
+        series=generate_uid(UID_PREFIX, entropy_srcs=["series", str(source.SeriesInstanceUID), key]),
+        instance=generate_uid(UID_PREFIX, entropy_srcs=["instance", str(source.SOPInstanceUID), key]),
+    )
+
+
+def _ds(value: float) -> str:
+    return format_number_as_ds(float(value))
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue = value
+    item.CodingSchemeDesignator = scheme
+    item.CodeMeaning = meaning
+    return item
+
+
+def _mend_decimal_strings(ds: Dataset) -> None:
+    """Rewrite DS values longer than 16 characters (an error in the source) in 16 or fewer."""
+    for elem in ds.iterall():
+        if elem.VR != "DS" or elem.value is None or elem.value == "":
+            continue
+        values = elem.value if elem.VM > 1 else [elem.value]
+        if any(len(str(getattr(v, "original_string", v) or "")) > 16 for v in values):
+            fixed = [format_number_as_ds(float(v)) for v in values]
+            elem.value = fixed if elem.VM > 1 else fixed[0]
+
+
+def derive(
+    source: Dataset,
+    stored: np.ndarray,
+    norm: image.Normalization,
+    *,
+    uids: DerivedUIDs,
+    private: dict[str, Any],
+    derivation: str,
+    compression_ratio: float,
+    now: dt.datetime | None = None,
+) -> Dataset:
+    """A new image instance holding ``stored`` (frames, 256, 256) in the source's pixel format.
+
+    ``compression_ratio`` is original/compressed, as Lossy Image Compression Ratio defines it.
+    ``private`` holds every value of the private block (see private_tags).
+
+    Raises:
+        ValueError: ``stored`` does not match the source's frame count or the normalization.
+    """
+    frames = int(source.get("NumberOfFrames", 1) or 1)
+    if stored.shape != (frames, image.SIZE, image.SIZE):
+        raise ValueError(f"stored pixels have shape {stored.shape}, expected ({frames}, 256, 256)")
+    if stored.dtype != norm.dtype:
+        raise ValueError(f"stored pixels are {stored.dtype}, expected {norm.dtype}")
+    now = now or dt.datetime.now()
+
+    ds = Dataset()
+    for elem in source:
+        if elem.tag.is_private or elem.keyword in _DROP or elem.tag.group in (0x0002,):
+            continue
+        if 0x6000 <= elem.tag.group <= 0x60FF or 0x5000 <= elem.tag.group <= 0x50FF:
+            continue  # overlays and curves are drawn on the source grid
+        ds.add(copy.deepcopy(elem))
+    _mend_decimal_strings(ds)
+    for kw in _TYPE2:
+        if kw not in ds:
+            setattr(ds, kw, "" if kw != "InstanceNumber" else None)
+
+    ds.SOPClassUID = source.SOPClassUID
+    ds.SOPInstanceUID = uids.instance
+    ds.SeriesInstanceUID = uids.series
+    ds.SeriesNumber = (int(source.get("SeriesNumber") or 0) + SERIES_NUMBER_OFFSET) % 2**31
+    ds.SeriesDescription = f"CAE {private['ModelName']} q{private['JPEGQuality']} of {source.get('SeriesDescription', '')}".strip()[:64]
+    ds.InstanceCreationDate = now.strftime("%Y%m%d")
+    ds.InstanceCreationTime = now.strftime("%H%M%S")
+    ds.ContentDate = ds.InstanceCreationDate
+    ds.ContentTime = ds.InstanceCreationTime
+
+    old_type = [str(v) for v in (source.get("ImageType") or [])]
+    enhanced = str(source.SOPClassUID) in _ENHANCED
+    if enhanced:
+        ds.ImageType = ["DERIVED", *(old_type[1:] or ["PRIMARY"])]
+        for kw in _ORIGINAL_ONLY:
+            if kw in ds:
+                del ds[kw]
+    else:
+        ds.ImageType = ["DERIVED", "SECONDARY", *old_type[2:]]
+    ds.DerivationDescription = derivation[:1024]
+    ds.DerivationCodeSequence = Sequence([_code("113040", "DCM", "Lossy Compression")])
+    src_ref = Dataset()
+    src_ref.ReferencedSOPClassUID = source.SOPClassUID
+    src_ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    src_ref.PurposeOfReferenceCodeSequence = Sequence([_code("121320", "DCM", "Uncompressed predecessor")])
+    ds.SourceImageSequence = Sequence([src_ref])
+
+    # Lossy history accumulates: earlier lossy steps keep their ratios and methods.
+    was_lossy = str(source.get("LossyImageCompression", "00")) == "01"
+    ratios = [str(v) for v in _as_list(source.get("LossyImageCompressionRatio"))] if was_lossy else []
+    methods = [str(v) for v in _as_list(source.get("LossyImageCompressionMethod"))] if was_lossy else []
+    ds.LossyImageCompression = "01"
+    ds.LossyImageCompressionRatio = [*ratios, _ds(compression_ratio)]
+    ds.LossyImageCompressionMethod = [*methods, "ISO_10918_1"]
+
+    # Pixel module: our grid and the source's pixel format.
+    ds.Rows = image.SIZE
+    ds.Columns = image.SIZE
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = source.PhotometricInterpretation
+    ds.BitsAllocated = norm.bits_allocated
+    ds.BitsStored = norm.bits_stored
+    ds.HighBit = norm.bits_stored - 1
+    ds.PixelRepresentation = norm.pixel_representation
+    row_scale = norm.src_rows / image.SIZE
+    col_scale = norm.src_cols / image.SIZE
+    for kw in _SPACINGS:
+        if kw in ds and ds[kw].VM == 2:
+            r, c = (float(v) for v in ds[kw].value)
+            ds[kw].value = [_ds(r * row_scale), _ds(c * col_scale)]
+    _scale_functional_groups(ds, row_scale, col_scale)
+    if not any(kw in ds for kw in _SPACINGS) and row_scale != col_scale:
+        # Pixels are no longer square: say so (Type 1C when no spacing is given).
+        ds.PixelAspectRatio = [round(row_scale * 1000), round(col_scale * 1000)]
+    ds.PixelData = np.ascontiguousarray(stored).astype(norm.dtype.newbyteorder("<")).tobytes()
+    ds["PixelData"].VR = "OW" if norm.bits_allocated > 8 else "OB"
+
+    private_tags.write(ds, private)
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    ds.file_meta = meta
+    return ds
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, tuple)) or hasattr(value, "__len__") and not isinstance(value, str):
+        return list(value)
+    return [value]
+
+
+def _scale_functional_groups(ds: Dataset, row_scale: float, col_scale: float) -> None:
+    """Enhanced (multi-frame) objects keep their pixel spacing in the functional groups."""
+    for seq_kw in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        for group in ds.get(seq_kw) or []:
+            for measures in group.get("PixelMeasuresSequence") or []:
+                if "PixelSpacing" in measures and measures["PixelSpacing"].VM == 2:
+                    r, c = (float(v) for v in measures.PixelSpacing)
+                    measures.PixelSpacing = [_ds(r * row_scale), _ds(c * col_scale)]
+            for ftype in group.get("MRImageFrameTypeSequence") or group.get("CTImageFrameTypeSequence") or []:
+                if "FrameType" in ftype:
+                    ftype.FrameType = ["DERIVED", *[str(v) for v in ftype.FrameType][1:]]

@@ -1,0 +1,176 @@
+"""Pixel data to normalized 256x256 images in [0, 1], and back to stored values.
+
+No TensorFlow here: numpy, pydicom and Pillow only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut
+
+from dicom_cae.errors import DicomInputError, NotAnImageError
+
+SIZE = 256
+GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How one instance's frames were mapped to [0, 1]; enough to map reconstructions back.
+
+    ``lo`` and ``hi`` are per frame, in modality units (after the Modality LUT): ``lo`` maps
+    to 0 and ``hi`` to 1 (to 1 and 0 for MONOCHROME1, so that 1 is always bright on display).
+    Stored values are ``(modality - intercept) / slope``, clipped to the output's bit range.
+    """
+
+    lo: tuple[float, ...]
+    hi: tuple[float, ...]
+    invert: bool
+    src_rows: int
+    src_cols: int
+    slope: float
+    intercept: float
+    bits_allocated: int
+    bits_stored: int
+    pixel_representation: int
+
+    @property
+    def stored_min(self) -> int:
+        return -(1 << (self.bits_stored - 1)) if self.pixel_representation else 0
+
+    @property
+    def stored_max(self) -> int:
+        if self.pixel_representation:
+            return (1 << (self.bits_stored - 1)) - 1
+        return (1 << self.bits_stored) - 1
+
+    @property
+    def dtype(self) -> np.dtype:
+        kind = "i" if self.pixel_representation else "u"
+        return np.dtype(f"<{kind}{self.bits_allocated // 8}")
+
+    @property
+    def resampled(self) -> bool:
+        return (self.src_rows, self.src_cols) != (SIZE, SIZE)
+
+
+def check_image(ds: Dataset, source: str) -> None:
+    """Raise NotAnImageError unless ``ds`` holds a grayscale image that we can process."""
+    if "PixelData" not in ds:
+        kind = getattr(ds.get("SOPClassUID"), "name", None) or str(ds.get("SOPClassUID", "unknown"))
+        raise NotAnImageError(source, f"no Pixel Data: not an image object ({kind})")
+    spp = int(ds.get("SamplesPerPixel", 1))
+    pi = str(ds.get("PhotometricInterpretation", "")).strip()
+    if spp != 1 or pi not in GRAYSCALE:
+        raise NotAnImageError(
+            source,
+            f"not a grayscale image (PhotometricInterpretation {pi or 'missing'}, "
+            f"SamplesPerPixel {spp}); only MONOCHROME1/MONOCHROME2 are processed",
+        )
+    bits = int(ds.get("BitsAllocated", 0))
+    if bits not in (8, 16):
+        raise NotAnImageError(source, f"BitsAllocated {bits} is not supported (8 or 16 bits per pixel)")
+    for kw in ("Rows", "Columns"):
+        if int(ds.get(kw, 0) or 0) < 8:
+            raise DicomInputError(source, f"{kw} is missing or smaller than 8")
+
+
+def modality_frames(ds: Dataset, source: str) -> np.ndarray:
+    """Decode all frames and apply the Modality LUT: float64 array (frames, rows, cols).
+
+    Raises:
+        NotAnImageError: no pixel data, or not grayscale.
+        DicomInputError: pixel data that no installed decoder handles, or that is truncated.
+    """
+    check_image(ds, source)
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # pydicom raises NotImplementedError, ValueError, RuntimeError...
+        tsyntax = getattr(ds.file_meta, "TransferSyntaxUID", None) if "file_meta" in ds.__dict__ else None
+        ts = getattr(tsyntax, "name", None) or str(tsyntax or "unknown transfer syntax")
+        raise DicomInputError(source, f"cannot decode Pixel Data ({ts}): {exc}") from exc
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    arr = arr.reshape(frames, int(ds.Rows), int(ds.Columns))
+    if "ModalityLUTSequence" in ds:
+        raise NotAnImageError(source, "a Modality LUT Sequence (non-linear) is not supported")
+    return np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+
+
+def _resample(frame: np.ndarray) -> np.ndarray:
+    if frame.shape == (SIZE, SIZE):
+        return frame.astype(np.float32)
+    # Pillow's Lanczos widens its kernel by the scale factor when it shrinks: anti-aliased.
+    img = Image.fromarray(frame.astype(np.float32), mode="F")
+    out = img.resize((SIZE, SIZE), Image.Resampling.LANCZOS)
+    return np.asarray(out, dtype=np.float32)
+
+
+def normalize(ds: Dataset, source: str) -> tuple[np.ndarray, Normalization]:
+    """Frames of ``ds`` as float32 (frames, 256, 256) in [0, 1], with the mapping used.
+
+    Each frame is scaled by its own min and max (in modality units), inverted for
+    MONOCHROME1, then resampled to 256x256 with an anti-aliasing filter.
+
+    Raises:
+        NotAnImageError, DicomInputError: as modality_frames.
+    """
+    values = modality_frames(ds, source)
+    invert = str(ds.PhotometricInterpretation).strip() == "MONOCHROME1"
+    out = np.empty((values.shape[0], SIZE, SIZE), dtype=np.float32)
+    los, his = [], []
+    for i, frame in enumerate(values):
+        lo, hi = float(frame.min()), float(frame.max())
+        span = hi - lo if hi > lo else 1.0
+        unit = (frame - lo) / span
+        if invert:
+            unit = 1.0 - unit
+        out[i] = np.clip(_resample(unit), 0.0, 1.0)
+        los.append(lo)
+        his.append(hi)
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    bits_allocated = int(ds.BitsAllocated)
+    norm = Normalization(
+        lo=tuple(los),
+        hi=tuple(his),
+        invert=invert,
+        src_rows=int(ds.Rows),
+        src_cols=int(ds.Columns),
+        slope=slope,
+        intercept=intercept,
+        bits_allocated=bits_allocated,
+        bits_stored=int(ds.get("BitsStored", bits_allocated) or bits_allocated),
+        pixel_representation=int(ds.get("PixelRepresentation", 0) or 0),
+    )
+    return out, norm
+
+
+def _span(norm: Normalization) -> tuple[np.ndarray, np.ndarray]:
+    lo = np.asarray(norm.lo, dtype=np.float64)[:, None, None]
+    hi = np.asarray(norm.hi, dtype=np.float64)[:, None, None]
+    return lo, np.where(hi > lo, hi - lo, 1.0)
+
+
+def to_stored(unit: np.ndarray, norm: Normalization) -> np.ndarray:
+    """Map images in [0, 1] (frames, 256, 256) back to the source's stored values and dtype."""
+    lo, span = _span(norm)
+    x = np.asarray(unit, dtype=np.float64)
+    if norm.invert:
+        x = 1.0 - x
+    modality = lo + x * span
+    stored = np.rint((modality - norm.intercept) / norm.slope)
+    return np.clip(stored, norm.stored_min, norm.stored_max).astype(norm.dtype)
+
+
+def from_stored(stored: np.ndarray, norm: Normalization) -> np.ndarray:
+    """Inverse of to_stored (up to its rounding): stored values to [0, 1] float32 images."""
+    lo, span = _span(norm)
+    modality = stored.astype(np.float64) * norm.slope + norm.intercept
+    x = (modality - lo) / span
+    if norm.invert:
+        x = 1.0 - x
+    return x.astype(np.float32)

@@ -1,0 +1,94 @@
+"""The one place that reads DICOM files from disk."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from dicom_cae.errors import DicomInputError, NotDicomError
+
+LOGGER = logging.getLogger(__name__)
+
+
+def read(path: str | os.PathLike[str], *, pixels: bool = True) -> Dataset:
+    """Read one DICOM file (Part 10, or a bare dataset that pydicom can still parse).
+
+    With ``pixels=False`` reading stops before the pixel data.
+
+    Raises:
+        DicomInputError: the file is missing, unreadable, not DICOM or truncated.
+    """
+    name = str(path)
+    try:
+        ds = pydicom.dcmread(name, force=False, stop_before_pixels=not pixels)
+    except InvalidDicomError as exc:
+        # Some old files lack the 128-byte preamble; try once more without it.
+        try:
+            ds = pydicom.dcmread(name, force=True, stop_before_pixels=not pixels)
+        except Exception as exc2:  # pydicom raises many types on garbage
+            raise NotDicomError(name, f"not a DICOM file ({exc2})") from exc
+        if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
+            raise NotDicomError(name, "not a DICOM file (no 'DICM' prefix, no SOP Class or Instance UID)") from exc
+    except OSError as exc:
+        raise DicomInputError(name, f"cannot read file ({exc.strerror or exc})") from exc
+    except Exception as exc:  # truncated or malformed element structure
+        raise DicomInputError(name, f"malformed DICOM ({type(exc).__name__}: {exc})") from exc
+    ds.filename = name
+    return ds
+
+
+def walk(root: str | os.PathLike[str]) -> list[Path]:
+    """All regular files under ``root`` (recursively), sorted, skipping hidden ones and DICOMDIRs."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in sorted(filenames):
+            if f.startswith(".") or f.upper() == "DICOMDIR":
+                continue
+            files.append(Path(dirpath) / f)
+    return files
+
+
+def write(ds: Dataset, path: str | os.PathLike[str], *, durable: bool = False) -> None:
+    """Write ``ds`` as a Part 10 file atomically: a temporary file, then rename.
+
+    With ``durable`` the file is fsync'd before the rename (and the folder after it), so that it
+    survives a power loss once this returns; conversions from files that stay where they are
+    need not pay for that.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            ds.save_as(f, enforce_file_format=True)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+        if durable:
+            fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text(text: str, path: str | os.PathLike[str]) -> None:
+    """Write a text file atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

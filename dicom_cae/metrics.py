@@ -1,0 +1,124 @@
+"""Image quality metrics on normalized [0, 1] 256x256 images: small pure functions.
+
+Definitions (ARCHITECTURE.md): PSNR with data range 1; SSIM as Wang et al. 2004 (11x11
+Gaussian window, sigma 1.5, K1 0.01, K2 0.03, mean over the valid area); pixel accuracy =
+share of pixels whose absolute error is within ``PIXEL_TOLERANCE``; compression ratio =
+JPEG bytes / bytes of the 256x256 image at 8 bits (compressed/original, the seed's
+convention); bits per pixel = 8 * JPEG bytes / pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+
+#: Absolute error, in units of the normalized [0, 1] range, within which a pixel counts as accurate.
+PIXEL_TOLERANCE = 0.1
+SSIM_SIGMA = 1.5
+SSIM_TRUNCATE = 3.5  # radius int(3.5 * 1.5 + 0.5) = 5: an 11x11 window
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+
+
+def mse(reference: np.ndarray, test: np.ndarray) -> float:
+    d = np.asarray(reference, np.float64) - np.asarray(test, np.float64)
+    return float(np.mean(d * d))
+
+
+def psnr(reference: np.ndarray, test: np.ndarray, *, data_range: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB; ``inf`` for identical images."""
+    m = mse(reference, test)
+    return math.inf if m == 0 else 10.0 * math.log10(data_range * data_range / m)
+
+
+def ssim(reference: np.ndarray, test: np.ndarray, *, data_range: float = 1.0) -> float:
+    """Mean structural similarity of two 2-D images (Wang et al. 2004, Gaussian window)."""
+    x = np.asarray(reference, np.float64)
+    y = np.asarray(test, np.float64)
+    if x.shape != y.shape or x.ndim != 2:
+        raise ValueError(f"ssim needs two 2-D images of one shape, got {x.shape} and {y.shape}")
+
+    def blur(a: np.ndarray) -> np.ndarray:
+        return gaussian_filter(a, sigma=SSIM_SIGMA, truncate=SSIM_TRUNCATE, mode="reflect")
+
+    mx, my = blur(x), blur(y)
+    # Population (not sample) covariance, as in the paper.
+    vx = blur(x * x) - mx * mx
+    vy = blur(y * y) - my * my
+    cxy = blur(x * y) - mx * my
+    c1 = (SSIM_K1 * data_range) ** 2
+    c2 = (SSIM_K2 * data_range) ** 2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    pad = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
+    return float(s[pad:-pad, pad:-pad].mean())
+
+
+def pixel_accuracy(reference: np.ndarray, test: np.ndarray, *, tolerance: float = PIXEL_TOLERANCE) -> float:
+    d = np.abs(np.asarray(reference, np.float64) - np.asarray(test, np.float64))
+    return float(np.mean(d <= tolerance))
+
+
+def compression_ratio(jpeg_bytes: int, pixels: int = 256 * 256) -> float:
+    """Compressed over original bytes, the original being ``pixels`` bytes at 8 bits."""
+    return jpeg_bytes / pixels
+
+
+def bits_per_pixel(jpeg_bytes: int, pixels: int = 256 * 256) -> float:
+    return 8.0 * jpeg_bytes / pixels
+
+
+@dataclass(frozen=True)
+class Quality:
+    """The quality of one reconstructed image against its reference."""
+
+    mse: float
+    psnr: float
+    ssim: float
+    pixel_accuracy: float
+    mean_reference: float
+    mean_test: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def measure(reference: np.ndarray, test: np.ndarray) -> Quality:
+    """All per-image metrics of ``test`` against ``reference`` (2-D, [0, 1])."""
+    return Quality(
+        mse=mse(reference, test),
+        psnr=psnr(reference, test),
+        ssim=ssim(reference, test),
+        pixel_accuracy=pixel_accuracy(reference, test),
+        mean_reference=float(np.mean(reference)),
+        mean_test=float(np.mean(test)),
+    )
+
+
+@dataclass(frozen=True)
+class Regression:
+    """Least-squares fit of y = slope * x + intercept, with R^2."""
+
+    slope: float
+    intercept: float
+    r2: float
+    n: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def regression(x: list[float] | np.ndarray, y: list[float] | np.ndarray) -> Regression:
+    """Least squares of ``y`` on ``x``. With fewer than 2 points or constant x: NaN slope/intercept."""
+    xa = np.asarray(x, np.float64)
+    ya = np.asarray(y, np.float64)
+    n = int(xa.size)
+    if n < 2 or float(np.ptp(xa)) == 0.0:
+        return Regression(math.nan, math.nan, math.nan, n)
+    slope, intercept = np.polyfit(xa, ya, 1)
+    pred = slope * xa + intercept
+    ss_res = float(np.sum((ya - pred) ** 2))
+    ss_tot = float(np.sum((ya - ya.mean()) ** 2))
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)
+    return Regression(float(slope), float(intercept), float(r2), n)

@@ -1,0 +1,128 @@
+"""Model architectures, selectable by name.
+
+- ``seed``: the seed autoencoder, exactly as ARCHITECTURE.md fixes it (591,617 parameters).
+- ``seed-residual``: the same layers, but the last convolution predicts a correction that is
+  added to the JPEG image (output = JPEG + correction, clipped to [0, 1]).
+- ``blockres``: JPEG-aware and quality-conditioned. Each 8x8 JPEG block becomes 64 channels
+  of a 32x32 grid (space-to-depth aligned with the JPEG block grid), a plane holding the JPEG
+  quality is appended, five 3x3 convolutions (128 channels) predict the correction of every
+  block's 64 pixels, and depth-to-space puts it back: output = JPEG + correction. 591,552
+  parameters, about a sixth of the seed's arithmetic per image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import keras
+from keras import layers
+
+SIZE = 256
+BLOCK = 8
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    build: Callable[[], keras.Model]
+    uses_quality: bool
+    description: str
+
+
+def _conv(filters: int, activation: str | None = "relu", **kw) -> layers.Conv2D:
+    return layers.Conv2D(filters, 3, padding="same", activation=activation, **kw)
+
+
+def _seed_body(inp: keras.KerasTensor) -> keras.KerasTensor:
+    """The seed's layers up to (not including) its last convolution."""
+    x = _conv(64)(inp)
+    x = layers.MaxPooling2D()(x)
+    x = _conv(128)(x)
+    x = layers.MaxPooling2D()(x)
+    x = _conv(128)(x)
+    x = layers.MaxPooling2D()(x)
+    x = _conv(128)(x)
+    x = layers.UpSampling2D()(x)
+    x = _conv(128)(x)
+    x = layers.UpSampling2D()(x)
+    x = _conv(64)(x)
+    return layers.UpSampling2D()(x)
+
+
+def build_seed() -> keras.Model:
+    inp = keras.Input((SIZE, SIZE, 1), name="jpeg")
+    out = _conv(1, "sigmoid")(_seed_body(inp))
+    return keras.Model(inp, out, name="seed")
+
+
+def _clip01() -> layers.Layer:
+    # ReLU with max_value clips to [0, 1] without a Lambda layer.
+    return layers.ReLU(max_value=1.0, name="clip01")
+
+
+def build_seed_residual() -> keras.Model:
+    inp = keras.Input((SIZE, SIZE, 1), name="jpeg")
+    corr = _conv(1, None, kernel_initializer="zeros")(_seed_body(inp))
+    out = _clip01()(layers.Add()([inp, corr]))
+    return keras.Model(inp, out, name="seed-residual")
+
+
+def space_to_depth(x: keras.KerasTensor, block: int = BLOCK) -> keras.KerasTensor:
+    n = SIZE // block
+    x = layers.Reshape((n, block, n, block))(x)
+    x = layers.Permute((1, 3, 2, 4))(x)
+    return layers.Reshape((n, n, block * block))(x)
+
+
+def depth_to_space(x: keras.KerasTensor, block: int = BLOCK) -> keras.KerasTensor:
+    n = SIZE // block
+    x = layers.Reshape((n, n, block, block))(x)
+    x = layers.Permute((1, 3, 2, 4))(x)
+    return layers.Reshape((SIZE, SIZE, 1))(x)
+
+
+def build_blockres(filters: int = 128, depth: int = 5) -> keras.Model:
+    inp = keras.Input((SIZE, SIZE, 1), name="jpeg")
+    quality = keras.Input((1,), name="quality")  # JPEG quality / 100
+    n = SIZE // BLOCK
+    x = space_to_depth(inp)
+    q = layers.Reshape((1, 1, 1))(quality)
+    q = layers.UpSampling2D(size=n)(q)
+    x = layers.Concatenate()([x, q])
+    for _ in range(depth - 1):
+        x = _conv(filters)(x)
+    corr = _conv(BLOCK * BLOCK, None, kernel_initializer="zeros")(x)
+    out = _clip01()(layers.Add()([inp, depth_to_space(corr)]))
+    return keras.Model([inp, quality], out, name="blockres")
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    a.name: a
+    for a in (
+        Architecture("seed", build_seed, False, "the seed autoencoder (591,617 parameters)"),
+        Architecture(
+            "seed-residual", build_seed_residual, False, "seed layers, output = JPEG + correction"
+        ),
+        Architecture(
+            "blockres",
+            build_blockres,
+            True,
+            "8x8-block space-to-depth, quality-conditioned residual network (591,552 parameters)",
+        ),
+    )
+}
+
+
+def build(name: str) -> keras.Model:
+    """Build the named architecture with fresh weights.
+
+    Raises:
+        ModelError: unknown name.
+    """
+    from dicom_cae.errors import ModelError
+
+    try:
+        return ARCHITECTURES[name].build()
+    except KeyError:
+        raise ModelError(f"unknown model {name!r}; known: {', '.join(ARCHITECTURES)}") from None

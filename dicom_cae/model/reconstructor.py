@@ -1,0 +1,165 @@
+"""Loading a model with its weights, and batched reconstruction of JPEG images."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dicom_cae.errors import ModelError
+from dicom_cae.model.architectures import ARCHITECTURES, SIZE, build
+
+LOGGER = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "blockres"
+WEIGHTS_PACKAGE = "dicom_cae.weights"
+
+
+def sha256_of(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def shipped_cards() -> dict[str, dict[str, Any]]:
+    """Model cards of the weights that ship inside the package, by model name."""
+    cards = {}
+    root = resources.files(WEIGHTS_PACKAGE)
+    for entry in root.iterdir():
+        if entry.name.endswith(".json"):
+            card = json.loads(entry.read_text())
+            card["weights_path"] = str(root / card["weights_file"])
+            cards[card["model"]] = card
+    return cards
+
+
+@dataclass
+class Reconstructor:
+    """A model with loaded weights; call it on a batch of decoded JPEG images."""
+
+    name: str
+    model: keras.Model
+    sha256: str
+    weights_path: str
+    card: dict[str, Any] = field(default_factory=dict)
+    _fn: Any = None
+
+    @property
+    def uses_quality(self) -> bool:
+        return ARCHITECTURES[self.name].uses_quality
+
+    @property
+    def short_id(self) -> str:
+        return f"{self.name}-{self.sha256[:8]}"
+
+    def _compiled(self) -> Any:
+        if self._fn is None:
+            model = self.model
+            self._fn = tf.function(
+                lambda *inputs: model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
+            )
+        return self._fn
+
+    def __call__(self, jpeg: np.ndarray, quality: int | np.ndarray, *, batch_size: int = 16) -> np.ndarray:
+        """Reconstruct images (n, 256, 256) in [0, 1] from their JPEG decodes; float32 out.
+
+        ``quality`` is one JPEG quality for all, or one per image. The last partial batch is
+        padded so that the compiled graph keeps one shape.
+        """
+        x = np.asarray(jpeg, dtype=np.float32)
+        if x.ndim != 3 or x.shape[1:] != (SIZE, SIZE):
+            raise ValueError(f"expected images of shape (n, {SIZE}, {SIZE}), got {x.shape}")
+        n = x.shape[0]
+        q = np.broadcast_to(np.asarray(quality, dtype=np.float32), (n,)) / 100.0
+        fn = self._compiled()
+        out = np.empty_like(x)
+        for start in range(0, n, batch_size):
+            xb = x[start : start + batch_size, :, :, None]
+            qb = q[start : start + batch_size, None]
+            m = xb.shape[0]
+            if m < batch_size:
+                xb = np.concatenate([xb, np.zeros((batch_size - m, SIZE, SIZE, 1), np.float32)])
+                qb = np.concatenate([qb, np.zeros((batch_size - m, 1), np.float32)])
+            inputs = (xb, qb) if self.uses_quality else (xb,)
+            out[start : start + m] = np.asarray(fn(*inputs))[:m, :, :, 0]
+        return out
+
+
+def load(name: str | None = None, *, weights: str | Path | None = None) -> Reconstructor:
+    """The named model with its shipped weights, or with the weights in ``weights``.
+
+    With ``weights`` and no ``name``, the architecture comes from the model card beside the
+    weights file (``X.weights.h5`` -> ``X.json``), else the default model.
+
+    Raises:
+        ModelError: unknown name, no shipped weights for it, or weights that do not fit.
+    """
+    card: dict[str, Any] = {}
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise ModelError(f"weights file not found: {path}")
+        card_path = path.with_name(path.name.removesuffix(".weights.h5") + ".json")
+        if card_path.is_file():
+            card = json.loads(card_path.read_text())
+        name = name or card.get("model") or DEFAULT_MODEL
+    else:
+        name = name or DEFAULT_MODEL
+        cards = shipped_cards()
+        if name not in ARCHITECTURES:
+            raise ModelError(f"unknown model {name!r}; known: {', '.join(ARCHITECTURES)}")
+        if name not in cards:
+            raise ModelError(
+                f"no weights ship for model {name!r} (shipped: {', '.join(sorted(cards)) or 'none'}); "
+                "train it with 'dicom-cae train' and pass --weights"
+            )
+        card = cards[name]
+        path = Path(card["weights_path"])
+    model = build(name)
+    _check_weight_count(model, path, name)
+    try:
+        model.load_weights(str(path))
+    except Exception as exc:  # keras raises ValueError/KeyError/OSError on mismatches
+        raise ModelError(f"weights {path} do not fit model {name!r}: {exc}") from exc
+    digest = sha256_of(path)
+    if card.get("sha256") and card["sha256"] != digest:
+        raise ModelError(f"weights {path} have sha256 {digest}, their model card says {card['sha256']}")
+    LOGGER.info("model %s loaded from %s (sha256 %s)", name, path.name, digest[:12])
+    return Reconstructor(name=name, model=model, sha256=digest, weights_path=str(path), card=card)
+
+
+def _check_weight_count(model: keras.Model, path: Path, name: str) -> None:
+    """Keras skips layers it cannot match with only a warning; refuse such files instead."""
+    import h5py
+
+    arrays: list[tuple[int, ...]] = []
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(
+                lambda key, obj: arrays.append(obj.shape)
+                if isinstance(obj, h5py.Dataset) and key.startswith("layers/")
+                else None
+            )
+    except OSError as exc:
+        raise ModelError(f"weights {path} are not a Keras .weights.h5 file: {exc}") from exc
+    expected = sorted(tuple(w.shape) for w in model.weights)
+    if sorted(arrays) != expected:
+        raise ModelError(
+            f"weights {path} do not fit model {name!r}: the file holds {len(arrays)} arrays, "
+            f"the model needs {len(expected)} of other shapes"
+        )
+
+
+def from_model(model: keras.Model, name: str) -> Reconstructor:
+    """Wrap a model being trained (weights not on disk) for validation."""
+    return Reconstructor(name=name, model=model, sha256="0" * 64, weights_path="")

@@ -1,0 +1,113 @@
+"""The one module that owns dicom-cae's private block: its layout, writing and reading.
+
+The block has its own private creator, ``PRIVATE_CREATOR``, in group ``PRIVATE_GROUP``;
+pydicom reserves a free block (xx10-xxFF) in that group. Values that describe frames
+hold one value per frame, in frame order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+PRIVATE_GROUP = 0x0071
+PRIVATE_CREATOR = "DICOM_CAE 1.0"
+
+
+@dataclass(frozen=True)
+class PrivateElement:
+    offset: int  # element offset in the block (the low byte of the element number)
+    keyword: str
+    vr: str
+    per_frame: bool
+    units: str
+    meaning: str
+
+
+ELEMENTS: tuple[PrivateElement, ...] = (
+    PrivateElement(0x01, "ModelName", "LO", False, "", "Name of the reconstruction model (e.g. blockres, seed)"),
+    PrivateElement(0x02, "WeightsSHA256", "LO", False, "", "SHA-256 of the model weights file, 64 hex digits"),
+    PrivateElement(0x03, "SoftwareVersion", "LO", False, "", "dicom-cae version that wrote the instance"),
+    PrivateElement(0x04, "JPEGQuality", "IS", False, "", "JPEG quality (1-100, Pillow/libjpeg scale) of the compression step"),
+    PrivateElement(0x05, "JPEGBytes", "UL", True, "bytes", "Size of the JPEG (ISO 10918-1) stream of the frame"),
+    PrivateElement(0x06, "CompressionRatio", "FD", True, "ratio", "JPEG bytes / bytes of the 256x256 frame at 8 bits (compressed/original)"),
+    PrivateElement(0x07, "BitsPerPixel", "FD", True, "bit/pixel", "8 x JPEG bytes / 65536"),
+    PrivateElement(0x08, "MSE", "FD", True, "(normalized units)^2", "Mean squared error of the stored frame against the normalized original"),
+    PrivateElement(0x09, "PSNR", "FD", True, "dB", "Peak signal-to-noise ratio, data range 1, of the stored frame"),
+    PrivateElement(0x0A, "SSIM", "FD", True, "", "Structural similarity (Wang 2004, 11x11 Gaussian window, sigma 1.5) of the stored frame"),
+    PrivateElement(0x0B, "PixelAccuracy", "FD", True, "fraction", "Share of pixels whose absolute error is within the tolerance (0071,xx0C)"),
+    PrivateElement(0x0C, "PixelAccuracyTolerance", "FD", False, "normalized units", "Tolerance used for pixel accuracy, as a fraction of the frame's range"),
+    PrivateElement(0x0D, "MeanIntensityOriginal", "FD", True, "normalized units", "Mean of the normalized original 256x256 frame"),
+    PrivateElement(0x0E, "MeanIntensityReconstructed", "FD", True, "normalized units", "Mean of the stored frame, normalized the same way"),
+    PrivateElement(0x10, "JPEGOnlyPSNR", "FD", True, "dB", "PSNR of the plain JPEG decode (no model), same bytes"),
+    PrivateElement(0x11, "JPEGOnlySSIM", "FD", True, "", "SSIM of the plain JPEG decode"),
+    PrivateElement(0x12, "JPEGOnlyPixelAccuracy", "FD", True, "fraction", "Pixel accuracy of the plain JPEG decode"),
+    PrivateElement(0x13, "JPEGOnlyMSE", "FD", True, "(normalized units)^2", "MSE of the plain JPEG decode"),
+    PrivateElement(0x14, "NormalizationLow", "FD", True, "modality units", "Modality value mapped to 0 (to 1 for MONOCHROME1)"),
+    PrivateElement(0x15, "NormalizationHigh", "FD", True, "modality units", "Modality value mapped to 1 (to 0 for MONOCHROME1)"),
+)
+BY_KEYWORD = {e.keyword: e for e in ELEMENTS}
+
+
+def write(ds: Dataset, values: dict[str, Any]) -> None:
+    """Write ``values`` (keyword -> value or per-frame list) into the block of ``ds``.
+
+    Raises KeyError for an unknown keyword, ValueError for a missing one.
+    """
+    missing = set(BY_KEYWORD) - set(values)
+    if missing:
+        raise ValueError(f"private block values missing: {', '.join(sorted(missing))}")
+    block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
+    for kw, value in values.items():
+        el = BY_KEYWORD[kw]
+        if el.vr == "IS":
+            value = str(int(value))
+        elif el.vr == "LO":
+            value = str(value)[:64]
+        elif el.per_frame:
+            value = [float(v) if el.vr == "FD" else int(v) for v in value]
+        elif el.vr == "FD":
+            value = float(value)
+        block.add_new(el.offset, el.vr, value)
+
+
+def read(ds: Dataset) -> dict[str, Any] | None:
+    """The block's values by keyword (per-frame values as lists), or None if ``ds`` has no block."""
+    try:
+        block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
+    except KeyError:
+        return None
+    out: dict[str, Any] = {}
+    for el in ELEMENTS:
+        try:
+            value = block[el.offset].value
+        except KeyError:
+            continue
+        if el.vr == "IS":
+            value = int(value)
+        elif el.per_frame:
+            value = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
+            value = [float(v) for v in value] if el.vr == "FD" else [int(v) for v in value]
+        elif el.vr == "FD":
+            value = float(value)
+        else:
+            value = str(value)
+        out[el.keyword] = value
+    return out
+
+
+def markdown_table() -> str:
+    """The block's layout as a Markdown table (docs/private-tags.md embeds it)."""
+    rows = [
+        "| element | keyword | VR | VM | units | meaning |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e in ELEMENTS:
+        rows.append(
+            f"| ({PRIVATE_GROUP:04X},xx{e.offset:02X}) | {e.keyword} | {e.vr} | "
+            f"{'1-n (one per frame)' if e.per_frame else '1'} | {e.units} | {e.meaning} |"
+        )
+    return "\n".join(rows)

@@ -1,0 +1,99 @@
+"""Shared fixtures: paths to real data, the default model, peers' command-line tools."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "sample_dicom"
+SHARED_DATA = Path(os.environ.get("DICOM_CAE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def shared(*parts: str) -> Path:
+    """A path under ../shared/data; the test is skipped (with the reason) when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} is absent (see shared/data/README.md)")
+    return path
+
+
+def pydicom_test_file(name: str) -> str:
+    """A file of the pydicom-data package (installed by the test extra; never downloaded)."""
+    pytest.importorskip("data_store", reason="pydicom-data is not installed (pip install .[test])")
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        pytest.skip(f"{name} is not in the installed pydicom-data")
+    return str(path)
+
+
+def need_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (apt-get install dicom3tools dcmtk; .ci/run does)")
+    return path
+
+
+def dciodvfy_errors(path: str | Path) -> list[str]:
+    """The 'Error' lines dciodvfy prints for one file, without the file-specific values."""
+    tool = need_tool("dciodvfy")
+    proc = subprocess.run([tool, str(path)], capture_output=True, text=True)
+    return sorted({line.strip() for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")})
+
+
+@pytest.fixture(scope="session")
+def model():
+    from dicom_cae.model import load
+
+    return load()
+
+
+@pytest.fixture(scope="session")
+def pipe(model):
+    from dicom_cae.pipeline import Pipeline
+
+    return Pipeline(model, batch_size=8)
+
+
+@pytest.fixture(scope="session")
+def converted_samples(tmp_path_factory, pipe):
+    """sample_dicom/ converted once for the session: (output folder, Summary)."""
+    from dicom_cae.convert import convert
+
+    out = tmp_path_factory.mktemp("samples-out")
+    summary = convert(SAMPLES, out, pipe, quality=10, progress=False)
+    return out, summary
+
+
+def dcmtk(name: str) -> str:
+    """Path of a DCMTK tool (not a same-named script of another package earlier on PATH)."""
+    for candidate in (f"/usr/bin/{name}", shutil.which(name)):
+        if candidate and os.path.exists(candidate):
+            proc = subprocess.run([candidate, "--version"], capture_output=True, text=True)
+            if "dcmtk" in (proc.stdout + proc.stderr).lower():
+                return candidate
+    pytest.skip(f"DCMTK's {name} is not installed (apt-get install dcmtk; .ci/run does)")
+
+
+def peer_env() -> dict[str, str]:
+    """Environment for DCMTK and Orthanc: TCP_NODELAY=1 makes them 15-25x faster on loopback."""
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def wait_until(predicate, timeout: float = 60.0, interval: float = 0.1, what: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout`` s."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")

@@ -1,0 +1,125 @@
+import json
+
+import pydicom
+import pytest
+
+from dicom_cae import cli, private_tags
+from dicom_cae.convert import ERRORS_FILE, convert
+from tests.conftest import SAMPLES, dciodvfy_errors
+
+
+def _outputs(out):
+    return sorted(out.rglob("*.dcm"))
+
+
+def test_samples_convert_and_bad_files_are_reported(converted_samples):
+    out, s = converted_samples
+    assert s.converted == 6 and s.frames == 6
+    assert [e.source.split("/")[-1] for e in s.failed] == ["corrupt_truncated.dcm"]
+    assert [e.source.split("/")[-1] for e in s.not_images] == ["sr_not_an_image.dcm"]
+    assert s.exit_code == 1
+    rows = [l.split("\t") for l in (out / ERRORS_FILE).read_text().splitlines()[1:]]
+    kinds = {r[0].split("/")[-1]: (r[1], r[2]) for r in rows}
+    assert kinds["corrupt_truncated.dcm"][0] == "failed"
+    assert "less than expected" in kinds["corrupt_truncated.dcm"][1]
+    assert kinds["sr_not_an_image.dcm"] == ("not-an-image", "no Pixel Data: not an image object (Basic Text SR Storage)")
+    assert kinds["make_samples.py"][0] == "not-dicom"
+
+
+def test_output_layout_is_study_series_instance(converted_samples):
+    out, _ = converted_samples
+    files = _outputs(out)
+    assert len(files) == 6
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        assert f.parts[-3:] == (ds.StudyInstanceUID, ds.SeriesInstanceUID, f"{ds.SOPInstanceUID}.dcm")
+        assert private_tags.read(ds)["JPEGQuality"] == 10
+
+
+def test_study_report_has_metrics_and_regression(converted_samples):
+    out, _ = converted_samples
+    reports = {json.loads(p.read_text())["modalities"][0]: json.loads(p.read_text()) for p in out.glob("*/report.json")}
+    assert set(reports) == {"CT", "MR", "CR"}
+    ct = reports["CT"]
+    assert ct["images"] == 3 and len(ct["per_image"]) == 3
+    reg = ct["regression"]
+    assert reg["n"] == 3 and 0.5 < reg["slope"] < 1.5 and reg["r2"] > 0.9
+    assert ct["summary"]["psnr"]["model"]["mean"] > 20
+    assert "PatientID" not in json.dumps(ct) and "Phantom" not in json.dumps(ct)
+    assert [r["instance_number"] for r in ct["per_image"]] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("name", ["ct_phantom_1.dcm", "mr_nonsquare.dcm", "cr_monochrome1.dcm", "mr_rle.dcm"])
+def test_outputs_add_no_dciodvfy_error_to_their_source(converted_samples, name):
+    out, _ = converted_samples
+    src = pydicom.dcmread(SAMPLES / name, stop_before_pixels=True)
+    derived = [f for f in _outputs(out)
+               if pydicom.dcmread(f, stop_before_pixels=True).SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID]
+    assert len(derived) == 1
+    new = set(dciodvfy_errors(derived[0])) - set(dciodvfy_errors(SAMPLES / name))
+    assert not new
+
+
+def test_rerun_skips_what_is_done_and_keeps_reports(converted_samples, pipe):
+    out, first = converted_samples
+    before = {f: f.stat().st_mtime_ns for f in _outputs(out)}
+    again = convert(SAMPLES, out, pipe, quality=10, progress=False)
+    assert again.converted == 0 and again.skipped_done == 6
+    assert {f: f.stat().st_mtime_ns for f in _outputs(out)} == before
+    assert len(list(out.glob("*/report.json"))) == 3
+
+
+def test_cli_exit_codes_and_summary(tmp_path, capsys):
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "ct.dcm").write_bytes((SAMPLES / "ct_phantom_1.dcm").read_bytes())
+    assert cli.main(["convert", "--no-progress", str(one), str(tmp_path / "o1")]) == 0
+    assert "converted 1 instance(s) (1 image(s))" in capsys.readouterr().out
+    (one / "bad.dcm").write_bytes((SAMPLES / "corrupt_truncated.dcm").read_bytes())
+    assert cli.main(["convert", "--no-progress", str(one), str(tmp_path / "o1")]) == 1
+    err = capsys.readouterr().err
+    assert "failed: " in err and "bad.dcm" in err
+    assert cli.main(["convert", str(tmp_path / "absent"), str(tmp_path / "o2")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["convert", "--quality", "0", str(one), str(tmp_path / "o3")])
+    assert exc.value.code == 2
+    assert cli.main(["convert", "--model", "nope", str(one), str(tmp_path / "o4")]) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err
+
+
+def test_models_lists_the_shipped_weights(capsys):
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "blockres (default)" in out and "seed:" in out and "sha256" in out
+
+
+PYDICOM_FILES = ["RG1_UNCI.dcm", "RG3_UNCI.dcm", "emri_small_RLE.dcm", "JPEG2000.dcm", "693_J2KR.dcm", "MR2_J2KI.dcm", "CT_small.dcm"]
+
+
+@pytest.fixture(scope="module")
+def converted_pydicom_files(tmp_path_factory, pipe):
+    from tests.conftest import pydicom_test_file
+
+    src = tmp_path_factory.mktemp("pydicom-in")
+    for name in PYDICOM_FILES:
+        (src / name).write_bytes(open(pydicom_test_file(name), "rb").read())
+    out = tmp_path_factory.mktemp("pydicom-out")
+    summary = convert(src, out, pipe, quality=10, progress=False)
+    return src, out, summary
+
+
+@pytest.mark.parametrize("name", PYDICOM_FILES)
+def test_real_cr_ct_mr_and_enhanced_mr_add_no_dciodvfy_error(converted_pydicom_files, name):
+    src, out, summary = converted_pydicom_files
+    assert summary.converted == len(PYDICOM_FILES) and not summary.failed
+    source = pydicom.dcmread(src / name, stop_before_pixels=True)
+    derived = [f for f in _outputs(out)
+               if pydicom.dcmread(f, stop_before_pixels=True).SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID]
+    assert len(derived) == 1
+    ds = pydicom.dcmread(derived[0])
+    frames = int(source.get("NumberOfFrames", 1) or 1)
+    assert ds.pixel_array.shape == ((frames, 256, 256) if frames > 1 else (256, 256))
+    assert len(private_tags.read(ds)["PSNR"]) == frames
+    assert ds.PhotometricInterpretation == source.PhotometricInterpretation
+    assert not set(dciodvfy_errors(derived[0])) - set(dciodvfy_errors(src / name))

@@ -1,0 +1,113 @@
+import numpy as np
+import pydicom
+import pytest
+
+from dicom_cae import derive, image, io, pipeline, private_tags
+from dicom_cae.convert import output_path
+from tests.conftest import SAMPLES
+
+
+@pytest.fixture(scope="module")
+def ct_derived(pipe):
+    ds = io.read(SAMPLES / "ct_phantom_2.dcm")
+    prep = pipeline.prepare(ds, "ct", quality=10)
+    return ds, prep, pipe.run([prep])[0]
+
+
+def test_derived_ct_is_a_new_lossy_derived_instance(ct_derived):
+    src, _, d = ct_derived
+    ds = d.dataset
+    assert ds.SOPClassUID == src.SOPClassUID
+    assert ds.SOPInstanceUID != src.SOPInstanceUID and ds.SeriesInstanceUID != src.SeriesInstanceUID
+    assert ds.StudyInstanceUID == src.StudyInstanceUID
+    assert (ds.PatientID, ds.PatientName) == (src.PatientID, src.PatientName)
+    assert list(ds.ImageType) == ["DERIVED", "SECONDARY", "AXIAL"]  # value 3 kept for CT
+    assert ds.LossyImageCompression == "01"
+    assert list(ds.LossyImageCompressionMethod) == ["ISO_10918_1"] or ds.LossyImageCompressionMethod == "ISO_10918_1"
+    ratio = float(ds.LossyImageCompressionRatio)
+    assert ratio == pytest.approx(65536 / d.frames[0].jpeg_bytes, rel=1e-3)  # original/compressed
+    assert ds.DerivationCodeSequence[0].CodeValue == "113040"
+    ref = ds.SourceImageSequence[0]
+    assert ref.ReferencedSOPInstanceUID == src.SOPInstanceUID
+    assert ref.PurposeOfReferenceCodeSequence[0].CodeValue == "121320"
+    assert "quality 10" in ds.DerivationDescription and "320x320 to 256x256" in ds.DerivationDescription
+    assert (ds.Rows, ds.Columns) == (256, 256)
+    assert [float(v) for v in ds.PixelSpacing] == pytest.approx([1.09375 * 320 / 256] * 2)
+    assert ds.PixelRepresentation == 1 and ds.BitsStored == 16
+    assert ds.RescaleIntercept == src.RescaleIntercept
+
+
+def test_uids_are_deterministic_and_depend_on_the_setting(ct_derived, pipe):
+    src, prep, d = ct_derived
+    again = pipe.run([prep])[0].dataset
+    assert (again.SOPInstanceUID, again.SeriesInstanceUID) == (d.dataset.SOPInstanceUID, d.dataset.SeriesInstanceUID)
+    other = derive.derived_uids(src, key=pipe.key(20))
+    assert other.instance != d.dataset.SOPInstanceUID
+    # The other slices of the series land in the same derived series.
+    src3 = io.read(SAMPLES / "ct_phantom_3.dcm")
+    assert derive.derived_uids(src3, key=pipe.key(10)).series == d.dataset.SeriesInstanceUID
+    assert pydicom.uid.UID(d.dataset.SOPInstanceUID).is_valid
+
+
+def test_written_file_reads_back_with_its_private_block(ct_derived, tmp_path):
+    _, _, d = ct_derived
+    path = tmp_path / "out.dcm"
+    io.write(d.dataset, path)
+    back = pydicom.dcmread(path)
+    assert back.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    tags = private_tags.read(back)
+    assert tags["ModelName"] == "blockres"
+    assert tags["JPEGQuality"] == 10
+    assert tags["PSNR"][0] == pytest.approx(d.frames[0].model.psnr)
+    assert tags["JPEGOnlyPSNR"][0] == pytest.approx(d.frames[0].jpeg.psnr)
+    assert not any(e.tag.is_private and e.tag.group != private_tags.PRIVATE_GROUP for e in back)
+    np.testing.assert_array_equal(back.pixel_array, image.to_stored(
+        image.from_stored(back.pixel_array[None], _norm_from_tags(back, tags)), _norm_from_tags(back, tags))[0])
+
+
+def _norm_from_tags(ds, tags):
+    return image.Normalization(
+        lo=tuple(tags["NormalizationLow"]), hi=tuple(tags["NormalizationHigh"]),
+        invert=ds.PhotometricInterpretation == "MONOCHROME1", src_rows=256, src_cols=256,
+        slope=float(ds.get("RescaleSlope", 1)), intercept=float(ds.get("RescaleIntercept", 0)),
+        bits_allocated=ds.BitsAllocated, bits_stored=ds.BitsStored, pixel_representation=ds.PixelRepresentation,
+    )
+
+
+def test_metrics_describe_the_stored_pixels(ct_derived, tmp_path):
+    """Recompute PSNR/SSIM from the written pixels and the source: they match the tags."""
+    from dicom_cae import metrics
+
+    src, prep, d = ct_derived
+    path = tmp_path / "out.dcm"
+    io.write(d.dataset, path)
+    back = pydicom.dcmread(path)
+    tags = private_tags.read(back)
+    stored_unit = image.from_stored(back.pixel_array[None], _norm_from_tags(back, tags))[0]
+    reference, _ = image.normalize(src, "src")
+    assert metrics.psnr(reference[0], stored_unit) == pytest.approx(tags["PSNR"][0], abs=1e-6)
+    assert metrics.ssim(reference[0], stored_unit) == pytest.approx(tags["SSIM"][0], abs=1e-6)
+    assert tags["MeanIntensityReconstructed"][0] == pytest.approx(float(stored_unit.mean()), abs=1e-6)
+
+
+def test_derive_checks_its_inputs(ct_derived):
+    src, prep, d = ct_derived
+    with pytest.raises(ValueError, match="expected \\(1, 256, 256\\)"):
+        derive.derive(src, np.zeros((2, 256, 256), "<i2"), prep.norm, uids=derive.derived_uids(src, key="k"),
+                      private={}, derivation="", compression_ratio=10)
+    with pytest.raises(ValueError, match="private block values missing"):
+        private_tags.write(pydicom.Dataset(), {"ModelName": "x"})
+
+
+def test_untrusted_uids_never_become_paths(tmp_path):
+    p = output_path(tmp_path, "../../etc/passwd", "1.2.3", "1.2.3.4")
+    assert p.parent.parent.parent == tmp_path and ".." not in p.parts
+    assert output_path(tmp_path, "1.2.840.1", "1.2", "1.2.3").parts[-3:] == ("1.2.840.1", "1.2", "1.2.3.dcm")
+
+
+def test_private_tags_doc_matches_the_module():
+    from tests.conftest import ROOT
+
+    doc = (ROOT / "docs" / "private-tags.md").read_text()
+    assert private_tags.markdown_table() in doc
+    assert private_tags.PRIVATE_CREATOR in doc

@@ -1,0 +1,82 @@
+import json
+
+import numpy as np
+import pytest
+
+from dicom_cae import codec
+from dicom_cae.errors import ModelError
+from dicom_cae.model import ARCHITECTURES, build, load
+from dicom_cae.model.reconstructor import sha256_of, shipped_cards
+
+
+def test_seed_is_exactly_the_fixed_architecture():
+    m = build("seed")
+    assert m.count_params() == 591_617
+    convs = [l for l in m.layers if l.__class__.__name__ == "Conv2D"]
+    assert [c.filters for c in convs] == [64, 128, 128, 128, 128, 64, 1]
+    assert all(c.kernel_size == (3, 3) and c.padding == "same" for c in convs)
+    assert [c.activation.__name__ for c in convs] == ["relu"] * 6 + ["sigmoid"]
+    kinds = [l.__class__.__name__ for l in m.layers]
+    assert kinds.count("MaxPooling2D") == 3 and kinds.count("UpSampling2D") == 3
+    assert m.input_shape == (None, 256, 256, 1) and m.output_shape == (None, 256, 256, 1)
+
+
+def test_variants_keep_the_seed_budget():
+    assert build("seed-residual").count_params() == 591_617
+    assert build("blockres").count_params() == 591_552
+
+
+def test_residual_models_start_as_the_identity_on_the_jpeg_image():
+    # Zero-initialized last layer: before training the output is the JPEG decode itself.
+    from dicom_cae.model.reconstructor import from_model
+
+    rng = np.random.default_rng(0)
+    jpeg = np.stack([codec.jpeg_roundtrip(rng.random((256, 256)), 10)[0] for _ in range(3)])
+    for name in ("seed-residual", "blockres"):
+        out = from_model(build(name), name)(jpeg, 10, batch_size=2)
+        np.testing.assert_allclose(out, jpeg, atol=1e-6)
+
+
+def test_unknown_model_name_is_a_clear_error():
+    with pytest.raises(ModelError, match="unknown model 'nope'; known: seed, seed-residual, blockres"):
+        load("nope")
+
+
+def test_shipped_weights_match_their_card_and_beat_jpeg():
+    cards = shipped_cards()
+    assert "blockres" in cards
+    card = cards["blockres"]
+    assert sha256_of(card["weights_path"]) == card["sha256"]
+    assert card["sha256"][:8] in card["weights_file"]
+    assert card["data"]["train_patients"] > 0 and card["data"]["val_patients"] > 0
+    for q, row in card["validation"]["by_quality"].items():
+        if int(q) <= 10:  # the default quality and below; see the card for higher ones
+            assert row["model"]["psnr"] > row["jpeg"]["psnr"], q
+            assert row["model"]["ssim"] > row["jpeg"]["ssim"], q
+
+
+def test_default_model_improves_jpeg_on_a_sample_image(model):
+    from dicom_cae import image, io
+    from tests.conftest import SAMPLES
+
+    unit, _ = image.normalize(io.read(SAMPLES / "mr_nonsquare.dcm"), "mr")
+    jpeg, _ = codec.jpeg_roundtrip(unit[0], 5)
+    out = model(jpeg[None], 5)
+    err_jpeg = np.mean((jpeg - unit[0]) ** 2)
+    err_model = np.mean((out[0] - unit[0]) ** 2)
+    assert err_model < err_jpeg
+
+
+def test_weights_file_of_the_wrong_architecture_is_refused(tmp_path, model):
+    with pytest.raises(ModelError, match="do not fit model 'seed'"):
+        load("seed", weights=model.weights_path)
+    with pytest.raises(ModelError, match="weights file not found"):
+        load("seed", weights=tmp_path / "none.weights.h5")
+
+
+def test_batching_pads_the_last_batch_and_gives_the_same_result(model):
+    rng = np.random.default_rng(1)
+    jpeg = np.stack([codec.jpeg_roundtrip(rng.random((256, 256)), 20)[0] for _ in range(5)])
+    a = model(jpeg, 20, batch_size=4)
+    b = np.concatenate([model(jpeg[i : i + 1], 20, batch_size=4) for i in range(5)])
+    np.testing.assert_allclose(a, b, atol=1e-5)
