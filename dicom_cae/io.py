@@ -57,6 +57,15 @@ def walk(root: str | os.PathLike[str]) -> list[Path]:
     return files
 
 
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a rename or a new file in folder ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write(ds: Dataset, path: str | os.PathLike[str], *, durable: bool = False) -> None:
     """Write ``ds`` as a Part 10 file atomically: a temporary file, then rename.
 
@@ -75,11 +84,7 @@ def write(ds: Dataset, path: str | os.PathLike[str], *, durable: bool = False) -
                 os.fsync(f.fileno())
         os.replace(tmp, path)
         if durable:
-            fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()

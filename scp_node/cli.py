@@ -1,0 +1,81 @@
+"""`dicom-cae serve`: registered with the dicom-cae command line through an entry point."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from scp_node.config import EXAMPLE, ConfigError, load
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the DICOM node: receive by C-STORE, process, store, forward")
+    p.add_argument("--config", metavar="FILE", help="TOML settings file (see --print-config)")
+    p.add_argument("--ae-title", metavar="AE", help="our AE title (default DICOM_CAE)")
+    p.add_argument("--port", type=int, metavar="N", help="DICOM port (default 11112; 0 picks a free one)")
+    p.add_argument("--bind", metavar="ADDR", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--data-dir", metavar="DIR", help="spool, output, state (default ./dicom-cae-data)")
+    p.add_argument("--http-port", type=int, metavar="N", help="serve /health and /metrics on this port")
+    p.add_argument("--quality", type=int, metavar="Q", help="JPEG quality (default 10)")
+    p.add_argument("--model", metavar="NAME", help="model name (default blockres)")
+    p.add_argument("--weights", metavar="FILE", help="weights file instead of the shipped ones")
+    p.add_argument("--study-quiet", type=float, dest="study_quiet_s", metavar="S", help="seconds without new instances after which a study is complete (default 30)")
+    p.add_argument("--print-config", action="store_true", help="print an example settings file and exit")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.print_config:
+        print(EXAMPLE, end="")
+        return 0
+    try:
+        cfg = load(
+            args.config, ae_title=args.ae_title, port=args.port, bind=args.bind, data_dir=args.data_dir,
+            http_port=args.http_port, quality=args.quality, model=args.model, weights=args.weights,
+            study_quiet_s=args.study_quiet_s,
+        )
+    except ConfigError as exc:
+        print(f"dicom-cae serve: error: {exc}", file=sys.stderr)
+        return 2
+    root = logging.getLogger()
+    if cfg.log_format == "json":
+        for h in root.handlers:
+            h.setFormatter(JsonFormatter())
+    root.setLevel(min(root.level, logging.INFO))
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+    from dicom_cae.model import load as load_model
+    from dicom_cae.pipeline import Pipeline
+    from scp_node.node import Node
+
+    recon = load_model(cfg.model, weights=cfg.weights)
+    node = Node(cfg, Pipeline(recon, batch_size=cfg.batch_size))
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    node.start()
+    print(f"dicom-cae node {cfg.ae_title} listening on {cfg.bind}:{node.port} with {recon.short_id}; "
+          f"output in {cfg.output_dir}", flush=True)
+    stopping.wait()
+    logging.getLogger(__name__).info("stopping: finishing the batch in hand")
+    node.stop()
+    return 0

@@ -1,0 +1,199 @@
+"""Node settings: defaults, a TOML file, then command-line overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A setting that is missing, of the wrong type or out of range; names the setting."""
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    cert: str  # PEM certificate chain of this node
+    key: str  # PEM private key
+    ca: str | None = None  # PEM CA bundle to verify clients against
+    require_client_cert: bool = False
+
+
+@dataclass(frozen=True)
+class ForwardConfig:
+    ae_title: str  # the destination's AE title
+    host: str
+    port: int
+    calling_ae_title: str | None = None  # default: the node's own AE title
+    retry_initial_s: float = 5.0
+    retry_max_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class Config:
+    ae_title: str = "DICOM_CAE"
+    bind: str = "127.0.0.1"
+    port: int = 11112
+    data_dir: str = "dicom-cae-data"
+    # processing
+    quality: int = 10
+    model: str | None = None
+    weights: str | None = None
+    batch_size: int = 16
+    batch_wait_s: float = 1.0
+    study_quiet_s: float = 30.0
+    # access and limits
+    allowed_aets: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    max_associations: int = 10
+    max_pdu: int = 262_144
+    max_instance_bytes: int = 2 * 1024**3
+    tls: TLSConfig | None = None
+    forward: ForwardConfig | None = None
+    # operations
+    http_port: int | None = None
+    http_bind: str = "127.0.0.1"
+    log_format: str = "text"  # or "json"
+
+    @property
+    def spool_dir(self) -> Path:
+        return Path(self.data_dir) / "spool"
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.data_dir) / "output"
+
+    @property
+    def kept_dir(self) -> Path:
+        return Path(self.data_dir) / "kept"
+
+    @property
+    def failed_dir(self) -> Path:
+        return Path(self.data_dir) / "failed"
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.data_dir) / "state.sqlite"
+
+
+def _check_ae(name: str, value: str) -> None:
+    if not value or len(value) > 16 or not value.isascii() or "\\" in value or value != value.strip():
+        raise ConfigError(f"{name}: an AE title is 1-16 ASCII characters without backslash, got {value!r}")
+
+
+def validate(cfg: Config) -> Config:
+    """Return ``cfg`` if every setting is usable, else raise ConfigError naming the first bad one."""
+    _check_ae("ae_title", cfg.ae_title)
+    for aet in cfg.allowed_aets:
+        _check_ae("allowed_aets", aet)
+    if not 0 <= cfg.port <= 65535:
+        raise ConfigError(f"port: must be 0-65535, got {cfg.port}")
+    if cfg.http_port is not None and not 0 <= cfg.http_port <= 65535:
+        raise ConfigError(f"http_port: must be 0-65535, got {cfg.http_port}")
+    if not 1 <= cfg.quality <= 100:
+        raise ConfigError(f"quality: must be 1-100, got {cfg.quality}")
+    for name in ("batch_size", "max_associations", "max_instance_bytes"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name}: must be at least 1, got {getattr(cfg, name)}")
+    if cfg.max_pdu != 0 and cfg.max_pdu < 4096:
+        raise ConfigError(f"max_pdu: must be 0 (unlimited) or at least 4096, got {cfg.max_pdu}")
+    for name in ("batch_wait_s", "study_quiet_s"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name}: must not be negative")
+    if cfg.log_format not in ("text", "json"):
+        raise ConfigError(f"log_format: 'text' or 'json', got {cfg.log_format!r}")
+    if cfg.tls is not None:
+        for name in ("cert", "key", "ca"):
+            path = getattr(cfg.tls, name)
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"tls.{name}: file not found: {path}")
+        if cfg.tls.require_client_cert and not cfg.tls.ca:
+            raise ConfigError("tls.require_client_cert needs tls.ca to verify client certificates against")
+    if cfg.forward is not None:
+        _check_ae("forward.ae_title", cfg.forward.ae_title)
+        if not 1 <= cfg.forward.port <= 65535:
+            raise ConfigError(f"forward.port: must be 1-65535, got {cfg.forward.port}")
+    return cfg
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
+    kwargs = {}
+    for name, value in values.items():
+        if name == "tls":
+            value = _build(TLSConfig, value, "tls") if value else None
+        elif name == "forward":
+            value = _build(ForwardConfig, value, "forward") if value else None
+        elif name in ("allowed_aets", "allowed_hosts"):
+            value = tuple(value)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def load(path: str | Path | None = None, **overrides: Any) -> Config:
+    """Defaults, updated from the TOML file at ``path`` (if any), then by non-None ``overrides``.
+
+    Raises ConfigError for an unreadable file, an unknown or invalid setting.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values = tomllib.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from exc
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return validate(_build(Config, values, str(path or "settings")))
+
+
+EXAMPLE = """\
+# dicom-cae serve settings (every key is optional; these are the defaults)
+ae_title = "DICOM_CAE"
+bind = "127.0.0.1"          # "0.0.0.0" to accept associations from the network
+port = 11112
+data_dir = "dicom-cae-data" # spool/, output/, kept/, failed/, state.sqlite
+
+quality = 10                # JPEG quality 1-100
+# model = "blockres"        # see 'dicom-cae models'
+# weights = "path/to/file.weights.h5"
+batch_size = 16
+batch_wait_s = 1.0          # wait this long for a batch to fill
+study_quiet_s = 30.0        # a study is complete after this long without new instances
+
+allowed_aets = []           # calling AE titles allowed; empty: any
+allowed_hosts = []          # peer IP addresses allowed; empty: any
+max_associations = 10
+max_pdu = 262144
+max_instance_bytes = 2147483648
+
+# http_port = 8080          # /health and /metrics (Prometheus)
+http_bind = "127.0.0.1"
+log_format = "text"         # or "json"
+
+# [tls]
+# cert = "node.pem"
+# key = "node.key"
+# ca = "ca.pem"
+# require_client_cert = true
+
+# [forward]
+# ae_title = "PACS"
+# host = "127.0.0.1"
+# port = 4242
+# retry_initial_s = 5.0
+# retry_max_s = 300.0
+"""

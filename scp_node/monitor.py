@@ -1,0 +1,83 @@
+"""Counters of the node, and a small HTTP endpoint: /health (JSON) and /metrics (Prometheus)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+LOGGER = logging.getLogger(__name__)
+
+
+class Counters:
+    """Monotonic counters and a latency sum, safe to update from any thread."""
+
+    NAMES = ("received", "processed", "kept", "failed", "forwarded", "forward_errors", "rejected")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values = {n: 0 for n in self.NAMES}
+        self.latency_sum = 0.0
+        self.latency_count = 0
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._values[name] += n
+
+    def observe_latency(self, seconds: float) -> None:
+        with self._lock:
+            self.latency_sum += seconds
+            self.latency_count += 1
+
+    def snapshot(self) -> dict[str, float]:
+        with self._lock:
+            return {**self._values, "latency_sum": self.latency_sum, "latency_count": self.latency_count}
+
+
+def prometheus(counters: dict[str, float], gauges: dict[str, float]) -> str:
+    lines = []
+    for name in Counters.NAMES:
+        lines += [f"# TYPE dicom_cae_{name}_total counter", f"dicom_cae_{name}_total {counters[name]}"]
+    lines += [
+        "# HELP dicom_cae_processing_latency_seconds Time from acknowledgement to derived instance written.",
+        "# TYPE dicom_cae_processing_latency_seconds summary",
+        f"dicom_cae_processing_latency_seconds_sum {counters['latency_sum']:.6f}",
+        f"dicom_cae_processing_latency_seconds_count {counters['latency_count']}",
+    ]
+    for name, value in gauges.items():
+        lines += [f"# TYPE dicom_cae_{name} gauge", f"dicom_cae_{name} {value}"]
+    return "\n".join(lines) + "\n"
+
+
+def serve_http(bind: str, port: int, status: Callable[[], tuple[dict, dict]]) -> ThreadingHTTPServer:
+    """Start /health and /metrics on ``bind:port`` in a daemon thread; returns the server.
+
+    ``status()`` returns (counters, gauges).
+    """
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            counters, gauges = status()
+            if self.path == "/health":
+                body = json.dumps({"status": "ok", **gauges, **{k: counters[k] for k in Counters.NAMES}}).encode()
+                ctype = "application/json"
+            elif self.path == "/metrics":
+                body = prometheus(counters, gauges).encode()
+                ctype = "text/plain; version=0.0.4"
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, fmt: str, *args: object) -> None:
+            LOGGER.debug("http: " + fmt, *args)
+
+    server = ThreadingHTTPServer((bind, port), Handler)
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    return server

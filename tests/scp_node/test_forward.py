@@ -1,0 +1,85 @@
+"""Forwarding to Orthanc (the destination PACS), including while it is down."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import urllib.request
+
+import pytest
+
+from scp_node.forward import backoff
+from tests.conftest import SAMPLES, dcmtk, peer_env, wait_until
+from tests.scp_node.test_node import running_node, storescu
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def orthanc(tmp_path, http_port: int, dicom_port: int, node_port: int):
+    exe = shutil.which("Orthanc")
+    if exe is None:
+        pytest.skip("Orthanc is not installed (apt-get install orthanc; .ci/run does)")
+    config = {
+        "Name": "test-pacs", "StorageDirectory": str(tmp_path / "orthanc-db"), "IndexDirectory": str(tmp_path / "orthanc-db"),
+        "Plugins": [], "HttpServerEnabled": True, "HttpPort": http_port, "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False, "DicomServerEnabled": True, "DicomAet": "ORTHANC", "DicomPort": dicom_port,
+        "DicomCheckCalledAet": False, "DicomAlwaysAllowEcho": True, "DicomAlwaysAllowStore": True,
+        "DicomModalities": {"NODE": ["DICOM_CAE", "127.0.0.1", node_port]},
+    }
+    path = tmp_path / "orthanc.json"
+    path.write_text(json.dumps(config))
+    proc = subprocess.Popen([exe, str(path)], env=peer_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: _get(http_port, "/system"), timeout=30, what="Orthanc to start")
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _get(port: int, path: str):
+    try:
+        return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2).read())
+    except OSError:
+        return None
+
+
+def _count(port: int) -> int:
+    stats = _get(port, "/statistics")
+    return stats["CountInstances"] if stats else -1
+
+
+def test_backoff_doubles_and_is_capped():
+    assert [backoff(a, 5, 60) for a in range(6)] == [5, 10, 20, 40, 60, 60]
+
+
+def test_derived_series_reach_orthanc_and_nothing_is_lost_while_it_is_down(tmp_path, pipe):
+    http_port, dicom_port = free_port(), free_port()
+    forward = {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": dicom_port, "retry_initial_s": 0.3, "retry_max_s": 1.0}
+    with running_node(tmp_path, pipe, forward=forward) as node:
+        with orthanc(tmp_path, http_port, dicom_port, node.port):
+            proc = storescu(node, *(str(SAMPLES / f"ct_phantom_{i}.dcm") for i in (1, 2, 3)))
+            assert proc.returncode == 0, proc.stderr
+            wait_until(lambda: _count(http_port) == 3, what="3 derived instances in Orthanc")
+            series = _get(http_port, "/series?expand")
+            assert len(series) == 1
+            assert series[0]["MainDicomTags"]["SeriesDescription"].startswith("CAE blockres q10")
+            tags = _get(http_port, f"/instances/{series[0]['Instances'][0]}/simplified-tags")
+            assert tags["ImageType"].startswith("DERIVED\\SECONDARY") and tags["Rows"] == "256"
+        # Orthanc is down now: the next study waits in the outbox.
+        proc = storescu(node, "-xr", str(SAMPLES / "mr_nonsquare.dcm"), str(SAMPLES / "mr_rle.dcm"))
+        assert proc.returncode == 0, proc.stderr
+        wait_until(lambda: node.state.outbox_size() == 2 and node.counters.snapshot()["forward_errors"] >= 2,
+                   what="2 instances waiting in the outbox after failed attempts")
+        with orthanc(tmp_path, http_port, dicom_port, node.port):
+            wait_until(lambda: node.state.outbox_size() == 0, what="the outbox to drain")
+            assert _count(http_port) == 5
+        assert node.counters.snapshot()["forwarded"] == 5

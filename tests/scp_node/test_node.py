@@ -1,0 +1,201 @@
+"""The node with real peers on 127.0.0.1: DCMTK storescu/echoscu as modalities, pynetdicom SCUs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import threading
+import urllib.request
+
+import pydicom
+import pytest
+from pydicom.uid import RLELossless
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
+
+from dicom_cae import private_tags
+from scp_node.config import ConfigError, load
+from scp_node.node import Node
+from tests.conftest import SAMPLES, dciodvfy_errors, dcmtk, peer_env, shared, wait_until
+
+
+@contextlib.contextmanager
+def running_node(tmp_path, pipe, **settings):
+    settings = {"port": 0, "data_dir": str(tmp_path / "node"), "study_quiet_s": 1.0, "batch_wait_s": 0.2, **settings}
+    node = Node(load(None, **settings), pipe)
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+def _processed(node):
+    return node.counters.snapshot()["processed"]
+
+
+def _derived(node):
+    return sorted(node.cfg.output_dir.rglob("*.dcm"))
+
+
+def storescu(node, *args, aet="MODALITY"):
+    """DCMTK storescu: options (starting with - or +) first, then peer and port, then files."""
+    opts = [a for a in args if a[:1] in "-+"]
+    files = [a for a in args if a[:1] not in "-+"]
+    return subprocess.run(
+        [dcmtk("storescu"), "-aec", node.cfg.ae_title, "-aet", aet, *opts, "127.0.0.1", str(node.port), *files],
+        capture_output=True, text=True, env=peer_env(), timeout=120,
+    )
+
+
+def test_storescu_sends_a_ct_series_every_instance_is_processed(tmp_path, pipe):
+    src = shared("ct", "lung-dx-a0002-b40f")
+    with running_node(tmp_path, pipe, http_port=0) as node:
+        echo = subprocess.run([dcmtk("echoscu"), "-aec", node.cfg.ae_title, "127.0.0.1", str(node.port)],
+                              capture_output=True, env=peer_env())
+        assert echo.returncode == 0
+        proc = storescu(node, "+sd", str(src))
+        assert proc.returncode == 0, proc.stderr
+        assert node.counters.snapshot()["received"] == 30
+        wait_until(lambda: _processed(node) == 30, what="30 processed")
+        derived = _derived(node)
+        assert len(derived) == 30
+        report = wait_until(lambda: next(node.cfg.output_dir.glob("*/report.json"), None), what="the study report")
+        data = json.loads(report.read_text())
+        assert data["images"] == 30 and data["regression"]["r2"] > 0.9
+        sources = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID: f for f in src.glob("*.dcm")}
+        for f in derived[:4]:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+            assert private_tags.read(ds)["PSNR"][0] > 20
+            source = sources[ds.SourceImageSequence[0].ReferencedSOPInstanceUID]
+            assert not set(dciodvfy_errors(f)) - set(dciodvfy_errors(source))
+        port = node._http.server_address[1]
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+        assert "dicom_cae_processed_total 30" in metrics and "dicom_cae_queue_depth 0" in metrics
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health").read())
+        assert health["status"] == "ok" and health["received"] == 30
+
+
+def test_a_study_in_a_compressed_transfer_syntax(tmp_path, pipe):
+    folder = tmp_path / "rle"
+    folder.mkdir()
+    for name in ("ct_phantom_1.dcm", "ct_phantom_2.dcm", "ct_phantom_3.dcm"):
+        ds = pydicom.dcmread(SAMPLES / name)
+        ds.compress(RLELossless)
+        ds.save_as(folder / name, enforce_file_format=True)
+    with running_node(tmp_path, pipe) as node:
+        proc = storescu(node, "-xr", "+sd", str(folder))  # propose RLE Lossless
+        assert proc.returncode == 0, proc.stderr
+        wait_until(lambda: _processed(node) == 3, what="3 processed")
+        received = sorted(node.cfg.output_dir.rglob("*.dcm"))
+        assert len(received) == 3
+        assert all(pydicom.dcmread(f).pixel_array.shape == (256, 256) for f in received)
+
+
+def test_non_images_are_kept_and_corrupt_data_is_reported(tmp_path, pipe):
+    ct = pydicom.dcmread(SAMPLES / "ct_phantom_1.dcm")
+    broken = ct.copy()
+    broken.SOPInstanceUID = pydicom.uid.generate_uid()
+    broken.PixelData = ct.PixelData[:1000]  # far shorter than Rows x Columns x 2
+    with running_node(tmp_path, pipe) as node:
+        proc = storescu(node, str(SAMPLES / "sr_not_an_image.dcm"))
+        assert proc.returncode == 0, proc.stderr
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(CTImageStorage)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title=node.cfg.ae_title)
+        assert assoc.is_established
+        assert assoc.send_c_store(broken).Status == 0x0000  # stored durably; processing fails later
+        assoc.release()
+        wait_until(lambda: node.counters.snapshot()["failed"] == 1 and node.counters.snapshot()["kept"] == 1,
+                   what="one kept and one failed")
+        kept = node.state.instances("kept")
+        assert kept[0][3] == "no Pixel Data: not an image object (Basic Text SR Storage)"
+        assert list(node.cfg.kept_dir.rglob("*.dcm"))
+        failed = node.state.instances("failed")
+        assert failed[0][0] == broken.SOPInstanceUID and "cannot decode Pixel Data" in failed[0][3]
+        assert not _derived(node)
+
+
+def test_unknown_calling_ae_title_and_host_are_rejected(tmp_path, pipe):
+    with running_node(tmp_path, pipe, allowed_aets=["MODALITY"]) as node:
+        ok = subprocess.run([dcmtk("echoscu"), "-aet", "MODALITY", "-aec", node.cfg.ae_title, "127.0.0.1", str(node.port)],
+                            capture_output=True, text=True, env=peer_env())
+        assert ok.returncode == 0
+        bad = subprocess.run([dcmtk("echoscu"), "-aet", "INTRUDER", "-aec", node.cfg.ae_title, "127.0.0.1", str(node.port)],
+                             capture_output=True, text=True, env=peer_env())
+        assert bad.returncode != 0
+        assert "Association Rejected" in bad.stdout + bad.stderr
+        assert node.counters.snapshot()["rejected"] == 1
+    with running_node(tmp_path, pipe, allowed_hosts=["10.1.2.3"], data_dir=str(tmp_path / "n2")) as node:
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title=node.cfg.ae_title)
+        assert assoc.is_rejected
+        assert node.counters.snapshot()["rejected"] == 1
+
+
+def test_four_associations_at_once(tmp_path, pipe):
+    src = sorted(shared("mr", "trio-mprage").glob("*.dcm"))[:40]
+    with running_node(tmp_path, pipe) as node:
+        results = [None] * 4
+
+        def send(i):
+            results[i] = storescu(node, *map(str, src[i::4]), aet=f"MOD{i}")
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+        wait_until(lambda: _processed(node) == 40, what="40 processed")
+        assert len(_derived(node)) == 40
+
+
+def test_tls_association_with_a_certificate_made_here(tmp_path, pipe):
+    import ssl
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+            "-keyout", str(tmp_path / "ca.key"), "-out", str(tmp_path / "ca.pem"))
+    for who in ("node", "client"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={who}", "-addext", "subjectAltName=IP:127.0.0.1",
+                "-keyout", str(tmp_path / f"{who}.key"), "-out", str(tmp_path / f"{who}.csr"))
+        openssl("x509", "-req", "-in", str(tmp_path / f"{who}.csr"), "-CA", str(tmp_path / "ca.pem"), "-CAkey",
+                str(tmp_path / "ca.key"), "-CAcreateserial", "-days", "1", "-copy_extensions", "copy",
+                "-out", str(tmp_path / f"{who}.pem"))
+    tls = {"cert": str(tmp_path / "node.pem"), "key": str(tmp_path / "node.key"), "ca": str(tmp_path / "ca.pem"),
+           "require_client_cert": True}
+    with running_node(tmp_path, pipe, tls=tls) as node:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tmp_path / "ca.pem"))
+        ctx.load_cert_chain(str(tmp_path / "client.pem"), str(tmp_path / "client.key"))
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(MRImageStorage)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title=node.cfg.ae_title, tls_args=(ctx, "127.0.0.1"))
+        assert assoc.is_established
+        assert assoc.send_c_store(pydicom.dcmread(SAMPLES / "mr_nonsquare.dcm")).Status == 0x0000
+        assoc.release()
+        wait_until(lambda: _processed(node) == 1, what="1 processed")
+        # Without a client certificate the handshake fails: no association.
+        bare = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tmp_path / "ca.pem"))
+        ae2 = AE(ae_title="MODALITY")
+        ae2.add_requested_context(MRImageStorage)
+        assoc2 = ae2.associate("127.0.0.1", node.port, ae_title=node.cfg.ae_title, tls_args=(bare, "127.0.0.1"))
+        assert not assoc2.is_established
+
+
+def test_settings_are_checked_with_the_setting_named(tmp_path):
+    with pytest.raises(ConfigError, match="ae_title: an AE title is 1-16"):
+        load(None, ae_title="A_TITLE_MUCH_TOO_LONG")
+    cfg_file = tmp_path / "node.toml"
+    cfg_file.write_text('port = 4000\nquality = 20\n[forward]\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 4242\n')
+    cfg = load(cfg_file, quality=30)
+    assert (cfg.port, cfg.quality, cfg.forward.ae_title) == (4000, 30, "PACS")
+    cfg_file.write_text("colour = 'red'\n")
+    with pytest.raises(ConfigError, match="unknown setting\\(s\\) colour"):
+        load(cfg_file)
+    with pytest.raises(ConfigError, match="tls.require_client_cert needs tls.ca"):
+        load(None, tls={"cert": str(SAMPLES / "README.md"), "key": str(SAMPLES / "README.md"), "require_client_cert": True})
