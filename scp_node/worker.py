@@ -47,6 +47,14 @@ class Worker(threading.Thread):
         self.wake.set()
 
     def run(self) -> None:
+        # Receiving comes first: on a busy machine the network path must not wait for the model.
+        # Threads are scheduled entities on Linux, and the ones this thread starts (the model's
+        # thread pool included) inherit its niceness.
+        if hasattr(os, "setpriority"):
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+            except OSError:
+                LOGGER.debug("could not lower the worker's priority")
         while not self._stopping.is_set():
             batch = self._next_batch()
             if batch:
