@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="runs/train", metavar="DIR", help="output folder (default runs/train)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
+    r = sub.add_parser("report", help="rebuild the study reports of an output folder from its derived instances")
+    r.add_argument("dir", metavar="DIR", help="an output folder of convert or serve (or one study folder in it)")
+    r.add_argument("--sources", metavar="DIR", help="folder of the original files, to show them beside the reconstructions")
+    r.add_argument("--identifiers", action="store_true", help="show the patient's name and ID in the reports")
+    r.add_argument("--no-dicom", action="store_true", help="do not write the Encapsulated PDF instance")
+
     m = sub.add_parser("models", help="list the models and the weights that ship")
     m.add_argument("--json", action="store_true", help="print the model cards as JSON")
 
@@ -162,6 +168,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from dicom_cae import io, report
+
+    root = Path(args.dir)
+    if not root.is_dir():
+        print(f"dicom-cae report: error: {root} is not a folder", file=sys.stderr)
+        return EXIT_USAGE
+    sources: dict[str, Path] = {}
+    if args.sources:
+        for f in io.walk(args.sources):
+            try:
+                sources[str(io.read(f, pixels=False).SOPInstanceUID)] = f
+            except Exception:  # not DICOM, or no UID: not a source
+                continue
+    # A study folder holds series folders of .dcm files; the output root holds study folders.
+    studies = [root] if any(root.glob("*/*.dcm")) else sorted(d for d in root.iterdir() if d.is_dir() and any(d.glob("*/*.dcm")))
+    if not studies:
+        print(f"dicom-cae report: error: no study folders with derived instances under {root}", file=sys.stderr)
+        return EXIT_USAGE
+    for study in studies:
+        path = report.write(study, sources=sources, identifiers=args.identifiers, document=not args.no_dicom)
+        print(f"{study.name}: {path.name}, {report.REPORT_HTML}" + ("" if args.no_dicom else ", Encapsulated PDF"))
+    return EXIT_OK
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from dicom_cae.model.architectures import ARCHITECTURES
     from dicom_cae.model.reconstructor import DEFAULT_MODEL, shipped_cards
@@ -194,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     from dicom_cae.errors import ModelError
 
     try:
-        commands = {"convert": cmd_convert, "train": cmd_train, "models": cmd_models}
+        commands = {"convert": cmd_convert, "train": cmd_train, "models": cmd_models, "report": cmd_report}
         return commands[args.command](args) if args.command in commands else args.func(args)
     except ModelError as exc:
         print(f"dicom-cae {args.command}: error: {exc}", file=sys.stderr)

@@ -63,16 +63,17 @@ class Summary:
         return 1 if self.failed else 0
 
 
-def _prepare_one(path: Path, dst: Path, pipe: Pipeline, quality: int) -> tuple[Path, Prepared | None]:
-    """Read and prepare one file; with its output path, and None when that exists already."""
+def _prepare_one(path: Path, dst: Path, pipe: Pipeline, quality: int) -> tuple[Path, Prepared | None, str]:
+    """Read and prepare one file: its output path, the prepared instance (None when the output
+    exists already) and its SOP Instance UID."""
     ds = io.read(path)
     if not all(kw in ds for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")):
         raise DicomInputError(str(path), "missing Study, Series or SOP Instance UID")
     uids = derived_uids(ds, key=pipe.key(quality))
     out = output_path(dst, ds.StudyInstanceUID, uids.series, uids.instance)
     if out.exists():
-        return out, None
-    return out, pipeline.prepare(ds, str(path), quality=quality)
+        return out, None, str(ds.SOPInstanceUID)
+    return out, pipeline.prepare(ds, str(path), quality=quality), str(ds.SOPInstanceUID)
 
 
 def _write(derived: Derived, dst: Path) -> Path:
@@ -135,6 +136,7 @@ def convert(
     writes: deque[Future] = deque()
     counting = threading.Lock()
     claimed: dict[Path, Path] = {}  # output -> the source file that produces it in this run
+    sources: dict[str, Path] = {}  # source SOP Instance UID -> file, for the reports' pictures
 
     def drain_writes(keep: int) -> None:
         while len(writes) > keep:
@@ -170,7 +172,7 @@ def convert(
     ) as writer:
         for path, fut in _bounded(readers, lambda p: _prepare_one(p, dst, pipe, quality), files, 2 * pipe.batch_size):
             try:
-                out, result = fut.result()
+                out, result, sop_uid = fut.result()
             except Exception as exc:  # one bad file must never stop the batch
                 _record_failure(summary, path, exc)
                 bar.update(1)
@@ -182,6 +184,7 @@ def convert(
                 bar.update(1)
                 continue
             claimed[out] = path
+            sources[sop_uid] = path
             if result is None:
                 summary.skipped_done += 1
                 summary.studies.add(out.parent.parent.name)
@@ -196,7 +199,7 @@ def convert(
     bar.close()
 
     for study in sorted(summary.studies):
-        report.write(dst / study)
+        report.write(dst / study, sources=sources)
     lines = ["file\tkind\treason"]
     for kind, errs in (
         ("failed", summary.failed),

@@ -194,14 +194,19 @@ def derive(
 
     private_tags.write(ds, private)
 
+    ds.file_meta = _file_meta(ds)
+    return ds
+
+
+def _file_meta(ds: Dataset) -> FileMetaDataset:
+    """File meta for writing ``ds`` in Explicit VR Little Endian (private VRs travel with it)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    ds.file_meta = meta
-    return ds
+    return meta
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -223,3 +228,78 @@ def _scale_functional_groups(ds: Dataset, row_scale: float, col_scale: float) ->
             for ftype in group.get("MRImageFrameTypeSequence") or group.get("CTImageFrameTypeSequence") or []:
                 if "FrameType" in ftype:
                     ftype.FrameType = ["DERIVED", *[str(v) for v in ftype.FrameType][1:]]
+
+
+# Patient and General Study attributes copied into a report document from the study's images.
+_STUDY_KEYWORDS = (
+    "SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
+    "PatientAge", "OtherPatientIDsSequence", "StudyInstanceUID", "StudyDate", "StudyTime",
+    "ReferringPhysicianName", "StudyID", "AccessionNumber", "StudyDescription",
+)
+REPORT_SERIES_NUMBER = 7999
+
+
+def report_document(
+    template: Dataset,
+    pdf: bytes,
+    references: list[tuple[str, str]],
+    *,
+    series_uid: str,
+    instance_uid: str,
+    title: str,
+    identifies_patient: bool = False,
+    now: dt.datetime | None = None,
+) -> Dataset:
+    """An Encapsulated PDF instance in a new series of ``template``'s study.
+
+    ``references`` are the (SOP Class UID, SOP Instance UID) of the derived instances the
+    report is about (Source Instance Sequence).
+
+    Raises:
+        ValueError: ``pdf`` is not a PDF, or there is nothing to reference.
+    """
+    if not pdf.startswith(b"%PDF"):
+        raise ValueError("the report document is not a PDF")
+    if not references:
+        raise ValueError("a report must reference at least one instance")
+    now = now or dt.datetime.now()
+    ds = Dataset()
+    for kw in _STUDY_KEYWORDS:
+        if kw in template:
+            ds.add(copy.deepcopy(template[kw]))
+    for kw in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+               "ReferringPhysicianName", "StudyID", "AccessionNumber"):
+        if kw not in ds:
+            setattr(ds, kw, "")
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.104.1"  # Encapsulated PDF Storage
+    ds.SOPInstanceUID = instance_uid
+    ds.Modality = "DOC"
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = REPORT_SERIES_NUMBER
+    ds.SeriesDescription = "CAE quality report"
+    ds.Manufacturer = "dicom-cae"
+    ds.SoftwareVersions = dicom_cae.__version__
+    ds.ConversionType = "WSD"  # workstation
+    ds.InstanceNumber = 1
+    ds.ContentDate = now.strftime("%Y%m%d")
+    ds.ContentTime = now.strftime("%H%M%S")
+    ds.InstanceCreationDate = ds.ContentDate
+    ds.InstanceCreationTime = ds.ContentTime
+    ds.AcquisitionDateTime = now.strftime("%Y%m%d%H%M%S")
+    ds.BurnedInAnnotation = "YES" if identifies_patient else "NO"
+    ds.DocumentTitle = title[:64]
+    ds.ConceptNameCodeSequence = Sequence()  # Type 2: no code names this kind of report
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    refs = []
+    for sop_class, sop_uid in references:
+        item = Dataset()
+        item.ReferencedSOPClassUID = sop_class
+        item.ReferencedSOPInstanceUID = sop_uid
+        refs.append(item)
+    ds.SourceInstanceSequence = Sequence(refs)
+    data = pdf + (b"\0" if len(pdf) % 2 else b"")
+    ds.EncapsulatedDocument = data
+    ds.EncapsulatedDocumentLength = len(pdf)
+
+    ds.file_meta = _file_meta(ds)
+    return ds

@@ -33,8 +33,12 @@ class Prepared:
     reference: np.ndarray  # float32 (frames, 256, 256), the normalized original
     norm: image.Normalization
     jpeg: np.ndarray  # float32 (frames, 256, 256), the JPEG decode
-    jpeg_bytes: tuple[int, ...]
+    jpeg_streams: tuple[bytes, ...]
     quality: int
+
+    @property
+    def jpeg_bytes(self) -> tuple[int, ...]:
+        return tuple(len(s) for s in self.jpeg_streams)
 
     @property
     def frames(self) -> int:
@@ -67,11 +71,11 @@ def prepare(ds: Dataset, source: str, *, quality: int) -> Prepared:
     quality = codec.check_quality(quality)
     reference, norm = image.normalize(ds, source)
     jpeg = np.empty_like(reference)
-    sizes = []
+    streams = []
     for i, frame in enumerate(reference):
-        jpeg[i], nbytes = codec.jpeg_roundtrip(frame, quality)
-        sizes.append(nbytes)
-    return Prepared(source, ds, reference, norm, jpeg, tuple(sizes), quality)
+        streams.append(codec.jpeg_encode(frame, quality))
+        jpeg[i] = codec.jpeg_decode(streams[-1])
+    return Prepared(source, ds, reference, norm, jpeg, tuple(streams), quality)
 
 
 def finish(prep: Prepared, reconstruction: np.ndarray, *, model_name: str, weights_sha256: str) -> Derived:
@@ -87,6 +91,15 @@ def finish(prep: Prepared, reconstruction: np.ndarray, *, model_name: str, weigh
         )
         for i in range(prep.frames)
     )
+    errors = stored_unit - prep.reference
+    span = np.asarray(prep.norm.hi) - np.asarray(prep.norm.lo)
+    percentiles, histograms = [], []
+    edges = np.asarray(private_tags.ERROR_BIN_EDGES)
+    for i, err in enumerate(errors):
+        abs_modality = np.abs(err.astype(np.float64)) * (span[i] if span[i] > 0 else 1.0)
+        percentiles += [float(v) for v in np.percentile(abs_modality, [50, 95, 99])] + [float(abs_modality.max())]
+        inner, _ = np.histogram(err, bins=edges)
+        histograms += [int((err < edges[0]).sum()), *map(int, inner), int((err > edges[-1]).sum())]
     total_bytes = sum(prep.jpeg_bytes)
     original_bytes = prep.frames * image.SIZE * image.SIZE
     private: dict[str, Any] = {
@@ -110,6 +123,9 @@ def finish(prep: Prepared, reconstruction: np.ndarray, *, model_name: str, weigh
         "JPEGOnlyMSE": [f.jpeg.mse for f in frames],
         "NormalizationLow": list(prep.norm.lo),
         "NormalizationHigh": list(prep.norm.hi),
+        "AbsErrorPercentiles": percentiles,
+        "ErrorHistogram": histograms,
+        "JPEGStreams": b"".join(prep.jpeg_streams),
     }
     resampled = (
         f"; resampled from {prep.norm.src_rows}x{prep.norm.src_cols} to 256x256" if prep.norm.resampled else ""

@@ -48,7 +48,11 @@ ELEMENTS: tuple[PrivateElement, ...] = (
     PrivateElement(0x13, "JPEGOnlyMSE", "FD", True, "(normalized units)^2", "MSE of the plain JPEG decode"),
     PrivateElement(0x14, "NormalizationLow", "FD", True, "modality units", "Modality value mapped to 0 (to 1 for MONOCHROME1)"),
     PrivateElement(0x15, "NormalizationHigh", "FD", True, "modality units", "Modality value mapped to 1 (to 0 for MONOCHROME1)"),
+    PrivateElement(0x16, "AbsErrorPercentiles", "FD", True, "modality units (HU for CT)", "Absolute error of the stored frame against the original: 50th, 95th, 99th percentile and maximum (4 values per frame)"),
+    PrivateElement(0x17, "ErrorHistogram", "UL", True, "pixels", f"Signed error (stored - original, normalized units): counts below {-0.2}, then 40 bins of 0.01 from -0.2 to 0.2, then above 0.2 (42 values per frame)"),
+    PrivateElement(0x18, "JPEGStreams", "OB", False, "", "The JPEG (ISO 10918-1) streams of the frames, concatenated; JPEGBytes gives their lengths"),
 )
+ERROR_BIN_EDGES = tuple(round(-0.2 + 0.01 * i, 2) for i in range(41))
 BY_KEYWORD = {e.keyword: e for e in ELEMENTS}
 
 
@@ -65,6 +69,8 @@ def write(ds: Dataset, values: dict[str, Any]) -> None:
         el = BY_KEYWORD[kw]
         if el.vr == "IS":
             value = str(int(value))
+        elif el.vr == "OB":
+            value = bytes(value)
         elif el.vr == "LO":
             value = str(value)[:64]
         elif el.per_frame:
@@ -88,6 +94,8 @@ def read(ds: Dataset) -> dict[str, Any] | None:
             continue
         if el.vr == "IS":
             value = int(value)
+        elif el.vr == "OB":
+            value = bytes(value)
         elif el.per_frame:
             value = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
             value = [float(v) for v in value] if el.vr == "FD" else [int(v) for v in value]

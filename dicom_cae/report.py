@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import math
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydicom.uid import generate_uid
 
 import dicom_cae
 from dicom_cae import io, metrics, private_tags
@@ -66,6 +68,9 @@ def image_rows(study_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
                         "pixel_accuracy": tags["JPEGOnlyPixelAccuracy"][i],
                     },
                     "pixel_accuracy_tolerance": tags["PixelAccuracyTolerance"],
+                    # Absent from instances written before these elements existed.
+                    "abs_error_percentiles": tags.get("AbsErrorPercentiles", [math.nan] * 4 * (i + 1))[4 * i : 4 * i + 4],
+                    "error_histogram": tags.get("ErrorHistogram", [0] * 42 * (i + 1))[42 * i : 42 * i + 42],
                 }
             )
     rows.sort(key=lambda r: (r["series_instance_uid"], r["instance_number"] or 0, r["sop_instance_uid"], r["frame"]))
@@ -88,6 +93,9 @@ def build(study_dir: str | os.PathLike[str]) -> dict[str, Any]:
     study_dir = Path(study_dir)
     rows = image_rows(study_dir)
     fit = metrics.regression([r["mean_original"] for r in rows], [r["mean_reconstructed"] for r in rows])
+    diffs = np.asarray([r["mean_reconstructed"] - r["mean_original"] for r in rows], np.float64)
+    bias = float(diffs.mean()) if len(diffs) else math.nan
+    sd = float(diffs.std(ddof=1)) if len(diffs) > 1 else math.nan
     higher_better = {"psnr", "ssim", "pixel_accuracy"}
     summary = {
         m: {
@@ -100,6 +108,18 @@ def build(study_dir: str | os.PathLike[str]) -> dict[str, Any]:
         }
         for m in SUMMARY_METRICS
     }
+    pcts = np.asarray([r.pop("abs_error_percentiles") for r in rows], np.float64).reshape(-1, 4)
+    hist = np.asarray([r.pop("error_histogram") for r in rows], np.int64).reshape(-1, 42).sum(axis=0)
+    modalities = sorted({r["modality"] for r in rows})
+    error = {
+        "unit": "HU" if modalities == ["CT"] else "modality units",
+        "percentiles": {
+            key: _finite(float(agg(pcts[:, col]))) if len(pcts) else None
+            for col, (key, agg) in enumerate((("p50", np.mean), ("p95", np.mean), ("p99", np.mean), ("max", np.max)))
+        },
+        "histogram_edges": list(private_tags.ERROR_BIN_EDGES),
+        "histogram": [int(v) for v in hist] if len(rows) else [0] * 42,
+    }
     for r in rows:
         for k in ("psnr", "ssim", "pixel_accuracy", "mse", "compression_ratio", "bpp", "mean_original", "mean_reconstructed"):
             r[k] = _finite(r[k])
@@ -109,7 +129,7 @@ def build(study_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "software": f"dicom-cae {dicom_cae.__version__}",
         "images": len(rows),
         "series": sorted({r["series_instance_uid"] for r in rows}),
-        "modalities": sorted({r["modality"] for r in rows}),
+        "modalities": modalities,
         "models": sorted({f"{r['model']} ({r['weights_sha256'][:12]})" for r in rows}),
         "jpeg_qualities": sorted({r["jpeg_quality"] for r in rows}),
         "pixel_accuracy_tolerance": rows[0]["pixel_accuracy_tolerance"] if rows else metrics.PIXEL_TOLERANCE,
@@ -121,14 +141,79 @@ def build(study_dir: str | os.PathLike[str]) -> dict[str, Any]:
             "r2": _finite(fit.r2),
             "n": fit.n,
         },
+        "bland_altman": {
+            "bias": _finite(bias),
+            "sd": _finite(sd),
+            "lower": _finite(bias - 1.96 * sd),
+            "upper": _finite(bias + 1.96 * sd),
+        },
         "summary": summary,
+        "error": error,
         "per_image": rows,
     }
 
 
-def write(study_dir: str | os.PathLike[str]) -> Path:
-    """Build the study's report and write ``report.json`` into ``study_dir``; returns its path."""
+REPORT_HTML = "report.html"
+
+
+def write(
+    study_dir: str | os.PathLike[str],
+    *,
+    sources: dict[str, Path] | None = None,
+    identifiers: bool = False,
+    document: bool = True,
+) -> Path:
+    """Write the study's report.json, report.html and (with ``document``) its DICOM form, an
+    Encapsulated PDF in a series of its own in the study folder; returns report.json's path.
+
+    ``sources`` maps source SOP Instance UIDs to their files, to show the originals beside the
+    reconstructions; ``identifiers`` puts the patient's name and ID in the HTML and PDF.
+    """
+    study_dir = Path(study_dir)
     report = build(study_dir)
-    path = Path(study_dir) / REPORT_JSON
+    path = study_dir / REPORT_JSON
     io.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n", path)
+    if not report["per_image"]:
+        return path
+
+    from dicom_cae import derive, report_html
+
+    derived = sorted(p for p in study_dir.rglob("*.dcm") if p.stem in {r["sop_instance_uid"] for r in report["per_image"]})
+    template = io.read(derived[0], pixels=False)
+    now = dt.datetime.now()
+    header = {
+        "Study Instance UID": report["study_instance_uid"],
+        "Derived series": ", ".join(report["series"]),
+        "Modality": ", ".join(report["modalities"]),
+        "Images": str(report["images"]),
+        "Model": ", ".join(report["models"]),
+        "JPEG quality": ", ".join(map(str, report["jpeg_qualities"])),
+        "Report written": now.strftime("%Y-%m-%d %H:%M"),
+        "Software": report["software"],
+    }
+    if identifiers:
+        header = {"Patient": str(template.get("PatientName", "")), "Patient ID": str(template.get("PatientID", "")), **header}
+    panels = report_html.worst_panels(study_dir, report["per_image"], sources)
+    figs = report_html.figures(report, panels)
+    try:
+        io.write_text(report_html.render_html(report, figs, header), study_dir / REPORT_HTML)
+        if document:
+            pdf = report_html.render_pdf(report, figs, header)
+            refs = sorted({(str(io.read(p, pixels=False).SOPClassUID), p.stem) for p in derived})
+            series_uid = generate_uid(derive.UID_PREFIX, entropy_srcs=["report series", report["study_instance_uid"]])
+            instance_uid = generate_uid(derive.UID_PREFIX, entropy_srcs=["report", report["study_instance_uid"], *(u for _, u in refs)])
+            doc = derive.report_document(
+                template, pdf, refs, series_uid=series_uid, instance_uid=instance_uid,
+                title="JPEG + CAE quality report", identifies_patient=identifiers, now=now,
+            )
+            folder = study_dir / series_uid
+            for old in folder.glob("*.dcm"):  # an earlier version, about fewer instances
+                if old.stem != instance_uid:
+                    old.unlink()
+            io.write(doc, folder / f"{instance_uid}.dcm")
+    finally:
+        import matplotlib.pyplot as plt
+
+        for f in figs.values():
+            plt.close(f)
     return path

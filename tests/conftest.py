@@ -97,3 +97,13 @@ def wait_until(predicate, timeout: float = 60.0, interval: float = 0.1, what: st
             return value
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def derived_images(folder):
+    """The derived image instances under an output folder (not the reports' PDF documents)."""
+    import pydicom
+
+    return sorted(
+        f for f in Path(folder).rglob("*.dcm")
+        if "SourceImageSequence" in pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SourceImageSequence"])
+    )

@@ -5,11 +5,11 @@ import pytest
 
 from dicom_cae import cli, private_tags
 from dicom_cae.convert import ERRORS_FILE, convert
-from tests.conftest import SAMPLES, dciodvfy_errors
+from tests.conftest import SAMPLES, dciodvfy_errors, derived_images
 
 
 def _outputs(out):
-    return sorted(out.rglob("*.dcm"))
+    return derived_images(out)
 
 
 def test_samples_convert_and_bad_files_are_reported(converted_samples):

@@ -7,12 +7,12 @@ import pytest
 
 from dicom_cae import private_tags
 from dicom_cae.convert import convert
-from tests.conftest import dciodvfy_errors, shared
+from tests.conftest import dciodvfy_errors, derived_images, shared
 
 
 def _by_source(out):
     derived = {}
-    for f in sorted(out.rglob("*.dcm")):
+    for f in derived_images(out):
         ds = pydicom.dcmread(f, stop_before_pixels=True)
         derived[ds.SourceImageSequence[0].ReferencedSOPInstanceUID] = (f, ds)
     return derived
@@ -63,7 +63,7 @@ def test_studyforrest_mends_overlong_decimal_strings(tmp_path, pipe):
     (one / first.name).write_bytes(first.read_bytes())
     s = convert(one, tmp_path / "out", pipe, quality=10, progress=False)
     assert s.converted == 1
-    out = next((tmp_path / "out").rglob("*.dcm"))
+    out = derived_images(tmp_path / "out")[0]
     before, after = set(dciodvfy_errors(first)), set(dciodvfy_errors(out))
     assert not after - before
     assert not any("Length invalid for this VR = 17" in e for e in after)

@@ -13,7 +13,7 @@ import pydicom
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
-from tests.conftest import ROOT, shared, wait_until
+from tests.conftest import ROOT, derived_images, shared, wait_until
 
 
 def start_node(data_dir: Path) -> tuple[subprocess.Popen, int]:
@@ -32,7 +32,7 @@ def start_node(data_dir: Path) -> tuple[subprocess.Popen, int]:
 def derived_sources(data_dir: Path) -> list[str]:
     return [
         pydicom.dcmread(f, stop_before_pixels=True).SourceImageSequence[0].ReferencedSOPInstanceUID
-        for f in (data_dir / "output").rglob("*.dcm")
+        for f in derived_images(data_dir / "output")
     ]
 
 

@@ -68,18 +68,20 @@ def test_derived_series_reach_orthanc_and_nothing_is_lost_while_it_is_down(tmp_p
         with orthanc(tmp_path, http_port, dicom_port, node.port):
             proc = storescu(node, *(str(SAMPLES / f"ct_phantom_{i}.dcm") for i in (1, 2, 3)))
             assert proc.returncode == 0, proc.stderr
-            wait_until(lambda: _count(http_port) == 3, what="3 derived instances in Orthanc")
-            series = _get(http_port, "/series?expand")
-            assert len(series) == 1
-            assert series[0]["MainDicomTags"]["SeriesDescription"].startswith("CAE blockres q10")
-            tags = _get(http_port, f"/instances/{series[0]['Instances'][0]}/simplified-tags")
+            # The derived series, and the study's report as an Encapsulated PDF in its own series.
+            wait_until(lambda: _count(http_port) == 4, what="3 derived instances and the report in Orthanc")
+            series = {s["MainDicomTags"]["Modality"]: s for s in _get(http_port, "/series?expand")}
+            assert set(series) == {"CT", "DOC"}
+            assert series["CT"]["MainDicomTags"]["SeriesDescription"].startswith("CAE blockres q10")
+            tags = _get(http_port, f"/instances/{series['CT']['Instances'][0]}/simplified-tags")
             assert tags["ImageType"].startswith("DERIVED\\SECONDARY") and tags["Rows"] == "256"
+            assert _get(http_port, f"/instances/{series['DOC']['Instances'][0]}/simplified-tags")["MIMETypeOfEncapsulatedDocument"] == "application/pdf"
         # Orthanc is down now: the next study waits in the outbox.
         proc = storescu(node, "-xr", str(SAMPLES / "mr_nonsquare.dcm"), str(SAMPLES / "mr_rle.dcm"))
         assert proc.returncode == 0, proc.stderr
-        wait_until(lambda: node.state.outbox_size() == 2 and node.counters.snapshot()["forward_errors"] >= 2,
-                   what="2 instances waiting in the outbox after failed attempts")
+        wait_until(lambda: node.state.outbox_size() == 3 and node.counters.snapshot()["forward_errors"] >= 3,
+                   what="2 instances and a report waiting in the outbox after failed attempts")
         with orthanc(tmp_path, http_port, dicom_port, node.port):
             wait_until(lambda: node.state.outbox_size() == 0, what="the outbox to drain")
-            assert _count(http_port) == 5
-        assert node.counters.snapshot()["forwarded"] == 5
+            assert _count(http_port) == 7
+        assert node.counters.snapshot()["forwarded"] == 7

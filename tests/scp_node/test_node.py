@@ -17,7 +17,7 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 from dicom_cae import private_tags
 from scp_node.config import ConfigError, load
 from scp_node.node import Node
-from tests.conftest import SAMPLES, dciodvfy_errors, dcmtk, peer_env, shared, wait_until
+from tests.conftest import SAMPLES, dciodvfy_errors, dcmtk, derived_images, peer_env, shared, wait_until
 
 
 @contextlib.contextmanager
@@ -36,7 +36,7 @@ def _processed(node):
 
 
 def _derived(node):
-    return sorted(node.cfg.output_dir.rglob("*.dcm"))
+    return derived_images(node.cfg.output_dir)
 
 
 def storescu(node, *args, aet="MODALITY"):
@@ -88,7 +88,7 @@ def test_a_study_in_a_compressed_transfer_syntax(tmp_path, pipe):
         proc = storescu(node, "-xr", "+sd", str(folder))  # propose RLE Lossless
         assert proc.returncode == 0, proc.stderr
         wait_until(lambda: _processed(node) == 3, what="3 processed")
-        received = sorted(node.cfg.output_dir.rglob("*.dcm"))
+        received = _derived(node)
         assert len(received) == 3
         assert all(pydicom.dcmread(f).pixel_array.shape == (256, 256) for f in received)
 

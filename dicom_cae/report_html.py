@@ -1,0 +1,285 @@
+"""Readable per-study reports: a self-contained HTML page and a PDF, with plots.
+
+Everything comes from the derived instances (their private tags and pixels); the original
+images are shown too when their files are at hand (``sources``).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io as _io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
+
+import dicom_cae  # noqa: E402
+from dicom_cae import codec, image, io, private_tags  # noqa: E402
+from dicom_cae.errors import DicomInputError  # noqa: E402
+
+LOGGER = logging.getLogger(__name__)
+
+WORST = 4
+METRICS = (("psnr", "PSNR (dB)", "min"), ("ssim", "SSIM", "min"), ("pixel_accuracy", "Pixel accuracy", "min"))
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One worst image: the arrays shown side by side (None where not available)."""
+
+    label: str
+    original: np.ndarray | None
+    jpeg: np.ndarray
+    reconstruction: np.ndarray
+
+
+def _png(fig: plt.Figure) -> str:
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return html.escape(str(v))
+
+
+def _norm_from(ds: Any, tags: dict[str, Any]) -> image.Normalization:
+    return image.Normalization(
+        lo=tuple(tags["NormalizationLow"]), hi=tuple(tags["NormalizationHigh"]),
+        invert=str(ds.PhotometricInterpretation) == "MONOCHROME1", src_rows=image.SIZE, src_cols=image.SIZE,
+        slope=float(ds.get("RescaleSlope", 1) or 1), intercept=float(ds.get("RescaleIntercept", 0) or 0),
+        bits_allocated=int(ds.BitsAllocated), bits_stored=int(ds.BitsStored),
+        pixel_representation=int(ds.PixelRepresentation),
+    )
+
+
+def worst_panels(study_dir: Path, rows: list[dict[str, Any]], sources: dict[str, Path] | None, n: int = WORST) -> list[Panel]:
+    """The ``n`` frames of lowest PSNR, read back from the derived files (and their sources)."""
+    worst = sorted((r for r in rows if r["psnr"] is not None), key=lambda r: r["psnr"])[:n]
+    files = {}
+    for path in study_dir.rglob("*.dcm"):
+        files[path.stem] = path
+    panels = []
+    for r in worst:
+        path = files.get(r["sop_instance_uid"])
+        if path is None:
+            continue
+        ds = io.read(path)
+        tags = private_tags.read(ds)
+        frame = r["frame"] - 1
+        stored = ds.pixel_array.reshape(-1, image.SIZE, image.SIZE)
+        recon = image.from_stored(stored, _norm_from(ds, tags))[frame]
+        offset = sum(tags["JPEGBytes"][:frame])
+        jpeg = codec.jpeg_decode(tags["JPEGStreams"][offset : offset + tags["JPEGBytes"][frame]])
+        original = None
+        src = (sources or {}).get(r["source_sop_instance_uid"])
+        if src is not None:
+            try:
+                original = image.normalize(io.read(src), str(src))[0][frame]
+            except DicomInputError as exc:
+                LOGGER.warning("report: original not shown: %s", exc)
+        label = f"#{r['instance_number']}" + (f" frame {r['frame']}" if r["frame"] > 1 else "")
+        panels.append(Panel(f"{label}  PSNR {r['psnr']:.2f} dB (JPEG {r['jpeg_only']['psnr']:.2f})", original, jpeg, recon))
+    return panels
+
+
+def figures(report: dict[str, Any], panels: list[Panel]) -> dict[str, plt.Figure]:
+    rows = report["per_image"]
+    x = np.array([r["mean_original"] for r in rows], float)
+    y = np.array([r["mean_reconstructed"] for r in rows], float)
+    reg = report["regression"]
+    figs: dict[str, plt.Figure] = {}
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    a1.scatter(x, y, s=18, alpha=0.8, label="image")
+    if reg["slope"] is not None:
+        xs = np.linspace(x.min(), x.max(), 2)
+        a1.plot(xs, reg["slope"] * xs + reg["intercept"], "r-", label=f"fit: y = {reg['slope']:.4f} x + {reg['intercept']:.4f}, R\u00b2 = {reg['r2']:.4f}")
+    lim = [min(x.min(), y.min()), max(x.max(), y.max())] if len(x) else [0, 1]
+    a1.plot(lim, lim, "k:", lw=0.8, label="identity")
+    a1.set_xlabel("mean intensity, original (normalized)")
+    a1.set_ylabel("mean intensity, reconstructed")
+    a1.set_title("Regression of mean intensity")
+    a1.legend(fontsize=8)
+    mean, diff = (x + y) / 2, y - x
+    a2.scatter(mean, diff, s=18, alpha=0.8)
+    if len(diff):
+        bias, sd = diff.mean(), diff.std(ddof=1) if len(diff) > 1 else 0.0
+        for v, style, text in ((bias, "r-", f"bias {bias:+.5f}"), (bias + 1.96 * sd, "r--", f"+1.96 SD {bias + 1.96 * sd:+.5f}"), (bias - 1.96 * sd, "r--", f"-1.96 SD {bias - 1.96 * sd:+.5f}")):
+            a2.axhline(v, color="r", ls=style[1:], lw=1)
+            a2.annotate(text, (1.0, v), xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=8)
+    a2.axhline(0, color="k", ls=":", lw=0.8)
+    a2.set_xlabel("mean of original and reconstructed")
+    a2.set_ylabel("reconstructed - original")
+    a2.set_title("Bland-Altman of mean intensity")
+    fig.tight_layout()
+    figs["regression"] = fig
+
+    fig, (h1, h2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    hist = np.array(report["error"]["histogram"], float)
+    edges = np.array(private_tags.ERROR_BIN_EDGES)
+    centers = (edges[:-1] + edges[1:]) / 2
+    h1.bar(centers, hist[1:-1], width=0.0095, color="tab:blue")
+    h1.set_yscale("log")
+    h1.set_xlabel("error, reconstructed - original (normalized units)")
+    h1.set_ylabel("pixels")
+    h1.set_title(f"Per-pixel error ({hist[0] + hist[-1]:.0f} pixels beyond \u00b10.2)")
+    order = [r["instance_number"] or i for i, r in enumerate(rows)]
+    h2.plot(order, [r["psnr"] for r in rows], "o-", ms=3, label="JPEG + CAE")
+    h2.plot(order, [r["jpeg_only"]["psnr"] for r in rows], "s--", ms=3, label="plain JPEG, same bytes")
+    h2.set_xlabel("instance number")
+    h2.xaxis.get_major_locator().set_params(integer=True)
+    h2.set_ylabel("PSNR (dB)")
+    h2.set_title("PSNR per image")
+    h2.legend(fontsize=8)
+    fig.tight_layout()
+    figs["error"] = fig
+
+    if panels:
+        with_original = any(p.original is not None for p in panels)
+        cols = ["original", "JPEG", "reconstruction", "|error| x4"] if with_original else ["JPEG", "reconstruction", "model correction (reconstruction - JPEG) x4"]
+        fig, axes = plt.subplots(len(panels), len(cols), figsize=(3.1 * len(cols), 3.2 * len(panels)), squeeze=False)
+        for r, p in enumerate(panels):
+            if with_original and p.original is not None:
+                shown = [p.original, p.jpeg, p.reconstruction, np.clip(np.abs(p.reconstruction - p.original) * 4, 0, 1)]
+            elif with_original:
+                shown = [np.zeros_like(p.jpeg), p.jpeg, p.reconstruction, np.zeros_like(p.jpeg)]
+            else:
+                shown = [p.jpeg, p.reconstruction, np.clip(0.5 + (p.reconstruction - p.jpeg) * 4, 0, 1)]
+            for c, (ax, img) in enumerate(zip(axes[r], shown)):
+                ax.imshow(img, cmap="magma" if cols[c].startswith("|error|") else "gray", vmin=0, vmax=1)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0:
+                    ax.set_title(cols[c], fontsize=10)
+            axes[r][0].set_ylabel(p.label, fontsize=8)
+        fig.tight_layout()
+        figs["worst"] = fig
+    return figs
+
+
+def _summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    out = []
+    s = report["summary"]
+    for key, name, _ in METRICS:
+        m, j = s[key]["model"], s[key].get("jpeg_only", {})
+        out.append((name, *(f"{_fmt(m[k])} ({_fmt(j.get(k))})" for k in ("mean", "median", "worst"))))
+    for key, name in (("compression_ratio", "Compression ratio (compressed/original)"), ("bpp", "Bits per pixel")):
+        m = s[key]["model"]
+        out.append((name, _fmt(m["mean"]), _fmt(m["median"]), _fmt(m["worst"])))
+    return out
+
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 24px auto; max-width: 1180px; color: #1d2430; }
+h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.15em; margin-top: 1.6em; border-bottom: 1px solid #ccd; }
+table { border-collapse: collapse; font-size: 0.88em; } td, th { border: 1px solid #ccd; padding: 3px 8px; text-align: right; }
+th { background: #eef1f6; } td:first-child, th:first-child, td.mono { text-align: left; }
+.meta td { text-align: left; } .meta td:first-child { font-weight: 600; background: #f6f7fa; }
+.mono { font-family: ui-monospace, monospace; font-size: 0.85em; } img { max-width: 100%; }
+.note { color: #556; font-size: 0.88em; } .scroll td:nth-child(2) { text-align: left; } .scroll { max-height: 480px; overflow-y: auto; display: inline-block; }
+"""
+
+# The page checks itself: every image decoded, no script error (tests read these attributes).
+SELF_CHECK = """
+<script>
+window.__errors = [];
+window.addEventListener('error', function (e) { window.__errors.push(String(e.message || e)); });
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.setAttribute('data-images', ok + '/' + imgs.length);
+  document.body.setAttribute('data-errors', String(window.__errors.length));
+});
+</script>
+"""
+
+
+def render_html(report: dict[str, Any], figs: dict[str, plt.Figure], header: dict[str, str]) -> str:
+    meta = "".join(f"<tr><td>{html.escape(k)}</td><td class='mono'>{html.escape(v)}</td></tr>" for k, v in header.items())
+    summary = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in _summary_rows(report))
+    reg = report["regression"]
+    ba = report["bland_altman"]
+    err = report["error"]
+    unit = err["unit"]
+    pct = "".join(
+        f"<tr><td>{name}</td><td>{_fmt(err['percentiles'][k], 2)}</td></tr>"
+        for k, name in (("p50", "median |error|"), ("p95", "95th percentile"), ("p99", "99th percentile"), ("max", "maximum"))
+    )
+    per_image = "".join(
+        "<tr>" + "".join(f"<td>{c}</td>" for c in (
+            _fmt(r["instance_number"]), f"<span class='mono'>{html.escape(r['sop_instance_uid'])}</span>", r["frame"],
+            _fmt(r["psnr"], 2), _fmt(r["jpeg_only"]["psnr"], 2), _fmt(r["ssim"]), _fmt(r["jpeg_only"]["ssim"]),
+            _fmt(r["pixel_accuracy"]), _fmt(r["compression_ratio"]), _fmt(r["bpp"], 3),
+        )) + "</tr>"
+        for r in report["per_image"]
+    )
+    imgs = {k: f"<img alt='{k}' src='data:image/png;base64,{_png(f)}'>" for k, f in figs.items()}
+    worst = imgs.get("worst", "<p class='note'>No images.</p>")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>dicom-cae report {html.escape(report['study_instance_uid'])}</title>
+<style>{CSS}</style>{SELF_CHECK}</head><body>
+<h1>JPEG + autoencoder reconstruction: study report</h1>
+<table class="meta">{meta}</table>
+<h2>Summary</h2>
+<p class="note">Over {report['images']} image(s). Each cell: JPEG + CAE (plain JPEG at the same bytes). Worst = lowest,
+for compression ratio the highest. Pixel accuracy: share of pixels within {report['pixel_accuracy_tolerance']} of the normalized range.</p>
+<table><tr><th>metric</th><th>mean</th><th>median</th><th>worst</th></tr>{summary}</table>
+<h2>Mean intensity: original against reconstructed</h2>
+<p>Least squares: slope <b>{_fmt(reg['slope'])}</b>, intercept <b>{_fmt(reg['intercept'])}</b>, R<sup>2</sup> <b>{_fmt(reg['r2'])}</b>
+over {reg['n']} image(s). A slope of 1 and an intercept of 0 mean the reconstruction keeps each image's mean intensity.
+Bland-Altman: bias {_fmt(ba['bias'], 5)}, limits of agreement {_fmt(ba['lower'], 5)} to {_fmt(ba['upper'], 5)} (normalized units).</p>
+{imgs['regression']}
+<h2>Per-pixel error</h2>
+<p class="note">What a mean cannot show. Percentiles of the absolute error per image ({html.escape(unit)}), averaged over the images; maximum over all.</p>
+<table><tr><th>absolute error</th><th>{html.escape(unit)}</th></tr>{pct}</table>
+{imgs['error']}
+<h2>The {len([1 for _ in range(min(WORST, report['images']))])} worst images (lowest PSNR)</h2>
+{worst}
+<h2>Every image</h2>
+<div class="scroll"><table><tr><th>instance</th><th>SOP Instance UID</th><th>frame</th><th>PSNR</th><th>PSNR JPEG</th><th>SSIM</th><th>SSIM JPEG</th>
+<th>pixel acc.</th><th>ratio</th><th>bpp</th></tr>{per_image}</table></div>
+<p class="note">Written by dicom-cae {dicom_cae.__version__}. Metrics are computed on the normalized 256x256 image (0 to 1 per frame),
+comparing the stored reconstruction with the original before 8-bit quantization; see docs/private-tags.md.</p>
+</body></html>
+"""
+
+
+def render_pdf(report: dict[str, Any], figs: dict[str, plt.Figure], header: dict[str, str]) -> bytes:
+    buf = _io.BytesIO()
+    with PdfPages(buf, metadata={"Title": f"dicom-cae report {report['study_instance_uid']}", "Creator": f"dicom-cae {dicom_cae.__version__}"}) as pdf:
+        page = plt.figure(figsize=(8.27, 11.69))
+        page.text(0.06, 0.96, "JPEG + autoencoder reconstruction: study report", fontsize=15, weight="bold")
+        yy = 0.93
+        for k, v in header.items():
+            page.text(0.06, yy, f"{k}:", fontsize=8, weight="bold")
+            page.text(0.30, yy, v, fontsize=7, family="monospace")
+            yy -= 0.018
+        rows = _summary_rows(report)
+        table = page.add_axes([0.06, yy - 0.05 - 0.03 * len(rows), 0.88, 0.03 * (len(rows) + 1)])
+        table.axis("off")
+        tbl = table.table(cellText=[list(r) for r in rows], colLabels=["metric: JPEG + CAE (plain JPEG)", "mean", "median", "worst"], loc="center", cellLoc="left")
+        tbl.auto_set_font_size(False)
+        tbl.set_fontsize(8)
+        tbl.scale(1, 1.4)
+        reg = report["regression"]
+        page.text(0.06, yy - 0.10 - 0.03 * len(rows), f"Regression of mean intensity: slope {_fmt(reg['slope'])}, intercept {_fmt(reg['intercept'])}, R\u00b2 {_fmt(reg['r2'])}, n = {reg['n']}", fontsize=9)
+        pdf.savefig(page)
+        plt.close(page)
+        for key in ("regression", "error", "worst"):
+            if key in figs:
+                pdf.savefig(figs[key], bbox_inches="tight")
+    return buf.getvalue()

@@ -1,0 +1,101 @@
+"""The readable reports: HTML in a real browser, the Encapsulated PDF, and rebuilding from tags."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+
+import pydicom
+import pytest
+
+from dicom_cae import cli
+from tests.conftest import ROOT, dciodvfy_errors, need_tool
+
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+def _study(out, modality):
+    for report in out.glob("*/report.json"):
+        if json.loads(report.read_text())["modalities"] == [modality]:
+            return report.parent
+    raise AssertionError(f"no {modality} study under {out}")
+
+
+def _pdf_instance(study):
+    docs = [f for f in study.rglob("*.dcm") if pydicom.dcmread(f, stop_before_pixels=True).Modality == "DOC"]
+    assert len(docs) == 1
+    return docs[0]
+
+
+def test_html_report_is_self_contained_and_names_no_patient(converted_samples):
+    out, _ = converted_samples
+    page = (_study(out, "CT") / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3  # regression, error, worst images
+    assert "http://" not in page and "https://" not in page and "src='file" not in page
+    for text in ("Study Instance UID", "blockres", "JPEG quality", "slope", "Bland-Altman", "median |error|", "HU"):
+        assert text in page, text
+    assert "Phantom" not in page and "SAMPLE-CT" not in page
+
+
+def test_html_report_renders_in_chromium_without_errors(converted_samples):
+    out, _ = converted_samples
+    chromium = need_tool("chromium")
+    page = _study(out, "CT") / "report.html"
+    with tempfile.TemporaryDirectory() as profile:
+        dom = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
+                             capture_output=True, text=True, timeout=120).stdout
+    assert 'data-images="3/3"' in dom and 'data-errors="0"' in dom
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report-ct.png"
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1280,3800",
+                        f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
+    assert shot.stat().st_size > 50_000
+
+
+def test_encapsulated_pdf_is_valid_opens_and_references_the_series(converted_samples, tmp_path):
+    out, _ = converted_samples
+    study = _study(out, "CT")
+    doc_path = _pdf_instance(study)
+    assert dciodvfy_errors(doc_path) == []
+    doc = pydicom.dcmread(doc_path)
+    assert doc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.104.1" and doc.MIMETypeOfEncapsulatedDocument == "application/pdf"
+    derived = {f.stem for f in study.rglob("*.dcm") if f != doc_path}
+    assert {item.ReferencedSOPInstanceUID for item in doc.SourceInstanceSequence} == derived
+    assert doc.StudyInstanceUID == study.name and doc.SeriesInstanceUID not in {pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID for f in study.rglob("*.dcm") if f != doc_path}
+    pdf = tmp_path / "report.pdf"
+    pdf.write_bytes(doc.EncapsulatedDocument[: doc.EncapsulatedDocumentLength])
+    subprocess.run([need_tool("pdftoppm"), "-r", "50", "-png", "-f", "1", "-l", "1", str(pdf), str(tmp_path / "page")], check=True)
+    page = next(tmp_path.glob("page*.png"))
+    assert page.stat().st_size > 5_000
+
+
+def test_report_command_rebuilds_the_same_figures_from_the_tags(converted_samples, tmp_path, capsys):
+    out, _ = converted_samples
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    for f in copy.glob("*/report.*"):
+        f.unlink()
+    assert cli.main(["report", str(copy)]) == 0
+    assert capsys.readouterr().out.count("report.json, report.html, Encapsulated PDF") == 3
+    for original in out.glob("*/report.json"):
+        rebuilt = copy / original.parent.name / "report.json"
+        assert json.loads(rebuilt.read_text()) == json.loads(original.read_text())
+        assert (rebuilt.parent / "report.html").exists()
+    assert len([f for f in copy.rglob("*.dcm") if pydicom.dcmread(f, stop_before_pixels=True).Modality == "DOC"]) == 3
+
+
+def test_identifiers_only_on_request(converted_samples, tmp_path):
+    out, _ = converted_samples
+    copy = tmp_path / "ct"
+    shutil.copytree(_study(out, "CT"), copy)
+    assert cli.main(["report", str(copy), "--identifiers", "--no-dicom"]) == 0
+    page = (copy / "report.html").read_text()
+    assert "Phantom^ct" in page and "SAMPLE-CT" in page
+    assert cli.main(["report", str(tmp_path / "absent")]) == 2
