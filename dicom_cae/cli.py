@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("src", metavar="SRC", help="a DICOM file or a folder (searched recursively)")
     c.add_argument("dst", metavar="DST", help="output folder: DST/<study>/<series>/<instance>.dcm")
     c.add_argument("--quality", type=_quality, default=DEFAULT_QUALITY, metavar="Q", help=f"JPEG quality 1-100 (default {DEFAULT_QUALITY})")
+    c.add_argument("--target-psnr", type=float, metavar="DB", help="per image, the lowest JPEG quality whose reconstruction reaches this PSNR (instead of --quality)")
+    c.add_argument("--target-ssim", type=float, metavar="S", help="the same for SSIM (with --target-psnr: both)")
     _add_model_args(c)
     c.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE, metavar="N", help=f"images per model batch (default {DEFAULT_BATCH_SIZE})")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -80,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init-weights", metavar="FILE", help="start from these weights")
     t.add_argument("--out", default="runs/train", metavar="DIR", help="output folder (default runs/train)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    e = sub.add_parser("evaluate", help="rate-distortion evaluation: JPEG, JPEG + model and JPEG 2000 at the same bytes")
+    e.add_argument("data", nargs="+", metavar="DATA", help="folders or files of DICOM images")
+    from dicom_cae.evaluation import DEFAULT_RD_QUALITIES
+
+    e.add_argument("--qualities", type=_qualities, default=DEFAULT_RD_QUALITIES, metavar="Q,Q,...",
+                   help="JPEG qualities (default " + ",".join(map(str, DEFAULT_RD_QUALITIES)) + ")")
+    _add_model_args(e)
+    e.add_argument("--batch-size", type=_positive, default=16, metavar="N", help="images per model batch (default 16)")
+    e.add_argument("--out", default="runs/evaluate", metavar="DIR", help="output folder (default runs/evaluate)")
 
     r = sub.add_parser("report", help="rebuild the study reports of an output folder from its derived instances")
     r.add_argument("dir", metavar="DIR", help="an output folder of convert or serve (or one study folder in it)")
@@ -113,13 +125,20 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if not src.exists():
         print(f"dicom-cae convert: error: {src} does not exist", file=sys.stderr)
         return EXIT_USAGE
+    from dicom_cae.pipeline import Target
+
+    try:
+        target = Target(args.target_psnr, args.target_ssim) if args.target_psnr or args.target_ssim else None
+    except ValueError as exc:
+        print(f"dicom-cae convert: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     recon = _load_model(args)
     pipe = Pipeline(recon, batch_size=args.batch_size)
-    s = convert(src, args.dst, pipe, quality=args.quality, progress=not args.no_progress)
+    s = convert(src, args.dst, pipe, quality=args.quality, target=target, progress=not args.no_progress)
     rate = s.frames / s.seconds if s.seconds else 0.0
     print(
         f"converted {s.converted} instance(s) ({s.frames} image(s)) in {s.seconds:.1f} s ({rate:.1f} images/s) "
-        f"with {recon.short_id} at JPEG quality {args.quality}; "
+        f"with {recon.short_id} at " + (f"fidelity target {target.key}; " if target else f"JPEG quality {args.quality}; ") +
         f"{s.skipped_done} already done, {len(s.duplicates)} duplicate(s), {len(s.not_images)} not image(s), "
         f"{len(s.not_dicom)} not DICOM, "
         f"{len(s.failed)} failed; "
@@ -168,6 +187,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from dicom_cae import dataset, evaluation, rd_report
+
+    for d in args.data:
+        if not Path(d).exists():
+            print(f"dicom-cae evaluate: error: {d} does not exist", file=sys.stderr)
+            return EXIT_USAGE
+    recon = _load_model(args)
+    images = dataset.load(list(args.data))
+    if len(images) == 0:
+        print("dicom-cae evaluate: error: no usable images", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{len(images)} image(s); qualities {','.join(map(str, args.qualities))}; model {recon.short_id}", flush=True)
+    codec_name = f"JPEG+{recon.name}"
+    rows = evaluation.rd_rows(
+        images.images, list(images.modalities), list(args.qualities),
+        lambda x, q: recon(x, q, batch_size=args.batch_size), recon.name,
+    )
+    summary = rd_report.write(rows, Path(args.out), model_codec=codec_name,
+                              description=f"JPEG + {recon.name} reconstruction (weights sha256 {recon.sha256[:16]})")
+    print(rd_report.markdown(summary, codec_name))
+    print(f"written to {args.out}: jpeg.json, {codec_name.lower().replace('+', '-')}.json, jpeg2000.json, rd.png, per_image.csv, summary.json, tables.md")
+    return EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from dicom_cae import io, report
 
@@ -195,23 +239,26 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from dicom_cae.model.architectures import ARCHITECTURES
-    from dicom_cae.model.reconstructor import DEFAULT_MODEL, shipped_cards
+    from dicom_cae.model.reconstructor import DEFAULT_MODEL, shipped_card_list
 
-    cards = shipped_cards()
+    cards = shipped_card_list()
     if args.json:
         print(json.dumps(cards, indent=2))
         return EXIT_OK
     for name, arch in ARCHITECTURES.items():
-        card = cards.get(name)
         default = " (default)" if name == DEFAULT_MODEL else ""
         print(f"{name}{default}: {arch.description}")
-        if card:
-            print(f"  weights {card['weights_file']} sha256 {card['sha256'][:16]}...; trained {card['training']['epochs']} epochs on {card['data']['train_images']} images")
+        mine = sorted((c for c in cards if c["model"] == name), key=lambda c: "serves" in c)
+        if not mine:
+            print(f"  no weights ship; train it with 'dicom-cae train --model {name}'")
+        for card in mine:
+            band = f"JPEG qualities {card['serves'][0]}-{card['serves'][1]}" if "serves" in card else "every JPEG quality"
+            print(f"  weights {card['weights_file']} (sha256 {card['sha256'][:16]}...) for {band}; "
+                  f"trained {card['training']['epochs']} epochs on {card['data']['train_images']} images")
             for q, v in card["validation"]["by_quality"].items():
                 j, m = v["jpeg"], v["model"]
-                print(f"  q{q:>3}: ratio {j['compression_ratio']:.4f}  PSNR {j['psnr']:.2f} -> {m['psnr']:.2f} dB  SSIM {j['ssim']:.4f} -> {m['ssim']:.4f}")
-        else:
-            print("  no weights ship; train it with 'dicom-cae train --model " + name + "'")
+                print(f"    q{q:>3}: ratio {j['compression_ratio']:.4f}  PSNR {j['psnr']:.2f} -> {m['psnr']:.2f} dB  "
+                      f"SSIM {j['ssim']:.4f} -> {m['ssim']:.4f}")
     return EXIT_OK
 
 
@@ -225,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     from dicom_cae.errors import ModelError
 
     try:
-        commands = {"convert": cmd_convert, "train": cmd_train, "models": cmd_models, "report": cmd_report}
+        commands = {"convert": cmd_convert, "train": cmd_train, "models": cmd_models, "report": cmd_report,
+                    "evaluate": cmd_evaluate}
         return commands[args.command](args) if args.command in commands else args.func(args)
     except ModelError as exc:
         print(f"dicom-cae {args.command}: error: {exc}", file=sys.stderr)

@@ -42,3 +42,35 @@ def jpeg_roundtrip(unit: np.ndarray, quality: int) -> tuple[np.ndarray, int]:
     """Encode then decode; returns the decoded image and the number of JPEG bytes."""
     data = jpeg_encode(unit, quality)
     return jpeg_decode(data), len(data)
+
+
+def j2k_encode(unit: np.ndarray, max_bytes: int) -> bytes:
+    """JPEG 2000 (OpenJPEG through Pillow, a raw codestream) of one [0, 1] image in at most
+    ``max_bytes`` bytes, or as close below as OpenJPEG's rate control gets in a few tries.
+
+    Raises ValueError when ``max_bytes`` is too small for any codestream.
+    """
+    img = Image.fromarray(to_uint8(unit), mode="L")
+    raw = img.width * img.height
+    ratio = raw / max(max_bytes, 1)
+    best = b""
+    for _ in range(6):
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG2000", quality_mode="rates", quality_layers=[ratio], no_jp2=True)
+        data = buf.getvalue()
+        if len(data) <= max_bytes:
+            if len(data) > len(best):
+                best = data
+            if len(data) >= 0.97 * max_bytes:
+                break
+            ratio *= max(len(data), 1) / max_bytes * 0.995  # room left: spend a little more
+        else:
+            ratio *= len(data) / max_bytes * 1.01
+    if not best:
+        raise ValueError(f"no JPEG 2000 codestream fits in {max_bytes} bytes")
+    return best
+
+
+def j2k_decode(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0

@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 from dicom_cae import io, pipeline, report
 from dicom_cae.derive import derived_uids
 from dicom_cae.errors import DicomInputError, NotAnImageError, NotDicomError
-from dicom_cae.pipeline import Derived, Pipeline, Prepared
+from dicom_cae.pipeline import Derived, Pipeline, Prepared, Target
 
 LOGGER = logging.getLogger(__name__)
 
@@ -63,16 +63,20 @@ class Summary:
         return 1 if self.failed else 0
 
 
-def _prepare_one(path: Path, dst: Path, pipe: Pipeline, quality: int) -> tuple[Path, Prepared | None, str]:
+def _prepare_one(
+    path: Path, dst: Path, pipe: Pipeline, quality: int, target: Target | None
+) -> tuple[Path, Prepared | None, str]:
     """Read and prepare one file: its output path, the prepared instance (None when the output
     exists already) and its SOP Instance UID."""
     ds = io.read(path)
     if not all(kw in ds for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")):
         raise DicomInputError(str(path), "missing Study, Series or SOP Instance UID")
-    uids = derived_uids(ds, key=pipe.key(quality))
+    uids = derived_uids(ds, key=pipe.key(target or quality))
     out = output_path(dst, ds.StudyInstanceUID, uids.series, uids.instance)
     if out.exists():
         return out, None, str(ds.SOPInstanceUID)
+    if target is not None:
+        return out, pipe.prepare_for_target(ds, str(path), target), str(ds.SOPInstanceUID)
     return out, pipeline.prepare(ds, str(path), quality=quality), str(ds.SOPInstanceUID)
 
 
@@ -116,12 +120,14 @@ def convert(
     pipe: Pipeline,
     *,
     quality: int = pipeline.DEFAULT_QUALITY,
+    target: Target | None = None,
     progress: bool = True,
     workers: int = 2,
 ) -> Summary:
     """Convert every DICOM image under ``src`` into ``dst``; write reports and the errors file.
 
-    Files that fail are listed in ``dst/errors.tsv`` with their reason; the rest go on.
+    Files that fail are listed in ``dst/errors.tsv`` with their reason; the rest go on. With
+    a ``target``, each image gets the lowest JPEG quality that reaches it instead of ``quality``.
     """
     from tqdm import tqdm
 
@@ -146,7 +152,7 @@ def convert(
 
     def finish_and_write(prep: Prepared, recon: object) -> Path | None:
         try:
-            d = pipeline.finish(prep, recon, model_name=pipe.reconstructor.name, weights_sha256=pipe.reconstructor.sha256)
+            d = pipe.finish(prep, recon)
             out = _write(d, dst)
         except Exception as exc:  # e.g. a full disk: this instance fails, the rest go on
             _record_failure(summary, Path(prep.source), exc)
@@ -170,7 +176,7 @@ def convert(
     with ThreadPoolExecutor(workers, thread_name_prefix="prepare") as readers, ThreadPoolExecutor(
         workers, thread_name_prefix="write"
     ) as writer:
-        for path, fut in _bounded(readers, lambda p: _prepare_one(p, dst, pipe, quality), files, 2 * pipe.batch_size):
+        for path, fut in _bounded(readers, lambda p: _prepare_one(p, dst, pipe, quality, target), files, 2 * pipe.batch_size):
             try:
                 out, result, sop_uid = fut.result()
             except Exception as exc:  # one bad file must never stop the batch

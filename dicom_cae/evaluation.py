@@ -66,3 +66,109 @@ def compare(
         rec = reconstruct(dec, q)
         out[q] = {"jpeg": summarize(images, dec, nbytes, q), "model": summarize(images, rec, nbytes, q)}
     return out
+
+
+# -- rate-distortion evaluation (dicom-cae evaluate) ------------------------------------------
+
+DEFAULT_RD_QUALITIES = (1, 2, 3, 5, 8, 10, 15, 20, 30, 50, 75)
+SEED_PUBLISHED = {"psnr": 25.11, "ssim": 0.8166, "pixel_accuracy": 0.9757, "compression_ratio": 0.0093}
+RD_METRICS = ("bpp", "compression_ratio", "psnr", "ssim", "pixel_accuracy", "mse")
+
+
+def rd_rows(
+    images: np.ndarray, modalities: list[str], qualities: list[int], reconstruct: Reconstruct, model_name: str
+) -> list[dict[str, object]]:
+    """One row per image, quality and codec: plain JPEG, JPEG + model, and JPEG 2000 given the
+    bytes of that JPEG (at most)."""
+    rows: list[dict[str, object]] = []
+    for q in qualities:
+        dec, nbytes = jpeg_set(images, q)
+        rec = reconstruct(dec, q)
+        for i, img in enumerate(images):
+            j2k = codec.j2k_encode(img, int(nbytes[i]))
+            for name, test, size in (
+                ("JPEG", dec[i], int(nbytes[i])),
+                (f"JPEG+{model_name}", rec[i], int(nbytes[i])),
+                ("JPEG 2000", codec.j2k_decode(j2k), len(j2k)),
+            ):
+                m = metrics.measure(img, test)
+                rows.append({
+                    "image": i, "modality": modalities[i], "quality": q, "codec": name, "bytes": size,
+                    "bpp": metrics.bits_per_pixel(size), "compression_ratio": metrics.compression_ratio(size),
+                    "psnr": m.psnr, "ssim": m.ssim, "pixel_accuracy": m.pixel_accuracy, "mse": m.mse,
+                })
+    return rows
+
+
+def curves(rows: list[dict[str, object]], modality: str | None = None) -> dict[str, dict[str, list[float]]]:
+    """Per codec, per quality (in order): the mean of each metric over the images."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for codec_name in dict.fromkeys(r["codec"] for r in rows):
+        sel = [r for r in rows if r["codec"] == codec_name and (modality is None or r["modality"] == modality)]
+        qs = sorted({int(r["quality"]) for r in sel})
+        res: dict[str, list[float]] = {"quality": [float(q) for q in qs]}
+        for m in RD_METRICS:
+            res[m] = [float(np.mean([r[m] for r in sel if r["quality"] == q])) for q in qs]
+        out[str(codec_name)] = res
+    return out
+
+
+def compressai_json(name: str, description: str, results: dict[str, list[float]]) -> dict[str, object]:
+    """CompressAI's result-file shape: name, description, results: metric -> list."""
+    return {"name": name, "description": description, "results": results}
+
+
+def _pchip(x: np.ndarray, y: np.ndarray):
+    from scipy.interpolate import PchipInterpolator
+
+    order = np.argsort(x)
+    x, y = x[order], y[order]
+    keep = np.concatenate([[True], np.diff(x) > 1e-12])  # duplicate rates (e.g. JPEG q1 = q2)
+    return PchipInterpolator(x[keep], y[keep]), x[keep].min(), x[keep].max()
+
+
+def bd_psnr(rate_a, psnr_a, rate_b, psnr_b, *, bpp_range: tuple[float, float] | None = None) -> float:
+    """Bjontegaard delta PSNR of curve b over curve a (dB), with piecewise-cubic (PCHIP)
+    interpolation of PSNR over log10(bpp), on the rates both cover (within ``bpp_range``)."""
+    fa, lo_a, hi_a = _pchip(np.log10(rate_a), np.asarray(psnr_a, float))
+    fb, lo_b, hi_b = _pchip(np.log10(rate_b), np.asarray(psnr_b, float))
+    lo, hi = max(lo_a, lo_b), min(hi_a, hi_b)
+    if bpp_range:
+        lo, hi = max(lo, np.log10(bpp_range[0])), min(hi, np.log10(bpp_range[1]))
+    if hi <= lo:
+        return float("nan")
+    grid = np.linspace(lo, hi, 400)
+    return float(np.mean(fb(grid) - fa(grid)))
+
+
+def bd_rate(rate_a, psnr_a, rate_b, psnr_b, *, bpp_range: tuple[float, float] | None = None) -> float:
+    """Bjontegaard delta rate of curve b against curve a (percent; negative = fewer bits for the
+    same PSNR), log10(bpp) interpolated over PSNR (PCHIP) on the PSNRs both reach."""
+    ra, pa = np.asarray(rate_a, float), np.asarray(psnr_a, float)
+    rb, pb = np.asarray(rate_b, float), np.asarray(psnr_b, float)
+    if bpp_range:
+        ka = (ra >= bpp_range[0] * 0.999) & (ra <= bpp_range[1] * 1.001)
+        kb = (rb >= bpp_range[0] * 0.999) & (rb <= bpp_range[1] * 1.001)
+        ra, pa, rb, pb = ra[ka], pa[ka], rb[kb], pb[kb]
+    if len(ra) < 2 or len(rb) < 2:
+        return float("nan")
+    fa, lo_a, hi_a = _pchip(pa, np.log10(ra))
+    fb, lo_b, hi_b = _pchip(pb, np.log10(rb))
+    lo, hi = max(lo_a, lo_b), min(hi_a, hi_b)
+    if hi <= lo:
+        return float("nan")
+    grid = np.linspace(lo, hi, 400)
+    return float((10 ** np.mean(fb(grid) - fa(grid)) - 1) * 100)
+
+
+def seed_table(rows: list[dict[str, object]], model_codec: str) -> dict[str, object]:
+    """At the JPEG quality whose mean compression ratio is nearest the seed's 0.0093: the
+    model's figures beside the seed's published ones, plain JPEG and JPEG 2000 (same bytes)."""
+    c = curves(rows)
+    jpeg = c["JPEG"]
+    k = int(np.argmin([abs(r - SEED_PUBLISHED["compression_ratio"]) for r in jpeg["compression_ratio"]]))
+    q = int(jpeg["quality"][k])
+    table = {"quality": q, "published seed (5 epochs)": SEED_PUBLISHED}
+    for name in (model_codec, "JPEG", "JPEG 2000"):
+        table[name] = {m: c[name][m][k] for m in ("psnr", "ssim", "pixel_accuracy", "compression_ratio", "bpp")}
+    return table

@@ -25,6 +25,29 @@ DEFAULT_BATCH_SIZE = 16
 
 
 @dataclass(frozen=True)
+class Target:
+    """A fidelity target: the lowest JPEG quality whose stored reconstruction reaches it."""
+
+    psnr: float | None = None
+    ssim: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.psnr is None and self.ssim is None:
+            raise ValueError("a fidelity target needs a PSNR or an SSIM")
+        if self.ssim is not None and not 0 < self.ssim <= 1:
+            raise ValueError(f"target SSIM must be in (0, 1], got {self.ssim}")
+
+    def met(self, reference: np.ndarray, test: np.ndarray) -> bool:
+        return (self.psnr is None or metrics.psnr(reference, test) >= self.psnr) and (
+            self.ssim is None or metrics.ssim(reference, test) >= self.ssim
+        )
+
+    @property
+    def key(self) -> str:
+        return f"psnr>={self.psnr}:ssim>={self.ssim}"
+
+
+@dataclass(frozen=True)
 class Prepared:
     """One source instance, normalized and JPEG-compressed, waiting for the model."""
 
@@ -35,6 +58,7 @@ class Prepared:
     jpeg: np.ndarray  # float32 (frames, 256, 256), the JPEG decode
     jpeg_streams: tuple[bytes, ...]
     quality: int
+    target: Target | None = None
 
     @property
     def jpeg_bytes(self) -> tuple[int, ...]:
@@ -68,17 +92,29 @@ def prepare(ds: Dataset, source: str, *, quality: int) -> Prepared:
         NotAnImageError, DicomInputError: as image.normalize.
         ValueError: quality outside 1..100.
     """
-    quality = codec.check_quality(quality)
     reference, norm = image.normalize(ds, source)
+    return _compress(ds, source, reference, norm, codec.check_quality(quality))
+
+
+def _compress(ds: Dataset, source: str, reference: np.ndarray, norm: image.Normalization, quality: int,
+              target: Target | None = None) -> Prepared:
     jpeg = np.empty_like(reference)
     streams = []
     for i, frame in enumerate(reference):
         streams.append(codec.jpeg_encode(frame, quality))
         jpeg[i] = codec.jpeg_decode(streams[-1])
-    return Prepared(source, ds, reference, norm, jpeg, tuple(streams), quality)
+    return Prepared(source, ds, reference, norm, jpeg, tuple(streams), quality, target)
 
 
-def finish(prep: Prepared, reconstruction: np.ndarray, *, model_name: str, weights_sha256: str) -> Derived:
+def finish(
+    prep: Prepared,
+    reconstruction: np.ndarray,
+    *,
+    model_name: str,
+    weights_sha256: str,
+    max_quality: int = 100,
+    uid_key: str | None = None,
+) -> Derived:
     """Map the reconstruction back to stored values, measure what is stored, build the instance."""
     stored = image.to_stored(reconstruction, prep.norm)
     # The metrics describe the stored pixels, read back through the same normalization.
@@ -126,20 +162,31 @@ def finish(prep: Prepared, reconstruction: np.ndarray, *, model_name: str, weigh
         "AbsErrorPercentiles": percentiles,
         "ErrorHistogram": histograms,
         "JPEGStreams": b"".join(prep.jpeg_streams),
+        "TargetPSNR": prep.target.psnr if prep.target else None,
+        "TargetSSIM": prep.target.ssim if prep.target else None,
     }
     resampled = (
         f"; resampled from {prep.norm.src_rows}x{prep.norm.src_cols} to 256x256" if prep.norm.resampled else ""
     )
+    aim = ""
+    if prep.target:
+        aims = [f"PSNR >= {prep.target.psnr} dB" if prep.target.psnr is not None else "",
+                f"SSIM >= {prep.target.ssim}" if prep.target.ssim is not None else ""]
+        aim = f" (lowest quality reaching {' and '.join(a for a in aims if a)})"
+    how = (
+        f"reconstructed by convolutional autoencoder {model_name} (weights sha256 {weights_sha256[:12]})"
+        if prep.quality <= max_quality
+        else f"JPEG decode kept: above quality {max_quality} {model_name} does not improve on it"
+    )
     derivation = (
-        f"JPEG (ISO 10918-1) quality {prep.quality}, {original_bytes / total_bytes:.1f}:1 of the 8-bit "
-        f"256x256 image, reconstructed by convolutional autoencoder {model_name} "
-        f"(weights sha256 {weights_sha256[:12]}){resampled}"
+        f"JPEG (ISO 10918-1) quality {prep.quality}{aim}, {original_bytes / total_bytes:.1f}:1 of the 8-bit "
+        f"256x256 image, {how}{resampled}"
     )
     ds = derive.derive(
         prep.dataset,
         stored,
         prep.norm,
-        uids=derive.derived_uids(prep.dataset, key=key(model_name, weights_sha256, prep.quality)),
+        uids=derive.derived_uids(prep.dataset, key=uid_key or key(model_name, weights_sha256, prep.target or prep.quality)),
         private=private,
         derivation=derivation,
         compression_ratio=original_bytes / total_bytes,
@@ -147,9 +194,10 @@ def finish(prep: Prepared, reconstruction: np.ndarray, *, model_name: str, weigh
     return Derived(prep.source, ds, frames)
 
 
-def key(model_name: str, weights_sha256: str, quality: int) -> str:
-    """What, besides the source, decides the output (and so its deterministic UIDs)."""
-    return f"{model_name}:{weights_sha256}:q{quality}"
+def key(model_name: str, weights_sha256: str, setting: int | Target) -> str:
+    """What, besides the source, decides the output (and so its deterministic UIDs): the model
+    and the JPEG quality, or the fidelity target that chose it."""
+    return f"{model_name}:{weights_sha256}:" + (setting.key if isinstance(setting, Target) else f"q{setting}")
 
 
 class Pipeline:
@@ -161,8 +209,34 @@ class Pipeline:
         self.reconstructor = reconstructor
         self.batch_size = batch_size
 
-    def key(self, quality: int) -> str:
-        return key(self.reconstructor.name, self.reconstructor.sha256, quality)
+    def key(self, setting: int | Target) -> str:
+        r = self.reconstructor
+        weights = r.identity if isinstance(setting, Target) else r.for_quality(setting).sha256
+        return key(r.name, weights, setting)
+
+    def prepare_for_target(self, ds: Dataset, source: str, target: Target) -> Prepared:
+        """Like prepare, at the lowest JPEG quality (1-95) whose stored reconstruction reaches
+        ``target`` in every frame (95 when none does; the tags then show what was reached).
+
+        Raises: as prepare.
+        """
+        reference, norm = image.normalize(ds, source)
+        lo, hi = 1, 95
+        while lo < hi:  # the metrics rise with the quality, closely enough for a bisection
+            mid = (lo + hi) // 2
+            if self._meets(reference, norm, mid, target):
+                hi = mid
+            else:
+                lo = mid + 1
+        if lo == 95 and not self._meets(reference, norm, 95, target):
+            LOGGER.warning("%s: fidelity target not reached even at quality 95", source)
+        return _compress(ds, source, reference, norm, lo, target)
+
+    def _meets(self, reference: np.ndarray, norm: image.Normalization, quality: int, target: Target) -> bool:
+        jpeg = np.stack([codec.jpeg_roundtrip(f, quality)[0] for f in reference])
+        recon = self.reconstructor(jpeg, quality, batch_size=self.batch_size)
+        stored = image.from_stored(image.to_stored(recon, norm), norm)
+        return all(target.met(r, t) for r, t in zip(reference, stored))
 
     def reconstruct(self, preps: list[Prepared]) -> list[np.ndarray]:
         """Run the model over the frames of all ``preps`` at once; one array per instance."""
@@ -177,5 +251,12 @@ class Pipeline:
     def run(self, preps: list[Prepared]) -> list[Derived]:
         """Reconstruct and finish every prepared instance."""
         recon = self.reconstruct(preps)
-        name, sha = self.reconstructor.name, self.reconstructor.sha256
-        return [finish(p, r, model_name=name, weights_sha256=sha) for p, r in zip(preps, recon)]
+        return [self.finish(p, r) for p, r in zip(preps, recon)]
+
+    def finish(self, prep: Prepared, reconstruction: np.ndarray) -> Derived:
+        r = self.reconstructor.for_quality(prep.quality)
+        # A targeted output depends on the whole set of weights, not only the band that served it.
+        return finish(
+            prep, reconstruction, model_name=r.name, weights_sha256=r.sha256, max_quality=r.max_quality,
+            uid_key=self.key(prep.target or prep.quality),
+        )

@@ -25,6 +25,7 @@ class PrivateElement:
     per_frame: bool
     units: str
     meaning: str
+    optional: bool = False
 
 
 ELEMENTS: tuple[PrivateElement, ...] = (
@@ -51,6 +52,8 @@ ELEMENTS: tuple[PrivateElement, ...] = (
     PrivateElement(0x16, "AbsErrorPercentiles", "FD", True, "modality units (HU for CT)", "Absolute error of the stored frame against the original: 50th, 95th, 99th percentile and maximum (4 values per frame)"),
     PrivateElement(0x17, "ErrorHistogram", "UL", True, "pixels", f"Signed error (stored - original, normalized units): counts below {-0.2}, then 40 bins of 0.01 from -0.2 to 0.2, then above 0.2 (42 values per frame)"),
     PrivateElement(0x18, "JPEGStreams", "OB", False, "", "The JPEG (ISO 10918-1) streams of the frames, concatenated; JPEGBytes gives their lengths"),
+    PrivateElement(0x19, "TargetPSNR", "FD", False, "dB", "Fidelity target: the JPEG quality is the lowest whose stored reconstruction reaches this PSNR (absent when a quality was given)", True),
+    PrivateElement(0x1A, "TargetSSIM", "FD", False, "", "Fidelity target for SSIM, as TargetPSNR (absent when not asked for)", True),
 )
 ERROR_BIN_EDGES = tuple(round(-0.2 + 0.01 * i, 2) for i in range(41))
 BY_KEYWORD = {e.keyword: e for e in ELEMENTS}
@@ -61,12 +64,14 @@ def write(ds: Dataset, values: dict[str, Any]) -> None:
 
     Raises KeyError for an unknown keyword, ValueError for a missing one.
     """
-    missing = set(BY_KEYWORD) - set(values)
+    missing = {e.keyword for e in ELEMENTS if not e.optional} - set(values)
     if missing:
         raise ValueError(f"private block values missing: {', '.join(sorted(missing))}")
     block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
     for kw, value in values.items():
         el = BY_KEYWORD[kw]
+        if value is None and el.optional:
+            continue
         if el.vr == "IS":
             value = str(int(value))
         elif el.vr == "OB":
@@ -116,6 +121,6 @@ def markdown_table() -> str:
     for e in ELEMENTS:
         rows.append(
             f"| ({PRIVATE_GROUP:04X},xx{e.offset:02X}) | {e.keyword} | {e.vr} | "
-            f"{'1-n (one per frame)' if e.per_frame else '1'} | {e.units} | {e.meaning} |"
+            f"{'1-n (one per frame)' if e.per_frame else '1'}{' (optional)' if e.optional else ''} | {e.units} | {e.meaning} |"
         )
     return "\n".join(rows)

@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", metavar="DIR", help="spool, output, state (default ./dicom-cae-data)")
     p.add_argument("--http-port", type=int, metavar="N", help="serve /health and /metrics on this port")
     p.add_argument("--quality", type=int, metavar="Q", help="JPEG quality (default 10)")
+    p.add_argument("--target-psnr", type=float, metavar="DB", help="per image, the lowest JPEG quality reaching this PSNR (instead of --quality)")
+    p.add_argument("--target-ssim", type=float, metavar="S", help="the same for SSIM")
     p.add_argument("--model", metavar="NAME", help="model name (default blockres)")
     p.add_argument("--weights", metavar="FILE", help="weights file instead of the shipped ones")
     p.add_argument("--study-quiet", type=float, dest="study_quiet_s", metavar="S", help="seconds without new instances after which a study is complete (default 30)")
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = load(
             args.config, ae_title=args.ae_title, port=args.port, bind=args.bind, data_dir=args.data_dir,
             http_port=args.http_port, quality=args.quality, model=args.model, weights=args.weights,
-            study_quiet_s=args.study_quiet_s,
+            study_quiet_s=args.study_quiet_s, target_psnr=args.target_psnr, target_ssim=args.target_ssim,
         )
     except ConfigError as exc:
         print(f"dicom-cae serve: error: {exc}", file=sys.stderr)

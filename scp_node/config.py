@@ -44,6 +44,8 @@ class Config:
     data_dir: str = "dicom-cae-data"
     # processing
     quality: int = 10
+    target_psnr: float | None = None  # instead of quality: the lowest quality reaching it
+    target_ssim: float | None = None
     model: str | None = None
     weights: str | None = None
     batch_size: int = 16
@@ -168,6 +170,8 @@ port = 11112
 data_dir = "dicom-cae-data" # spool/, output/, kept/, failed/, state.sqlite
 
 quality = 10                # JPEG quality 1-100
+# target_psnr = 38.0        # instead: per image, the lowest quality whose reconstruction reaches it
+# target_ssim = 0.95
 # model = "blockres"        # see 'dicom-cae models'
 # weights = "path/to/file.weights.h5"
 batch_size = 16

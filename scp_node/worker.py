@@ -40,6 +40,9 @@ class Worker(threading.Thread):
         self._stopping = threading.Event()
         self.idle = threading.Event()
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="prepare")
+        self.target = (
+            pipeline.Target(cfg.target_psnr, cfg.target_ssim) if cfg.target_psnr or cfg.target_ssim else None
+        )
 
     def stop(self) -> None:
         """Finish the batch in hand, then return from run()."""
@@ -88,6 +91,8 @@ class Worker(threading.Thread):
         except DicomInputError as exc:
             return None, exc
         try:
+            if self.target is not None:
+                return ds, self.pipe.prepare_for_target(ds, str(path), self.target)
             return ds, pipeline.prepare(ds, str(path), quality=self.cfg.quality)
         except (DicomInputError, ValueError) as exc:
             return ds, exc
@@ -105,13 +110,12 @@ class Worker(threading.Thread):
         if not images:
             return
         recon = self.pipe.reconstruct([p for _, p in images])
-        name, sha = self.pipe.reconstructor.name, self.pipe.reconstructor.sha256
 
         def finish(item: tuple[tuple[Path, Prepared], object]) -> None:
             (path, prep), r = item
             ds = prep.dataset
             try:
-                derived = pipeline.finish(prep, r, model_name=name, weights_sha256=sha)
+                derived = self.pipe.finish(prep, r)
                 d = derived.dataset
                 out = output_path(self.cfg.output_dir, d.StudyInstanceUID, d.SeriesInstanceUID, d.SOPInstanceUID)
                 io.write(d, out, durable=True)  # the spool copy goes once this returns

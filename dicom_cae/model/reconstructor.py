@@ -31,16 +31,22 @@ def sha256_of(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def shipped_cards() -> dict[str, dict[str, Any]]:
-    """Model cards of the weights that ship inside the package, by model name."""
-    cards = {}
+def shipped_card_list() -> list[dict[str, Any]]:
+    """Model cards of all the weights that ship inside the package."""
+    out = []
     root = resources.files(WEIGHTS_PACKAGE)
-    for entry in root.iterdir():
+    for entry in sorted(root.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".json"):
             card = json.loads(entry.read_text())
             card["weights_path"] = str(root / card["weights_file"])
-            cards[card["model"]] = card
-    return cards
+            out.append(card)
+    return out
+
+
+def shipped_cards() -> dict[str, dict[str, Any]]:
+    """The general (all-quality) shipped weights' cards, by model name. Weights that serve a
+    band of JPEG qualities only (card key ``serves``) come with them, see ``load``."""
+    return {c["model"]: c for c in shipped_card_list() if "serves" not in c}
 
 
 @dataclass
@@ -52,11 +58,36 @@ class Reconstructor:
     sha256: str
     weights_path: str
     card: dict[str, Any] = field(default_factory=dict)
+    bands: list[Reconstructor] = field(default_factory=list)  # weights for a band of qualities
     _fn: Any = None
+
+    def for_quality(self, quality: int) -> Reconstructor:
+        """The weights that serve ``quality``: a band's, when one covers it, else these."""
+        for band in self.bands:
+            lo, hi = band.card["serves"]
+            if lo <= quality <= hi:
+                return band
+        return self
+
+    @property
+    def identity(self) -> str:
+        """The SHA-256 of these weights and of every band's (what decides a targeted output)."""
+        if not self.bands:
+            return self.sha256
+        return hashlib.sha256("".join([self.sha256, *(b.sha256 for b in self.bands)]).encode()).hexdigest()
 
     @property
     def uses_quality(self) -> bool:
         return ARCHITECTURES[self.name].uses_quality
+
+    @property
+    def max_quality(self) -> int:
+        """The highest JPEG quality at which the model card shows the model beating plain JPEG
+        in PSNR; above it the model passes the JPEG image through unchanged (100 when the card
+        says nothing, as for weights being trained)."""
+        rows = (self.card.get("validation") or {}).get("by_quality") or {}
+        good = [int(q) for q, v in rows.items() if v["model"]["psnr"] > v["jpeg"]["psnr"]]
+        return max(good) if good else (100 if not rows else 0)
 
     @property
     def short_id(self) -> str:
@@ -73,17 +104,32 @@ class Reconstructor:
     def __call__(self, jpeg: np.ndarray, quality: int | np.ndarray, *, batch_size: int = 16) -> np.ndarray:
         """Reconstruct images (n, 256, 256) in [0, 1] from their JPEG decodes; float32 out.
 
-        ``quality`` is one JPEG quality for all, or one per image. The last partial batch is
-        padded so that the compiled graph keeps one shape.
+        ``quality`` is one JPEG quality for all, or one per image; images of a quality above
+        ``max_quality`` come back unchanged. The last partial batch is padded so that the
+        compiled graph keeps one shape.
         """
         x = np.asarray(jpeg, dtype=np.float32)
         if x.ndim != 3 or x.shape[1:] != (SIZE, SIZE):
             raise ValueError(f"expected images of shape (n, {SIZE}, {SIZE}), got {x.shape}")
         n = x.shape[0]
-        q = np.broadcast_to(np.asarray(quality, dtype=np.float32), (n,)) / 100.0
+        qualities = np.broadcast_to(np.asarray(quality, dtype=np.float32), (n,))
+        if self.bands:
+            out = np.empty_like(x)
+            owners = [self.for_quality(int(q)) for q in qualities]
+            for owner in {id(o): o for o in owners}.values():
+                idx = np.flatnonzero([o is owner for o in owners])
+                out[idx] = owner._run(x[idx], qualities[idx], batch_size)
+            return out
+        return self._run(x, qualities, batch_size)
+
+    def _run(self, x: np.ndarray, qualities: np.ndarray, batch_size: int) -> np.ndarray:
+        n = x.shape[0]
+        out = x.copy()  # images above max_quality pass through
+        served = np.flatnonzero(qualities <= self.max_quality)
+        x, q = x[served], qualities[served] / 100.0
         fn = self._compiled()
-        out = np.empty_like(x)
-        for start in range(0, n, batch_size):
+        result = np.empty_like(x)
+        for start in range(0, len(served), batch_size):
             xb = x[start : start + batch_size, :, :, None]
             qb = q[start : start + batch_size, None]
             m = xb.shape[0]
@@ -91,7 +137,8 @@ class Reconstructor:
                 xb = np.concatenate([xb, np.zeros((batch_size - m, SIZE, SIZE, 1), np.float32)])
                 qb = np.concatenate([qb, np.zeros((batch_size - m, 1), np.float32)])
             inputs = (xb, qb) if self.uses_quality else (xb,)
-            out[start : start + m] = np.asarray(fn(*inputs))[:m, :, :, 0]
+            result[start : start + m] = np.asarray(fn(*inputs))[:m, :, :, 0]
+        out[served] = result
         return out
 
 
@@ -125,6 +172,18 @@ def load(name: str | None = None, *, weights: str | Path | None = None) -> Recon
             )
         card = cards[name]
         path = Path(card["weights_path"])
+        bands = [
+            _load_file(name, Path(c["weights_path"]), c)
+            for c in shipped_card_list()
+            if c["model"] == name and "serves" in c
+        ]
+        recon = _load_file(name, path, card)
+        recon.bands = bands
+        return recon
+    return _load_file(name, path, card)
+
+
+def _load_file(name: str, path: Path, card: dict[str, Any]) -> Reconstructor:
     model = build(name)
     _check_weight_count(model, path, name)
     try:

@@ -97,7 +97,9 @@ def _epoch_inputs(
     weight = np.empty(target.shape[0], np.float64)
     for i, (img, q) in enumerate(zip(target, qualities)):
         jpeg[i] = jpeg_set(img[None], int(q))[0][0]
-        weight[i] = 1.0 / np.sqrt(max(metrics.mse(img, jpeg[i]), 1e-8))
+        # The floor (40 dB) keeps near-blank slices, which JPEG codes almost perfectly, from
+        # taking all the weight: with 1e-8 they drove the seed's sigmoid output to a constant.
+        weight[i] = 1.0 / np.sqrt(max(metrics.mse(img, jpeg[i]), 1e-4))
     weight /= weight.mean()
     return jpeg, qualities.astype(np.float32) / 100.0, target, weight.astype(np.float32)
 
@@ -235,7 +237,7 @@ def train(cfg: TrainConfig) -> Path:
             "epochs": cfg.epochs,
             "passes_per_epoch": cfg.repeats,
             "batch_size": cfg.batch_size,
-            "sample_weights": "1 / sqrt(MSE of the JPEG decode), mean 1",
+            "sample_weights": "1 / sqrt(max(MSE of the JPEG decode, 1e-4)), mean 1",
             "optimizer": f"Adam (clipnorm 1), cosine decay from {cfg.learning_rate}",
             "loss": f"MSE + {cfg.ssim_weight} * (1 - SSIM) on [0,1] images" if cfg.ssim_weight > 0 else "MSE on [0,1] images",
             "jpeg_qualities": list(cfg.train_qualities) if uses_quality or len(cfg.train_qualities) > 1 else cfg.train_qualities[0],

@@ -1,0 +1,137 @@
+"""`dicom-cae evaluate`: rate-distortion curves, Bjontegaard deltas and tables, written to a folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dicom_cae import evaluation
+
+#: The rates (bits per pixel) over which the targets compare codecs.
+TARGET_BPP = (0.07, 0.5)
+
+
+def _f(v: float, digits: int = 2) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def bd_table(c: dict[str, dict[str, list[float]]], model_codec: str) -> dict[str, dict[str, float]]:
+    out = {}
+    for ref in ("JPEG", "JPEG 2000"):
+        a, b = c[ref], c[model_codec]
+        out[f"{model_codec} vs {ref}"] = {
+            "bd_psnr_db": evaluation.bd_psnr(a["bpp"], a["psnr"], b["bpp"], b["psnr"]),
+            "bd_rate_percent": evaluation.bd_rate(a["bpp"], a["psnr"], b["bpp"], b["psnr"]),
+            "bd_psnr_db_0.07_0.5bpp": evaluation.bd_psnr(a["bpp"], a["psnr"], b["bpp"], b["psnr"], bpp_range=TARGET_BPP),
+            "bd_rate_percent_0.07_0.5bpp": evaluation.bd_rate(a["bpp"], a["psnr"], b["bpp"], b["psnr"], bpp_range=TARGET_BPP),
+        }
+    return out
+
+
+def modality_tables(rows: list[dict[str, Any]], model_codec: str) -> dict[str, list[dict[str, float]]]:
+    tables = {}
+    for modality in sorted({r["modality"] for r in rows}):
+        c = evaluation.curves(rows, modality)
+        tables[modality] = [
+            {
+                "quality": int(q),
+                "bpp": c["JPEG"]["bpp"][k],
+                **{f"psnr {name}": c[name]["psnr"][k] for name in ("JPEG", model_codec, "JPEG 2000")},
+                **{f"ssim {name}": c[name]["ssim"][k] for name in ("JPEG", model_codec, "JPEG 2000")},
+            }
+            for k, q in enumerate(c["JPEG"]["quality"])
+        ]
+    return tables
+
+
+def plot(c: dict[str, dict[str, list[float]]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, res in c.items():
+        for ax, key in zip(axes, ("psnr", "ssim")):
+            ax.plot(res["bpp"], res[key], "o-", ms=4, label=name)
+    for ax, key in zip(axes, ("PSNR (dB)", "SSIM")):
+        ax.set_xscale("log")
+        ax.set_xlabel("bits per pixel (log scale)")
+        ax.set_ylabel(key)
+        ax.axvspan(*TARGET_BPP, color="0.92", zorder=0)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    axes[0].set_title(f"Rate-distortion: {title}")
+    axes[1].set_title("shaded: 0.07-0.5 bpp")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown(summary: dict[str, Any], model_codec: str) -> str:
+    lines = ["## Bjontegaard deltas", "", "| comparison | BD-PSNR (dB) | BD-rate (%) | BD-PSNR 0.07-0.5 bpp | BD-rate 0.07-0.5 bpp |", "|---|---|---|---|---|"]
+    for name, d in summary["bjontegaard"].items():
+        lines.append(f"| {name} | {_f(d['bd_psnr_db'])} | {_f(d['bd_rate_percent'], 1)} | {_f(d['bd_psnr_db_0.07_0.5bpp'])} | {_f(d['bd_rate_percent_0.07_0.5bpp'], 1)} |")
+    st = summary["seed_table"]
+    lines += ["", f"## The seed's operating point (JPEG quality {st['quality']}, compression ratio nearest 0.0093)", "",
+              "| | PSNR (dB) | SSIM | pixel accuracy | compression ratio |", "|---|---|---|---|---|"]
+    for name in ("published seed (5 epochs)", model_codec, "JPEG", "JPEG 2000"):
+        d = st[name]
+        lines.append(f"| {name} | {_f(d['psnr'])} | {_f(d['ssim'], 4)} | {_f(d['pixel_accuracy'], 4)} | {_f(d['compression_ratio'], 4)} |")
+    for modality, rows in summary["by_modality"].items():
+        lines += ["", f"## {modality} ({summary['images_by_modality'][modality]} images)", "",
+                  f"| q | bpp | PSNR JPEG | PSNR {model_codec} | PSNR JPEG 2000 | SSIM JPEG | SSIM {model_codec} | SSIM JPEG 2000 |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(
+                f"| {r['quality']} | {r['bpp']:.3f} | {r['psnr JPEG']:.2f} | {r[f'psnr {model_codec}']:.2f} | {r['psnr JPEG 2000']:.2f} | "
+                f"{r['ssim JPEG']:.4f} | {r[f'ssim {model_codec}']:.4f} | {r['ssim JPEG 2000']:.4f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _clean(v: Any) -> Any:
+    """NaN and infinities as null, so that the JSON is valid."""
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def write(rows: list[dict[str, Any]], out: Path, *, model_codec: str, description: str) -> dict[str, Any]:
+    """Write the CompressAI-shaped JSON per codec, rd.png, per_image.csv, summary.json and
+    tables.md into ``out``; returns the summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    c = evaluation.curves(rows)
+    files = {"JPEG": "jpeg.json", model_codec: f"{model_codec.lower().replace('+', '-')}.json", "JPEG 2000": "jpeg2000.json"}
+    descriptions = {
+        "JPEG": "Baseline JPEG (Pillow/libjpeg, optimized Huffman tables), 8-bit 256x256 normalized images",
+        model_codec: description,
+        "JPEG 2000": "JPEG 2000 (OpenJPEG through Pillow, raw codestream) at the byte budget of each JPEG point",
+    }
+    for name, fname in files.items():
+        (out / fname).write_text(json.dumps(_clean(evaluation.compressai_json(name, descriptions[name], c[name])), indent=2, allow_nan=False) + "\n")
+    with open(out / "per_image.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    summary = {
+        "images": len({r["image"] for r in rows}),
+        "images_by_modality": {m: len({r["image"] for r in rows if r["modality"] == m}) for m in sorted({r["modality"] for r in rows})},
+        "bjontegaard": bd_table(c, model_codec),
+        "seed_table": evaluation.seed_table(rows, model_codec),
+        "by_modality": modality_tables(rows, model_codec),
+        "curves": c,
+    }
+    (out / "summary.json").write_text(json.dumps(_clean(summary), indent=1, allow_nan=False) + "\n")
+    (out / "tables.md").write_text(markdown(summary, model_codec))
+    plot(c, out / "rd.png", f"{summary['images']} images")
+    return summary
