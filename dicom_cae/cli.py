@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--qualities", type=_qualities, help="JPEG qualities to train at, comma separated (default 1-50 spread; one value trains a single-quality model)")
     t.add_argument("--val-qualities", type=_qualities, help="JPEG qualities to validate at after each epoch (default 1,10)")
     t.add_argument("--ssim-weight", type=float, default=0.005, help="weight of (1 - SSIM) added to the MSE loss (default 0.005; 0 for MSE only)")
+    t.add_argument("--loss", choices=["mse", "bce"], help="base loss (default: bce for the seed's sigmoid output, mse otherwise)")
     t.add_argument("--no-augment", action="store_true", help="no flips or transposes")
     t.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPU)")
     t.add_argument("--init-weights", metavar="FILE", help="start from these weights")
@@ -178,6 +179,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         init_weights=args.init_weights,
         ssim_weight=args.ssim_weight,
         repeats=args.passes,
+        loss=args.loss,
     )
     try:
         train(cfg)

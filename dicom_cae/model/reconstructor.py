@@ -83,8 +83,11 @@ class Reconstructor:
     @property
     def max_quality(self) -> int:
         """The highest JPEG quality at which the model card shows the model beating plain JPEG
-        in PSNR; above it the model passes the JPEG image through unchanged (100 when the card
-        says nothing, as for weights being trained)."""
+        in PSNR; above it the model passes the JPEG image through unchanged. 100 when the card
+        says nothing (weights being trained) and for models not told the quality (the seed, which
+        runs as asked wherever it is asked)."""
+        if not self.uses_quality:
+            return 100
         rows = (self.card.get("validation") or {}).get("by_quality") or {}
         good = [int(q) for q, v in rows.items() if v["model"]["psnr"] > v["jpeg"]["psnr"]]
         return max(good) if good else (100 if not rows else 0)

@@ -47,16 +47,24 @@ class TrainConfig:
     init_weights: str | None = None
     ssim_weight: float = 0.005
     repeats: int = 1
+    loss: str | None = None  # "mse" or "bce"; default: "bce" for sigmoid outputs (seed), else "mse"
 
 
-def make_loss(ssim_weight: float) -> Any:
-    """MSE, plus ``ssim_weight * (1 - SSIM)`` (Wang's window: 11x11, sigma 1.5) when positive."""
+def make_loss(ssim_weight: float, base: str = "mse") -> Any:
+    """MSE (or binary cross-entropy), plus ``ssim_weight * (1 - SSIM)`` (Wang's window: 11x11,
+    sigma 1.5) when positive. Cross-entropy suits a sigmoid output: its gradient does not vanish
+    where the sigmoid saturates, where MSE's does (the seed got stuck at an all-black output)."""
 
     def mse_ssim(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
         # One value per image, so that sample weights apply per image.
         y_true = tf.cast(y_true, tf.float32)
         y_pred = tf.cast(y_pred, tf.float32)
-        mse = tf.reduce_mean(tf.square(y_true - y_pred), axis=[1, 2, 3])
+        if base == "bce":
+            eps = 1e-7
+            p = tf.clip_by_value(y_pred, eps, 1 - eps)
+            mse = -tf.reduce_mean(y_true * tf.math.log(p) + (1 - y_true) * tf.math.log(1 - p), axis=[1, 2, 3])
+        else:
+            mse = tf.reduce_mean(tf.square(y_true - y_pred), axis=[1, 2, 3])
         if ssim_weight <= 0:
             return mse
         ssim = tf.image.ssim(y_true, y_pred, max_val=1.0, filter_size=11, filter_sigma=1.5)
@@ -176,7 +184,8 @@ def train(cfg: TrainConfig) -> Path:
     uses_quality = ARCHITECTURES[cfg.model].uses_quality
     steps = math.ceil(len(train_set) * cfg.repeats / cfg.batch_size) * cfg.epochs
     schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=steps, alpha=0.05)
-    model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=1.0), loss=make_loss(cfg.ssim_weight))
+    base_loss = cfg.loss or ("bce" if cfg.model == "seed" else "mse")
+    model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=1.0), loss=make_loss(cfg.ssim_weight, base_loss))
     recon = from_model(model, cfg.model)
 
     def reconstruct(x: np.ndarray, q: int) -> np.ndarray:
@@ -239,7 +248,8 @@ def train(cfg: TrainConfig) -> Path:
             "batch_size": cfg.batch_size,
             "sample_weights": "1 / sqrt(max(MSE of the JPEG decode, 1e-4)), mean 1",
             "optimizer": f"Adam (clipnorm 1), cosine decay from {cfg.learning_rate}",
-            "loss": f"MSE + {cfg.ssim_weight} * (1 - SSIM) on [0,1] images" if cfg.ssim_weight > 0 else "MSE on [0,1] images",
+            "loss": ("binary cross-entropy" if base_loss == "bce" else "MSE")
+            + (f" + {cfg.ssim_weight} * (1 - SSIM)" if cfg.ssim_weight > 0 else "") + " on [0,1] images",
             "jpeg_qualities": list(cfg.train_qualities) if uses_quality or len(cfg.train_qualities) > 1 else cfg.train_qualities[0],
             "augmentation": "flips and transposes" if cfg.augment else "none",
             "device": _device(),
