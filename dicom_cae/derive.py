@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 from pydicom.valuerep import format_number_as_ds
@@ -210,11 +211,10 @@ def _file_meta(ds: Dataset) -> FileMetaDataset:
 
 
 def _as_list(value: Any) -> list[Any]:
+    """An element's value as a list: [] when absent or empty, one item for VM 1."""
     if value is None or value == "":
         return []
-    if isinstance(value, (list, tuple)) or hasattr(value, "__len__") and not isinstance(value, str):
-        return list(value)
-    return [value]
+    return list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
 
 
 def _scale_functional_groups(ds: Dataset, row_scale: float, col_scale: float) -> None:

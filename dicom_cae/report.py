@@ -44,6 +44,7 @@ def image_rows(study_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
             rows.append(
                 {
                     "sop_instance_uid": str(ds.SOPInstanceUID),
+                    "sop_class_uid": str(ds.SOPClassUID),
                     "series_instance_uid": str(ds.SeriesInstanceUID),
                     "source_sop_instance_uid": str(src),
                     "instance_number": int(ds.InstanceNumber) if ds.get("InstanceNumber") not in (None, "") else None,
@@ -178,8 +179,8 @@ def write(
 
     from dicom_cae import derive, report_html
 
-    derived = sorted(p for p in study_dir.rglob("*.dcm") if p.stem in {r["sop_instance_uid"] for r in report["per_image"]})
-    template = io.read(derived[0], pixels=False)
+    uids = {r["sop_instance_uid"] for r in report["per_image"]}
+    template = io.read(next(p for p in sorted(study_dir.rglob("*.dcm")) if p.stem in uids), pixels=False)
     now = dt.datetime.now()
     header = {
         "Study Instance UID": report["study_instance_uid"],
@@ -199,7 +200,7 @@ def write(
         io.write_text(report_html.render_html(report, figs, header), study_dir / REPORT_HTML)
         if document:
             pdf = report_html.render_pdf(report, figs, header)
-            refs = sorted({(str(io.read(p, pixels=False).SOPClassUID), p.stem) for p in derived})
+            refs = sorted({(r["sop_class_uid"], r["sop_instance_uid"]) for r in report["per_image"]})
             series_uid = generate_uid(derive.UID_PREFIX, entropy_srcs=["report series", report["study_instance_uid"]])
             instance_uid = generate_uid(derive.UID_PREFIX, entropy_srcs=["report", report["study_instance_uid"], *(u for _, u in refs)])
             doc = derive.report_document(
