@@ -72,8 +72,9 @@ def test_fidelity_target_picks_the_lowest_quality_that_reaches_it(pipe, tmp_path
 
 
 def test_quality_bands_and_pass_through_above_the_models_range(model):
-    assert [b.card["serves"] for b in model.bands] == [[1, 5]]
-    assert model.for_quality(3) is model.bands[0] and model.for_quality(8) is model
+    assert sorted(b.card["serves"] for b in model.bands) == [[1, 5], [6, 15]]
+    assert model.for_quality(3).card["serves"] == [1, 5] and model.for_quality(8).card["serves"] == [6, 15]
+    assert model.for_quality(16) is model
     rng = np.random.default_rng(2)
     jpeg = np.stack([codec.jpeg_roundtrip(rng.random((256, 256)), 60)[0] for _ in range(2)])
     assert model.max_quality < 60
