@@ -7,7 +7,6 @@ images are shown too when their files are at hand (``sources``).
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import html
 import io as _io
 import logging

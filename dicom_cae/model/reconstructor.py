@@ -126,7 +126,6 @@ class Reconstructor:
         return self._run(x, qualities, batch_size)
 
     def _run(self, x: np.ndarray, qualities: np.ndarray, batch_size: int) -> np.ndarray:
-        n = x.shape[0]
         out = x.copy()  # images above max_quality pass through
         served = np.flatnonzero(qualities <= self.max_quality)
         x, q = x[served], qualities[served] / 100.0

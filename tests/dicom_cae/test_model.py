@@ -1,11 +1,9 @@
-import json
-
 import numpy as np
 import pytest
 
 from dicom_cae import codec
 from dicom_cae.errors import ModelError
-from dicom_cae.model import ARCHITECTURES, build, load
+from dicom_cae.model import build, load
 from dicom_cae.model.reconstructor import sha256_of, shipped_cards
 
 

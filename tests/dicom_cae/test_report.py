@@ -8,7 +8,6 @@ import subprocess
 import tempfile
 
 import pydicom
-import pytest
 
 from dicom_cae import cli
 from tests.conftest import ROOT, dciodvfy_errors, need_tool

@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from scp_node.forward import backoff
-from tests.conftest import SAMPLES, dcmtk, peer_env, wait_until
+from tests.conftest import SAMPLES, peer_env, wait_until
 from tests.scp_node.test_node import running_node, storescu
 
 
