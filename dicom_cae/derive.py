@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
@@ -130,7 +131,9 @@ def derive(
             continue
         if 0x6000 <= elem.tag.group <= 0x60FF or 0x5000 <= elem.tag.group <= 0x50FF:
             continue  # overlays and curves are drawn on the source grid
-        ds.add(copy.deepcopy(elem))
+        # Only sequences can be changed in place below (functional groups); the other values are
+        # replaced, never mutated, so sharing them with the source is safe and much cheaper.
+        ds.add(copy.deepcopy(elem) if elem.VR == "SQ" else DataElement(elem.tag, elem.VR, elem.value))
     _mend_decimal_strings(ds)
     for kw in _TYPE2:
         if kw not in ds:
