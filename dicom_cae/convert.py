@@ -68,13 +68,14 @@ def _prepare_one(
 ) -> tuple[Path, Prepared | None, str]:
     """Read and prepare one file: its output path, the prepared instance (None when the output
     exists already) and its SOP Instance UID."""
-    ds = io.read(path)
+    ds = io.read(path, pixels=False)  # enough to know whether it was converted before
     if not all(kw in ds for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")):
         raise DicomInputError(str(path), "missing Study, Series or SOP Instance UID")
     uids = derived_uids(ds, key=pipe.key(target or quality))
     out = output_path(dst, ds.StudyInstanceUID, uids.series, uids.instance)
     if out.exists():
         return out, None, str(ds.SOPInstanceUID)
+    ds = io.read(path)
     if target is not None:
         return out, pipe.prepare_for_target(ds, str(path), target), str(ds.SOPInstanceUID)
     return out, pipeline.prepare(ds, str(path), quality=quality), str(ds.SOPInstanceUID)
