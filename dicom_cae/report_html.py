@@ -246,7 +246,7 @@ Bland-Altman: bias {_fmt(ba['bias'], 5)}, limits of agreement {_fmt(ba['lower'],
 <p class="note">What a mean cannot show. Percentiles of the absolute error per image ({html.escape(unit)}), averaged over the images; maximum over all.</p>
 <table><tr><th>absolute error</th><th>{html.escape(unit)}</th></tr>{pct}</table>
 {imgs['error']}
-<h2>The {len([1 for _ in range(min(WORST, report['images']))])} worst images (lowest PSNR)</h2>
+<h2>The {min(WORST, report['images'])} worst images (lowest PSNR)</h2>
 {worst}
 <h2>Every image</h2>
 <div class="scroll"><table><tr><th>instance</th><th>SOP Instance UID</th><th>frame</th><th>PSNR</th><th>PSNR JPEG</th><th>SSIM</th><th>SSIM JPEG</th>
