@@ -88,6 +88,13 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
     return item
 
 
+def _add_empty_type2(ds: Dataset) -> None:
+    """Add the Type 2 attributes of _TYPE2 that ``ds`` lacks, empty."""
+    for kw in _TYPE2:
+        if kw not in ds:
+            setattr(ds, kw, None if kw == "InstanceNumber" else "")
+
+
 def _mend_decimal_strings(ds: Dataset) -> None:
     """Rewrite DS values longer than 16 characters (an error in the source) in 16 or fewer."""
     for elem in ds.iterall():
@@ -135,9 +142,7 @@ def derive(
         # replaced, never mutated, so sharing them with the source is safe and much cheaper.
         ds.add(copy.deepcopy(elem) if elem.VR == "SQ" else DataElement(elem.tag, elem.VR, elem.value))
     _mend_decimal_strings(ds)
-    for kw in _TYPE2:
-        if kw not in ds:
-            setattr(ds, kw, "" if kw != "InstanceNumber" else None)
+    _add_empty_type2(ds)
 
     ds.SOPClassUID = source.SOPClassUID
     ds.SOPInstanceUID = uids.instance
@@ -270,10 +275,7 @@ def report_document(
     for kw in _STUDY_KEYWORDS:
         if kw in template:
             ds.add(copy.deepcopy(template[kw]))
-    for kw in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-               "ReferringPhysicianName", "StudyID", "AccessionNumber"):
-        if kw not in ds:
-            setattr(ds, kw, "")
+    _add_empty_type2(ds)
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.104.1"  # Encapsulated PDF Storage
     ds.SOPInstanceUID = instance_uid
     ds.Modality = "DOC"

@@ -13,6 +13,8 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from dicom_cae import image
+
 PRIVATE_GROUP = 0x0071
 PRIVATE_CREATOR = "DICOM_CAE 1.0"
 
@@ -110,6 +112,24 @@ def read(ds: Dataset) -> dict[str, Any] | None:
             value = str(value)
         out[el.keyword] = value
     return out
+
+
+def normalization(ds: Dataset, tags: dict[str, Any] | None = None) -> image.Normalization:
+    """How a derived instance's stored values map to the normalized [0, 1] image its metrics
+    were computed on (its pixels are on the 256x256 grid already).
+
+    Raises KeyError when ``ds`` has no dicom-cae block.
+    """
+    tags = tags if tags is not None else read(ds)
+    if tags is None:
+        raise KeyError(f"no {PRIVATE_CREATOR} block")
+    return image.Normalization(
+        lo=tuple(tags["NormalizationLow"]), hi=tuple(tags["NormalizationHigh"]),
+        invert=str(ds.PhotometricInterpretation) == "MONOCHROME1", src_rows=image.SIZE, src_cols=image.SIZE,
+        slope=float(ds.get("RescaleSlope", 1) or 1), intercept=float(ds.get("RescaleIntercept", 0) or 0),
+        bits_allocated=int(ds.BitsAllocated), bits_stored=int(ds.BitsStored),
+        pixel_representation=int(ds.PixelRepresentation),
+    )
 
 
 def markdown_table() -> str:

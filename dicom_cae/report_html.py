@@ -55,16 +55,6 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return html.escape(str(v))
 
 
-def _norm_from(ds: Any, tags: dict[str, Any]) -> image.Normalization:
-    return image.Normalization(
-        lo=tuple(tags["NormalizationLow"]), hi=tuple(tags["NormalizationHigh"]),
-        invert=str(ds.PhotometricInterpretation) == "MONOCHROME1", src_rows=image.SIZE, src_cols=image.SIZE,
-        slope=float(ds.get("RescaleSlope", 1) or 1), intercept=float(ds.get("RescaleIntercept", 0) or 0),
-        bits_allocated=int(ds.BitsAllocated), bits_stored=int(ds.BitsStored),
-        pixel_representation=int(ds.PixelRepresentation),
-    )
-
-
 def worst_panels(study_dir: Path, rows: list[dict[str, Any]], sources: dict[str, Path] | None, n: int = WORST) -> list[Panel]:
     """The ``n`` frames of lowest PSNR, read back from the derived files (and their sources)."""
     worst = sorted((r for r in rows if r["psnr"] is not None), key=lambda r: r["psnr"])[:n]
@@ -80,7 +70,7 @@ def worst_panels(study_dir: Path, rows: list[dict[str, Any]], sources: dict[str,
         tags = private_tags.read(ds)
         frame = r["frame"] - 1
         stored = ds.pixel_array.reshape(-1, image.SIZE, image.SIZE)
-        recon = image.from_stored(stored, _norm_from(ds, tags))[frame]
+        recon = image.from_stored(stored, private_tags.normalization(ds, tags))[frame]
         offset = sum(tags["JPEGBytes"][:frame])
         jpeg = codec.jpeg_decode(tags["JPEGStreams"][offset : offset + tags["JPEGBytes"][frame]])
         original = None

@@ -118,9 +118,11 @@ class Reconstructor:
         qualities = np.broadcast_to(np.asarray(quality, dtype=np.float32), (n,))
         if self.bands:
             out = np.empty_like(x)
-            owners = [self.for_quality(int(q)) for q in qualities]
-            for owner in {id(o): o for o in owners}.values():
-                idx = np.flatnonzero([o is owner for o in owners])
+            groups: dict[int, tuple[Reconstructor, list[int]]] = {}
+            for i, q in enumerate(qualities):
+                owner = self.for_quality(int(q))
+                groups.setdefault(id(owner), (owner, []))[1].append(i)
+            for owner, idx in groups.values():
                 out[idx] = owner._run(x[idx], qualities[idx], batch_size)
             return out
         return self._run(x, qualities, batch_size)

@@ -18,8 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 import dicom_cae
-from dicom_cae import dataset, evaluation, metrics
-from dicom_cae.evaluation import jpeg_set
+from dicom_cae import codec, dataset, evaluation, metrics
 from dicom_cae.model.architectures import ARCHITECTURES, build
 from dicom_cae.model.reconstructor import from_model, sha256_of
 
@@ -104,7 +103,7 @@ def _epoch_inputs(
     jpeg = np.empty_like(target)
     weight = np.empty(target.shape[0], np.float64)
     for i, (img, q) in enumerate(zip(target, qualities)):
-        jpeg[i] = jpeg_set(img[None], int(q))[0][0]
+        jpeg[i] = codec.jpeg_roundtrip(img, int(q))[0]
         # The floor (40 dB) keeps near-blank slices, which JPEG codes almost perfectly, from
         # taking all the weight: with 1e-8 they drove the seed's sigmoid output to a constant.
         weight[i] = 1.0 / np.sqrt(max(metrics.mse(img, jpeg[i]), 1e-4))

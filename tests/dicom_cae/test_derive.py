@@ -62,16 +62,7 @@ def test_written_file_reads_back_with_its_private_block(ct_derived, tmp_path):
     assert tags["JPEGOnlyPSNR"][0] == pytest.approx(d.frames[0].jpeg.psnr)
     assert not any(e.tag.is_private and e.tag.group != private_tags.PRIVATE_GROUP for e in back)
     np.testing.assert_array_equal(back.pixel_array, image.to_stored(
-        image.from_stored(back.pixel_array[None], _norm_from_tags(back, tags)), _norm_from_tags(back, tags))[0])
-
-
-def _norm_from_tags(ds, tags):
-    return image.Normalization(
-        lo=tuple(tags["NormalizationLow"]), hi=tuple(tags["NormalizationHigh"]),
-        invert=ds.PhotometricInterpretation == "MONOCHROME1", src_rows=256, src_cols=256,
-        slope=float(ds.get("RescaleSlope", 1)), intercept=float(ds.get("RescaleIntercept", 0)),
-        bits_allocated=ds.BitsAllocated, bits_stored=ds.BitsStored, pixel_representation=ds.PixelRepresentation,
-    )
+        image.from_stored(back.pixel_array[None], private_tags.normalization(back, tags)), private_tags.normalization(back, tags))[0])
 
 
 def test_metrics_describe_the_stored_pixels(ct_derived, tmp_path):
@@ -83,7 +74,7 @@ def test_metrics_describe_the_stored_pixels(ct_derived, tmp_path):
     io.write(d.dataset, path)
     back = pydicom.dcmread(path)
     tags = private_tags.read(back)
-    stored_unit = image.from_stored(back.pixel_array[None], _norm_from_tags(back, tags))[0]
+    stored_unit = image.from_stored(back.pixel_array[None], private_tags.normalization(back, tags))[0]
     reference, _ = image.normalize(src, "src")
     assert metrics.psnr(reference[0], stored_unit) == pytest.approx(tags["PSNR"][0], abs=1e-6)
     assert metrics.ssim(reference[0], stored_unit) == pytest.approx(tags["SSIM"][0], abs=1e-6)
