@@ -143,7 +143,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         f"with {recon.short_id} at " + (f"fidelity target {target.key}; " if target else f"JPEG quality {args.quality}; ") +
         f"{s.skipped_done} already done, {len(s.duplicates)} duplicate(s), {len(s.not_images)} not image(s), "
         f"{len(s.not_dicom)} not DICOM, "
-        f"{len(s.failed)} failed; "
+        f"{len(s.failed)} failed, {len(s.warnings)} converted with a warning; "
         f"{len(s.studies)} study report(s) in {args.dst}"
     )
     for e in s.failed:
@@ -152,7 +152,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
         print(f"  not converted: {e}", file=sys.stderr)
     for e in s.duplicates:
         print(f"  duplicate: {e}", file=sys.stderr)
-    if s.failed or s.not_images or s.duplicates:
+    for e in s.warnings:
+        print(f"  warning: {e}", file=sys.stderr)
+    if s.failed or s.not_images or s.duplicates or s.warnings:
         print(f"  (listed in {Path(args.dst) / ERRORS_FILE})", file=sys.stderr)
     return s.exit_code
 

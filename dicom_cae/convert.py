@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from hashlib import sha1
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from dicom_cae import io, pipeline, report
+from dicom_cae import identity, io, pipeline, report
 from dicom_cae.derive import derived_uids
 from dicom_cae.errors import DicomInputError, NotAnImageError, NotDicomError
 from dicom_cae.pipeline import Derived, Pipeline, Prepared, Target
@@ -29,15 +27,7 @@ ERRORS_FILE = "errors.tsv"
 #: A file with one of these suffixes that is not DICOM counts as failed; other non-DICOM files
 #: (READMEs, scripts, thumbnails) are listed but do not make the run fail.
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima", "")
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-
-
-def safe_uid_name(uid: object) -> str:
-    """A file name for a UID from the input: the UID itself if it is well formed, else a hash."""
-    text = str(uid or "").strip()
-    if _UID.match(text) and len(text) <= 64:
-        return text
-    return "x" + sha1(text.encode("utf-8", "replace")).hexdigest()[:24]
+safe_uid_name = identity.safe_name
 
 
 def output_path(dst: Path, study_uid: object, series_uid: str, sop_uid: str) -> Path:
@@ -55,6 +45,7 @@ class Summary:
     not_images: list[DicomInputError] = field(default_factory=list)
     not_dicom: list[DicomInputError] = field(default_factory=list)
     failed: list[DicomInputError] = field(default_factory=list)
+    warnings: list[DicomInputError] = field(default_factory=list)  # converted, with something made up
     studies: set[str] = field(default_factory=set)
     seconds: float = 0.0
 
@@ -69,12 +60,12 @@ def _prepare_one(
     """Read and prepare one file: its output path, the prepared instance (None when the output
     exists already) and its SOP Instance UID."""
     ds = io.read(path, pixels=False)  # enough to know whether it was converted before
-    if not all(kw in ds for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")):
-        raise DicomInputError(str(path), "missing Study, Series or SOP Instance UID")
+    ident = identity.identify(ds, str(path))
+    identity.apply(ds, ident)
     uids = derived_uids(ds, key=pipe.key(target or quality))
-    out = output_path(dst, ds.StudyInstanceUID, uids.series, uids.instance)
+    out = output_path(dst, ident.study, uids.series, uids.instance)
     if out.exists():
-        return out, None, str(ds.SOPInstanceUID)
+        return out, None, ident.sop_instance
     ds = io.read(path)
     if target is not None:
         return out, pipe.prepare_for_target(ds, str(path), target), str(ds.SOPInstanceUID)
@@ -197,6 +188,7 @@ def convert(
                 summary.studies.add(out.parent.parent.name)
                 bar.update(1)
                 continue
+            summary.warnings += [DicomInputError(str(path), w) for w in result.warnings]
             batch.append(result)
             batch_frames += result.frames
             if batch_frames >= pipe.batch_size:
@@ -213,6 +205,7 @@ def convert(
         ("not-an-image", summary.not_images),
         ("duplicate", summary.duplicates),
         ("not-dicom", summary.not_dicom),
+        ("warning", summary.warnings),
     ):
         lines += [f"{e.source}\t{kind}\t{e.reason}" for e in errs]
     io.write_text("\n".join(lines) + "\n", dst / ERRORS_FILE)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import math
+from fractions import Fraction
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pydicom.datadict
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
@@ -21,9 +24,9 @@ from pydicom.valuerep import format_number_as_ds
 
 import dicom_cae
 from dicom_cae import image, private_tags
+from dicom_cae.identity import UID_PREFIX, is_uid
 
-#: Root of every UID dicom-cae makes (pydicom's root, for UIDs derived from an entropy source).
-UID_PREFIX = "1.2.826.0.1.3680043.8.498."
+__all__ = ["UID_PREFIX", "DerivedUIDs", "derived_uids", "derive", "report_document"]
 IMPLEMENTATION_VERSION_NAME = "DICOM_CAE_" + dicom_cae.__version__.replace(".", "")
 SERIES_NUMBER_OFFSET = 7000
 
@@ -133,14 +136,19 @@ def derive(
     now = now or dt.datetime.now()
 
     ds = Dataset()
-    for elem in source:
-        if elem.tag.is_private or elem.keyword in _DROP or elem.tag.group in (0x0002,):
-            continue
-        if 0x6000 <= elem.tag.group <= 0x60FF or 0x5000 <= elem.tag.group <= 0x50FF:
-            continue  # overlays and curves are drawn on the source grid
-        # Only sequences can be changed in place below (functional groups); the other values are
-        # replaced, never mutated, so sharing them with the source is safe and much cheaper.
-        ds.add(copy.deepcopy(elem) if elem.VR == "SQ" else DataElement(elem.tag, elem.VR, elem.value))
+    unreadable = []
+    for tag in source.keys():
+        try:
+            elem = source[tag]
+            if elem.tag.is_private or elem.keyword in _DROP or elem.tag.group in (0x0002,):
+                continue
+            if 0x6000 <= elem.tag.group <= 0x60FF or 0x5000 <= elem.tag.group <= 0x50FF:
+                continue  # overlays and curves are drawn on the source grid
+            # Only sequences can be changed in place below (functional groups); the other values
+            # are replaced, never mutated, so sharing them with the source is safe and cheaper.
+            ds.add(copy.deepcopy(elem) if elem.VR == "SQ" else DataElement(elem.tag, elem.VR, elem.value))
+        except (TypeError, ValueError):  # a value pydicom cannot convert: not copied
+            unreadable.append(pydicom.datadict.keyword_for_tag(tag) or str(tag))
     _mend_decimal_strings(ds)
     _add_empty_type2(ds)
 
@@ -148,7 +156,9 @@ def derive(
     ds.SOPInstanceUID = uids.instance
     ds.SeriesInstanceUID = uids.series
     ds.SeriesNumber = (int(source.get("SeriesNumber") or 0) + SERIES_NUMBER_OFFSET) % 2**31
-    ds.SeriesDescription = f"CAE {private['ModelName']} q{private['JPEGQuality']} of {source.get('SeriesDescription', '')}".strip()[:64]
+    what = f"CAE {private['ModelName']} q{private['JPEGQuality']}"
+    source_description = str(source.get("SeriesDescription") or "").strip()
+    ds.SeriesDescription = (f"{what} of {source_description}" if source_description else f"{what} reconstruction")[:64]
     ds.InstanceCreationDate = now.strftime("%Y%m%d")
     ds.InstanceCreationTime = now.strftime("%H%M%S")
     ds.ContentDate = ds.InstanceCreationDate
@@ -190,18 +200,14 @@ def derive(
     ds.PixelRepresentation = norm.pixel_representation
     row_scale = norm.src_rows / image.SIZE
     col_scale = norm.src_cols / image.SIZE
-    for kw in _SPACINGS:
-        if kw in ds and ds[kw].VM == 2:
-            r, c = (float(v) for v in ds[kw].value)
-            ds[kw].value = [_ds(r * row_scale), _ds(c * col_scale)]
-    _scale_functional_groups(ds, row_scale, col_scale)
-    if not any(kw in ds for kw in _SPACINGS) and row_scale != col_scale:
-        # Pixels are no longer square: say so (Type 1C when no spacing is given).
-        ds.PixelAspectRatio = [round(row_scale * 1000), round(col_scale * 1000)]
+    warnings = list(private.get("Warnings") or [])
+    warnings += [f"{kw} in the source cannot be decoded: left out" for kw in unreadable]
+    warnings += _regrid(ds, source, row_scale, col_scale)
+    warnings += _drop_invalid_uids(ds)
     ds.PixelData = np.ascontiguousarray(stored).astype(norm.dtype.newbyteorder("<")).tobytes()
     ds["PixelData"].VR = "OW" if norm.bits_allocated > 8 else "OB"
 
-    private_tags.write(ds, private)
+    private_tags.write(ds, {**private, "Warnings": warnings or None})
 
     ds.file_meta = _file_meta(ds)
     return ds
@@ -225,17 +231,123 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
 
 
-def _scale_functional_groups(ds: Dataset, row_scale: float, col_scale: float) -> None:
-    """Enhanced (multi-frame) objects keep their pixel spacing in the functional groups."""
-    for seq_kw in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
-        for group in ds.get(seq_kw) or []:
-            for measures in group.get("PixelMeasuresSequence") or []:
-                if "PixelSpacing" in measures and measures["PixelSpacing"].VM == 2:
-                    r, c = (float(v) for v in measures.PixelSpacing)
-                    measures.PixelSpacing = [_ds(r * row_scale), _ds(c * col_scale)]
-            for ftype in group.get("MRImageFrameTypeSequence") or group.get("CTImageFrameTypeSequence") or []:
-                if "FrameType" in ftype:
-                    ftype.FrameType = ["DERIVED", *[str(v) for v in ftype.FrameType][1:]]
+def _spacing(ds: Dataset, keyword: str) -> tuple[float, float] | None:
+    """A (row, column) spacing attribute of ``ds`` when it holds two finite positive numbers."""
+    if keyword not in ds or ds[keyword].VM != 2:
+        return None
+    try:
+        r, c = (float(v) for v in ds[keyword].value)
+    except (TypeError, ValueError):
+        return None
+    return (r, c) if all(math.isfinite(v) and v > 0 for v in (r, c)) else None
+
+
+def _floats(ds: Dataset, keyword: str, count: int) -> np.ndarray | None:
+    if keyword not in ds or ds[keyword].VM != count:
+        return None
+    try:
+        values = np.asarray([float(v) for v in ds[keyword].value], np.float64)
+    except (TypeError, ValueError):
+        return None
+    return values if np.isfinite(values).all() else None
+
+
+def first_pixel_shift(
+    orientation: np.ndarray, spacing: tuple[float, float], row_scale: float, col_scale: float
+) -> np.ndarray:
+    """How far (mm, patient coordinates) the centre of the first pixel moves when a grid of
+    pixels ``spacing`` (between rows, between columns) is resampled with pixel centres aligned
+    (as Pillow does) to one ``row_scale`` x ``col_scale`` times coarser: half of the new pixel
+    less half of the old, along the row and the column directions of Image Orientation."""
+    along_row, along_column = orientation[:3], orientation[3:]
+    return along_row * (col_scale - 1) / 2 * spacing[1] + along_column * (row_scale - 1) / 2 * spacing[0]
+
+
+def _move(plane: Dataset, orientation: np.ndarray | None, spacing: tuple[float, float] | None,
+          row_scale: float, col_scale: float) -> None:
+    position = _floats(plane, "ImagePositionPatient", 3)
+    if position is None or orientation is None or spacing is None:
+        return
+    moved = position + first_pixel_shift(orientation, spacing, row_scale, col_scale)
+    plane.ImagePositionPatient = [_ds(v) for v in moved]
+
+
+def _regrid(ds: Dataset, source: Dataset, row_scale: float, col_scale: float) -> list[str]:
+    """Build the geometry of the 256x256 grid: spacing scaled, Image Position moved to the new
+    first pixel's centre, non-square pixels described. Returns warnings for what the source
+    got wrong (an invalid spacing is left out rather than carried through)."""
+    warnings = []
+    for kw in _SPACINGS:
+        if kw not in ds:
+            continue
+        spacing = _spacing(ds, kw)
+        if spacing is None:
+            value = "\\".join(str(v) for v in (ds[kw].value if ds[kw].VM > 1 else [ds[kw].value]))
+            warnings.append(f"{kw} {value!r} in the source is not a valid spacing: left out")
+            del ds[kw]
+            continue
+        ds[kw].value = [_ds(spacing[0] * row_scale), _ds(spacing[1] * col_scale)]
+        if kw == "PixelSpacing":
+            _move(ds, _floats(ds, "ImageOrientationPatient", 6), spacing, row_scale, col_scale)
+    _regrid_functional_groups(ds, row_scale, col_scale)
+    if not any(kw in ds for kw in _SPACINGS):
+        # Without a spacing, Pixel Aspect Ratio (Type 1C) says how non-square the pixels are.
+        ratio = _floats(source, "PixelAspectRatio", 2)
+        vertical, horizontal = (ratio if ratio is not None and (ratio > 0).all() else (1.0, 1.0))
+        aspect = Fraction(vertical * row_scale / (horizontal * col_scale)).limit_denominator(1000)
+        if aspect != 1:
+            ds.PixelAspectRatio = [aspect.numerator, aspect.denominator]
+    return warnings
+
+
+def _regrid_functional_groups(ds: Dataset, row_scale: float, col_scale: float) -> None:
+    """Enhanced (multi-frame) objects keep their geometry in the functional groups."""
+    shared = (ds.get("SharedFunctionalGroupsSequence") or [Dataset()])[0]
+
+    def first(group: Dataset, keyword: str) -> Dataset | None:
+        for g in (group, shared):
+            items = g.get(keyword) or []
+            if items:
+                return items[0]
+        return None
+
+    groups = [shared, *(ds.get("PerFrameFunctionalGroupsSequence") or [])]
+    spacing_of = {}
+    for group in groups:
+        measures = first(group, "PixelMeasuresSequence")
+        spacing_of[id(group)] = _spacing(measures, "PixelSpacing") if measures is not None else None
+    for group in groups:
+        for measures in group.get("PixelMeasuresSequence") or []:
+            spacing = _spacing(measures, "PixelSpacing")
+            if spacing is not None:
+                measures.PixelSpacing = [_ds(spacing[0] * row_scale), _ds(spacing[1] * col_scale)]
+        orientation = first(group, "PlaneOrientationSequence")
+        for plane in group.get("PlanePositionSequence") or []:
+            _move(plane, _floats(orientation, "ImageOrientationPatient", 6) if orientation is not None else None,
+                  spacing_of[id(group)], row_scale, col_scale)
+        for ftype in group.get("MRImageFrameTypeSequence") or group.get("CTImageFrameTypeSequence") or []:
+            if "FrameType" in ftype:
+                ftype.FrameType = ["DERIVED", *[str(v) for v in ftype.FrameType][1:]]
+
+
+def _drop_invalid_uids(ds: Dataset) -> list[str]:
+    """Remove every UI element (at any depth) whose value is not a well-formed UID: a
+    received string is never copied into what we write as if it were one."""
+    dropped = []
+
+    def walk(d: Dataset) -> None:
+        for elem in list(d):
+            if elem.VR == "SQ":
+                for item in elem.value or []:
+                    walk(item)
+            elif elem.VR == "UI" and elem.value not in (None, ""):
+                values = elem.value if elem.VM > 1 else [elem.value]
+                if not all(is_uid(v) for v in values):
+                    dropped.append(elem.keyword or str(elem.tag))
+                    del d[elem.tag]
+
+    walk(ds)
+    return [f"{kw} in the source is not a valid UID: left out" for kw in sorted(set(dropped))]
 
 
 # Patient and General Study attributes copied into a report document from the study's images.

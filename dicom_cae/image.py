@@ -5,12 +5,12 @@ No TensorFlow here: numpy, pydicom and Pillow only.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut
 
 from dicom_cae.errors import DicomInputError, NotAnImageError
 
@@ -58,25 +58,85 @@ class Normalization:
         return (self.src_rows, self.src_cols) != (SIZE, SIZE)
 
 
+#: Refuse images whose decoded pixels would exceed this (a header can promise any size).
+MAX_DECODED_BYTES = 1 << 30
+
+
+def int_attr(ds: Dataset, keyword: str, default: int, source: str) -> int:
+    """An integer attribute: ``default`` when absent; DicomInputError when present but empty or
+    not an integer (a Type 1 attribute sent empty must fail this instance, nothing else)."""
+    if keyword not in ds:
+        return default
+    try:
+        value = ds[keyword].value
+    except (TypeError, ValueError) as exc:  # bytes that pydicom cannot convert
+        raise DicomInputError(source, f"{keyword} cannot be decoded ({exc})") from exc
+    if value is None or value == "":
+        raise DicomInputError(source, f"{keyword} is present but empty")
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise DicomInputError(source, f"{keyword} {str(value)[:20]!r} is not an integer") from exc
+
+
+def float_attr(ds: Dataset, keyword: str, default: float, source: str, *, nonzero: bool = False) -> float:
+    """A finite number attribute (``default`` when absent or empty); DicomInputError when it is
+    NaN, infinite, not a number or (with ``nonzero``) zero."""
+    try:
+        value = ds.get(keyword)
+    except (TypeError, ValueError) as exc:  # bytes that pydicom cannot convert
+        raise DicomInputError(source, f"{keyword} cannot be decoded ({exc})") from exc
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise DicomInputError(source, f"{keyword} {str(value)[:20]!r} is not a number") from exc
+    if not math.isfinite(number) or (nonzero and number == 0):
+        need = "a finite, non-zero number" if nonzero else "a finite number"
+        raise DicomInputError(source, f"{keyword} {str(value)[:20]!r} is not {need}")
+    return number
+
+
 def check_image(ds: Dataset, source: str) -> None:
-    """Raise NotAnImageError unless ``ds`` holds a grayscale image that we can process."""
+    """Raise NotAnImageError unless ``ds`` holds a grayscale image that we can process, and
+    DicomInputError when its pixel description is broken (empty, non-numeric, NaN rescale,
+    a size no decoder should be asked to allocate)."""
     if "PixelData" not in ds:
         kind = getattr(ds.get("SOPClassUID"), "name", None) or str(ds.get("SOPClassUID", "unknown"))
         raise NotAnImageError(source, f"no Pixel Data: not an image object ({kind})")
-    spp = int(ds.get("SamplesPerPixel", 1))
-    pi = str(ds.get("PhotometricInterpretation", "")).strip()
+    spp = int_attr(ds, "SamplesPerPixel", 1, source)
+    pi = str(ds.get("PhotometricInterpretation", "") or "").strip()
     if spp != 1 or pi not in GRAYSCALE:
         raise NotAnImageError(
             source,
             f"not a grayscale image (PhotometricInterpretation {pi or 'missing'}, "
             f"SamplesPerPixel {spp}); only MONOCHROME1/MONOCHROME2 are processed",
         )
-    bits = int(ds.get("BitsAllocated", 0))
+    bits = int_attr(ds, "BitsAllocated", 0, source)
     if bits not in (8, 16):
         raise NotAnImageError(source, f"BitsAllocated {bits} is not supported (8 or 16 bits per pixel)")
+    stored = int_attr(ds, "BitsStored", bits, source)
+    if not 1 <= stored <= bits:
+        raise DicomInputError(source, f"BitsStored {stored} is not between 1 and BitsAllocated {bits}")
+    if int_attr(ds, "PixelRepresentation", 0, source) not in (0, 1):
+        raise DicomInputError(source, "PixelRepresentation is neither 0 nor 1")
+    size = 1
     for kw in ("Rows", "Columns"):
-        if int(ds.get(kw, 0) or 0) < 8:
+        n = int_attr(ds, kw, 0, source)
+        if n < 8:
             raise DicomInputError(source, f"{kw} is missing or smaller than 8")
+        size *= n
+    frames = int_attr(ds, "NumberOfFrames", 1, source)
+    if frames < 1:
+        raise DicomInputError(source, f"NumberOfFrames {frames} is not a positive number")
+    if size * frames * bits // 8 > MAX_DECODED_BYTES:
+        raise DicomInputError(
+            source, f"{frames} frame(s) of {ds.Rows}x{ds.Columns} would decode to more than "
+            f"{MAX_DECODED_BYTES >> 20} MiB: refused"
+        )
+    float_attr(ds, "RescaleSlope", 1.0, source, nonzero=True)
+    float_attr(ds, "RescaleIntercept", 0.0, source)
 
 
 def modality_frames(ds: Dataset, source: str) -> np.ndarray:
@@ -93,11 +153,20 @@ def modality_frames(ds: Dataset, source: str) -> np.ndarray:
         tsyntax = getattr(ds.file_meta, "TransferSyntaxUID", None) if "file_meta" in ds.__dict__ else None
         ts = getattr(tsyntax, "name", None) or str(tsyntax or "unknown transfer syntax")
         raise DicomInputError(source, f"cannot decode Pixel Data ({ts}): {exc}") from exc
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    arr = arr.reshape(frames, int(ds.Rows), int(ds.Columns))
+    frames = int_attr(ds, "NumberOfFrames", 1, source)
+    try:
+        arr = arr.reshape(frames, int(ds.Rows), int(ds.Columns))
+    except ValueError as exc:
+        raise DicomInputError(source, f"Pixel Data does not hold {frames} frame(s) of {ds.Rows}x{ds.Columns}") from exc
     if "ModalityLUTSequence" in ds:
         raise NotAnImageError(source, "a Modality LUT Sequence (non-linear) is not supported")
-    return np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+    # The Modality LUT is linear here (a LUT Sequence was refused above); the checked values.
+    slope = float_attr(ds, "RescaleSlope", 1.0, source, nonzero=True)
+    intercept = float_attr(ds, "RescaleIntercept", 0.0, source)
+    values = arr.astype(np.float64) * slope + intercept
+    if not np.isfinite(values).all():
+        raise DicomInputError(source, "the Modality LUT gives values that are not finite")
+    return values
 
 
 def _resample(frame: np.ndarray) -> np.ndarray:
@@ -131,8 +200,8 @@ def normalize(ds: Dataset, source: str) -> tuple[np.ndarray, Normalization]:
         out[i] = np.clip(_resample(unit), 0.0, 1.0)
         los.append(lo)
         his.append(hi)
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    slope = float_attr(ds, "RescaleSlope", 1.0, source, nonzero=True)
+    intercept = float_attr(ds, "RescaleIntercept", 0.0, source)
     bits_allocated = int(ds.BitsAllocated)
     norm = Normalization(
         lo=tuple(los),
@@ -143,8 +212,8 @@ def normalize(ds: Dataset, source: str) -> tuple[np.ndarray, Normalization]:
         slope=slope,
         intercept=intercept,
         bits_allocated=bits_allocated,
-        bits_stored=int(ds.get("BitsStored", bits_allocated) or bits_allocated),
-        pixel_representation=int(ds.get("PixelRepresentation", 0) or 0),
+        bits_stored=int_attr(ds, "BitsStored", bits_allocated, source),
+        pixel_representation=int_attr(ds, "PixelRepresentation", 0, source),
     )
     return out, norm
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from pathlib import Path
 
 import pydicom
@@ -75,7 +76,7 @@ def write(ds: Dataset, path: str | os.PathLike[str], *, durable: bool = False) -
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary(path)
     try:
         with open(tmp, "wb") as f:
             ds.save_as(f, enforce_file_format=True)
@@ -94,6 +95,25 @@ def write_text(text: str, path: str | os.PathLike[str]) -> None:
     """Write a text file atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary(path)
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+TEMPORARY_GLOB = ".*.tmp"
+
+
+def temporary(path: Path) -> Path:
+    """A unique hidden name beside ``path`` for writing it: two writers of the same file (two
+    threads, two processes) never share one. Leftovers match TEMPORARY_GLOB."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
+
+
+def remove_temporaries(root: str | os.PathLike[str]) -> int:
+    """Delete the temporary files of interrupted writes under ``root``; returns how many."""
+    removed = 0
+    for stale in Path(root).rglob(TEMPORARY_GLOB):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
+            removed += 1
+    return removed

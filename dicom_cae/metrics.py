@@ -110,9 +110,12 @@ class Regression:
 
 
 def regression(x: list[float] | np.ndarray, y: list[float] | np.ndarray) -> Regression:
-    """Least squares of ``y`` on ``x``. With fewer than 2 points or constant x: NaN slope/intercept."""
+    """Least squares of ``y`` on ``x`` over the pairs where both are finite. With fewer than 2
+    such points or constant x: NaN slope/intercept (never an exception)."""
     xa = np.asarray(x, np.float64)
     ya = np.asarray(y, np.float64)
+    keep = np.isfinite(xa) & np.isfinite(ya)
+    xa, ya = xa[keep], ya[keep]
     n = int(xa.size)
     if n < 2 or float(np.ptp(xa)) == 0.0:
         return Regression(math.nan, math.nan, math.nan, n)

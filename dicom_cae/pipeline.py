@@ -13,7 +13,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 import dicom_cae
-from dicom_cae import codec, derive, image, metrics, private_tags
+from dicom_cae import codec, derive, identity, image, metrics, private_tags
 
 if TYPE_CHECKING:
     from dicom_cae.model import Reconstructor
@@ -59,6 +59,7 @@ class Prepared:
     jpeg_streams: tuple[bytes, ...]
     quality: int
     target: Target | None = None
+    warnings: tuple[str, ...] = ()  # what was wrong with the source (stand-in UIDs...)
 
     @property
     def jpeg_bytes(self) -> tuple[int, ...]:
@@ -88,22 +89,35 @@ class Derived:
 def prepare(ds: Dataset, source: str, *, quality: int) -> Prepared:
     """Normalize every frame of ``ds`` and JPEG-compress it at ``quality``.
 
+    A Study or Series Instance UID that the source lacks is replaced by a stand-in in ``ds``
+    (see identity.identify); the warning travels with the result.
+
     Raises:
-        NotAnImageError, DicomInputError: as image.normalize.
+        NotAnImageError, DicomInputError: as image.normalize and identity.identify.
         ValueError: quality outside 1..100.
     """
+    codec.check_quality(quality)
+    warnings = _identify(ds, source)
     reference, norm = image.normalize(ds, source)
-    return _compress(ds, source, reference, norm, codec.check_quality(quality))
+    return _compress(ds, source, reference, norm, quality, warnings=warnings)
+
+
+def _identify(ds: Dataset, source: str) -> tuple[str, ...]:
+    ident = identity.identify(ds, source)
+    identity.apply(ds, ident)
+    for warning in ident.warnings:
+        LOGGER.warning("%s: %s", identity.printable(source, 200), warning)
+    return ident.warnings
 
 
 def _compress(ds: Dataset, source: str, reference: np.ndarray, norm: image.Normalization, quality: int,
-              target: Target | None = None) -> Prepared:
+              target: Target | None = None, warnings: tuple[str, ...] = ()) -> Prepared:
     jpeg = np.empty_like(reference)
     streams = []
     for i, frame in enumerate(reference):
         streams.append(codec.jpeg_encode(frame, quality))
         jpeg[i] = codec.jpeg_decode(streams[-1])
-    return Prepared(source, ds, reference, norm, jpeg, tuple(streams), quality, target)
+    return Prepared(source, ds, reference, norm, jpeg, tuple(streams), quality, target, warnings)
 
 
 def finish(
@@ -164,6 +178,7 @@ def finish(
         "JPEGStreams": b"".join(prep.jpeg_streams),
         "TargetPSNR": prep.target.psnr if prep.target else None,
         "TargetSSIM": prep.target.ssim if prep.target else None,
+        "Warnings": list(prep.warnings) or None,
     }
     resampled = (
         f"; resampled from {prep.norm.src_rows}x{prep.norm.src_cols} to 256x256" if prep.norm.resampled else ""
@@ -220,6 +235,7 @@ class Pipeline:
 
         Raises: as prepare.
         """
+        warnings = _identify(ds, source)
         reference, norm = image.normalize(ds, source)
         lo, hi = 1, 95
         while lo < hi:  # the metrics rise with the quality, closely enough for a bisection
@@ -230,7 +246,7 @@ class Pipeline:
                 lo = mid + 1
         if lo == 95 and not self._meets(reference, norm, 95, target):
             LOGGER.warning("%s: fidelity target not reached even at quality 95", source)
-        return _compress(ds, source, reference, norm, lo, target)
+        return _compress(ds, source, reference, norm, lo, target, warnings)
 
     def _meets(self, reference: np.ndarray, norm: image.Normalization, quality: int, target: Target) -> bool:
         jpeg = np.stack([codec.jpeg_roundtrip(f, quality)[0] for f in reference])

@@ -56,6 +56,7 @@ ELEMENTS: tuple[PrivateElement, ...] = (
     PrivateElement(0x18, "JPEGStreams", "OB", False, "", "The JPEG (ISO 10918-1) streams of the frames, concatenated; JPEGBytes gives their lengths"),
     PrivateElement(0x19, "TargetPSNR", "FD", False, "dB", "Fidelity target: the JPEG quality is the lowest whose stored reconstruction reaches this PSNR (absent when a quality was given)", True),
     PrivateElement(0x1A, "TargetSSIM", "FD", False, "", "Fidelity target for SSIM, as TargetPSNR (absent when not asked for)", True),
+    PrivateElement(0x1B, "Warnings", "UT", False, "", "What was wrong with the source and what was done about it (a stand-in UID, an invalid spacing left out...), one per line (absent when nothing was)", True),
 )
 ERROR_BIN_EDGES = tuple(round(-0.2 + 0.01 * i, 2) for i in range(41))
 BY_KEYWORD = {e.keyword: e for e in ELEMENTS}
@@ -80,6 +81,8 @@ def write(ds: Dataset, values: dict[str, Any]) -> None:
             value = bytes(value)
         elif el.vr == "LO":
             value = str(value)[:64]
+        elif el.vr == "UT":
+            value = "\n".join(value) if isinstance(value, (list, tuple)) else str(value)
         elif el.per_frame:
             value = [float(v) if el.vr == "FD" else int(v) for v in value]
         elif el.vr == "FD":
@@ -108,6 +111,8 @@ def read(ds: Dataset) -> dict[str, Any] | None:
             value = [float(v) for v in value] if el.vr == "FD" else [int(v) for v in value]
         elif el.vr == "FD":
             value = float(value)
+        elif el.vr == "UT":
+            value = [line for line in str(value).splitlines() if line]
         else:
             value = str(value)
         out[el.keyword] = value

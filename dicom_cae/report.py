@@ -33,10 +33,13 @@ def image_rows(study_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     for path in sorted(Path(study_dir).rglob("*.dcm")):
         try:
             ds = io.read(path, pixels=False)
+            tags = private_tags.read(ds)
         except DicomInputError as exc:
             LOGGER.warning("report skips %s", exc)
             continue
-        tags = private_tags.read(ds)
+        except Exception as exc:  # a damaged private block must not stop the study's report
+            LOGGER.warning("report skips %s: unreadable private block (%s)", path, type(exc).__name__)
+            continue
         if tags is None:
             continue
         src = ds.SourceImageSequence[0].ReferencedSOPInstanceUID if "SourceImageSequence" in ds else ""
@@ -69,6 +72,7 @@ def image_rows(study_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
                         "pixel_accuracy": tags["JPEGOnlyPixelAccuracy"][i],
                     },
                     "pixel_accuracy_tolerance": tags["PixelAccuracyTolerance"],
+                    "warnings": tags.get("Warnings", []),
                     # Absent from instances written before these elements existed.
                     "abs_error_percentiles": tags.get("AbsErrorPercentiles", [math.nan] * 4 * (i + 1))[4 * i : 4 * i + 4],
                     "error_histogram": tags.get("ErrorHistogram", [0] * 42 * (i + 1))[42 * i : 42 * i + 42],
@@ -133,6 +137,7 @@ def build(study_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "modalities": modalities,
         "models": sorted({f"{r['model']} ({r['weights_sha256'][:12]})" for r in rows}),
         "jpeg_qualities": sorted({r["jpeg_quality"] for r in rows}),
+        "warnings": sorted({w for r in rows for w in r["warnings"]}),
         "pixel_accuracy_tolerance": rows[0]["pixel_accuracy_tolerance"] if rows else metrics.PIXEL_TOLERANCE,
         "regression": {
             "x": "mean intensity of the normalized original image",
@@ -192,6 +197,8 @@ def write(
         "Report written": now.strftime("%Y-%m-%d %H:%M"),
         "Software": report["software"],
     }
+    if report["warnings"]:
+        header["Warnings"] = "; ".join(report["warnings"])
     if identifiers:
         header = {"Patient": str(template.get("PatientName", "")), "Patient ID": str(template.get("PatientID", "")), **header}
     panels = report_html.worst_panels(study_dir, report["per_image"], sources)

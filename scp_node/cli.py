@@ -27,6 +27,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out)
 
 
+class OneLineFormatter(logging.Formatter):
+    """Text log lines whose message cannot span lines: control characters in it (a newline in
+    a received UID, say) are escaped, so no received string can forge a log line. Tracebacks
+    still follow on their own lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        from dicom_cae.identity import printable
+
+        record.message = printable(record.message, limit=10_000)
+        return super().formatMessage(record)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the DICOM node: receive by C-STORE, process, store, forward")
     p.add_argument("--config", metavar="FILE", help="TOML settings file (see --print-config)")
@@ -59,9 +71,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"dicom-cae serve: error: {exc}", file=sys.stderr)
         return 2
     root = logging.getLogger()
-    if cfg.log_format == "json":
-        for h in root.handlers:
+    for h in root.handlers:
+        if cfg.log_format == "json":
             h.setFormatter(JsonFormatter())
+        else:
+            h.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.setLevel(min(root.level, logging.INFO))
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
@@ -69,12 +83,23 @@ def run(args: argparse.Namespace) -> int:
     from dicom_cae.pipeline import Pipeline
     from scp_node.node import Node
 
+    from scp_node.node import NodeError
+
     recon = load_model(cfg.model, weights=cfg.weights)
-    node = Node(cfg, Pipeline(recon, batch_size=cfg.batch_size))
+    try:
+        node = Node(cfg, Pipeline(recon, batch_size=cfg.batch_size))
+    except NodeError as exc:
+        print(f"dicom-cae serve: error: {exc}", file=sys.stderr)
+        return 2
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
-    node.start()
+    try:
+        node.start()
+    except NodeError as exc:
+        node.stop()
+        print(f"dicom-cae serve: error: {exc}", file=sys.stderr)
+        return 2
     print(f"dicom-cae node {cfg.ae_title} listening on {cfg.bind}:{node.port} with {recon.short_id}; "
           f"output in {cfg.output_dir}", flush=True)
     stopping.wait()

@@ -54,6 +54,7 @@ class Config:
     # access and limits
     allowed_aets: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
+    require_called_aet: bool = False  # reject associations that call another AE title than ours
     max_associations: int = 10
     max_pdu: int = 262_144
     max_instance_bytes: int = 2 * 1024**3
@@ -79,6 +80,10 @@ class Config:
     @property
     def failed_dir(self) -> Path:
         return Path(self.data_dir) / "failed"
+
+    @property
+    def conflicts_dir(self) -> Path:
+        return Path(self.data_dir) / "conflicts"
 
     @property
     def state_path(self) -> Path:
@@ -180,6 +185,7 @@ study_quiet_s = 30.0        # a study is complete after this long without new in
 
 allowed_aets = []           # calling AE titles allowed; empty: any
 allowed_hosts = []          # peer IP addresses allowed; empty: any
+require_called_aet = false  # true: reject associations that call another AE title than ae_title
 max_associations = 10
 max_pdu = 262144
 max_instance_bytes = 2147483648

@@ -14,7 +14,10 @@ LOGGER = logging.getLogger(__name__)
 class Counters:
     """Monotonic counters and a latency sum, safe to update from any thread."""
 
-    NAMES = ("received", "processed", "kept", "failed", "forwarded", "forward_errors", "rejected")
+    NAMES = (
+        "received", "processed", "kept", "failed", "forwarded", "forward_errors", "rejected", "refused",
+        "tls_failures", "resent", "conflicts", "warnings",
+    )
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -51,19 +54,21 @@ def prometheus(counters: dict[str, float], gauges: dict[str, float]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def serve_http(bind: str, port: int, status: Callable[[], tuple[dict, dict]]) -> ThreadingHTTPServer:
+def serve_http(
+    bind: str, port: int, status: Callable[[], tuple[dict, dict]], health: Callable[[], dict]
+) -> ThreadingHTTPServer:
     """Start /health and /metrics on ``bind:port`` in a daemon thread; returns the server.
 
-    ``status()`` returns (counters, gauges).
+    ``status()`` returns (counters, gauges); ``health()`` the /health document.
     """
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            counters, gauges = status()
             if self.path == "/health":
-                body = json.dumps({"status": "ok", **gauges, **{k: counters[k] for k in Counters.NAMES}}).encode()
+                body = json.dumps(health()).encode()
                 ctype = "application/json"
             elif self.path == "/metrics":
+                counters, gauges = status()
                 body = prometheus(counters, gauges).encode()
                 ctype = "text/plain; version=0.0.4"
             else:

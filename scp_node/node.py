@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import threading
 import time
+from hashlib import sha1
 from pathlib import Path
 
-from dicom_cae import report
+from dicom_cae import io, report
 from dicom_cae.convert import safe_uid_name
 from dicom_cae.pipeline import Pipeline
 from scp_node import server
@@ -21,13 +24,46 @@ from scp_node.worker import Worker
 LOGGER = logging.getLogger(__name__)
 
 
+class NodeError(RuntimeError):
+    """The node cannot start: its data folder is in use, or it cannot listen."""
+
+
+LOCK_FILE = "node.lock"
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Take the data folder for this process (an advisory lock the kernel drops when the
+    process dies, however it dies); returns the lock's file descriptor.
+
+    Raises NodeError when another process holds it.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise NodeError(f"another dicom-cae node (pid {holder}) is using the data folder {data_dir}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 class Node:
-    """Start with start(), stop with stop() (the batch in hand is finished first)."""
+    """Start with start(), stop with stop() (the batch in hand is finished first).
+
+    Raises NodeError when another node uses the same data folder.
+    """
 
     def __init__(self, cfg: Config, pipe: Pipeline) -> None:
         self.cfg = cfg
-        for d in (cfg.output_dir, cfg.kept_dir, cfg.failed_dir):
+        self._lock_fd = lock_data_dir(Path(cfg.data_dir))
+        for d in (cfg.output_dir, cfg.kept_dir, cfg.failed_dir, cfg.conflicts_dir):
             d.mkdir(parents=True, exist_ok=True)
+            removed = io.remove_temporaries(d)
+            if removed:
+                LOGGER.info("removed %d temporary file(s) of interrupted writes in %s", removed, d)
         self.counters = Counters()
         self.spool = Spool(cfg.spool_dir)
         self.state = State(cfg.state_path)
@@ -39,6 +75,30 @@ class Node:
         self._http = None
 
     def start(self) -> None:
+        """Listen, then start processing.
+
+        Raises NodeError when a port cannot be bound (in use, or an address not of this host);
+        nothing is started then.
+        """
+        ae = server.make_ae(self.cfg)
+        try:
+            self._scp = ae.start_server(
+                (self.cfg.bind, self.cfg.port),
+                block=False,
+                evt_handlers=server.handlers(self.cfg, self.spool, self.counters, self.worker.wake.set),
+                ssl_context=server.tls_context(self.cfg),
+            )
+        except OSError as exc:
+            raise NodeError(f"cannot listen on {self.cfg.bind}:{self.cfg.port}: {exc.strerror or exc}") from exc
+        if self.cfg.http_port is not None:
+            try:
+                self._http = serve_http(self.cfg.http_bind, self.cfg.http_port, self.status, self.health)
+            except OSError as exc:
+                self._scp.shutdown()
+                self._scp = None
+                raise NodeError(f"cannot serve HTTP on {self.cfg.http_bind}:{self.cfg.http_port}: "
+                                f"{exc.strerror or exc}") from exc
+        server.count_tls_failures(self._scp, self.counters)
         recovered = len(self.spool)
         if recovered:
             LOGGER.info("%d instance(s) acknowledged before a restart are in the spool: processing them", recovered)
@@ -46,15 +106,6 @@ class Node:
         self._studies.start()
         if self.forwarder:
             self.forwarder.start()
-        if self.cfg.http_port is not None:
-            self._http = serve_http(self.cfg.http_bind, self.cfg.http_port, self.status)
-        ae = server.make_ae(self.cfg)
-        self._scp = ae.start_server(
-            (self.cfg.bind, self.cfg.port),
-            block=False,
-            evt_handlers=server.handlers(self.cfg, self.spool, self.counters, self.worker.wake.set),
-            ssl_context=server.tls_context(self.cfg),
-        )
         LOGGER.info(
             "listening as %s on %s:%d%s; data in %s",
             self.cfg.ae_title, self.cfg.bind, self._scp.server_address[1],
@@ -73,46 +124,90 @@ class Node:
         }
         return self.counters.snapshot(), gauges
 
+    def health(self) -> dict:
+        """The /health document: "ok", or "degraded" with what is wrong (processing failing,
+        forwarding failing, reports that could not be written)."""
+        counters, gauges = self.status()
+        now = time.time()
+        problems = []
+        oldest = self.spool.pending()[:1]
+        doc: dict = {**gauges, **{k: counters[k] for k in Counters.NAMES}}
+        doc["oldest_queued_age_s"] = round(now - Spool.received_at(oldest[0]), 1) if oldest else None
+        if self.worker.last_error:
+            since, error = self.worker.last_error
+            problems.append("processing")
+            doc["processing"] = {"failing_for_s": round(now - since, 1), "last_error": error}
+        depth, queued, failing, last_error = self.state.outbox_health()
+        if failing:
+            problems.append("forwarding")
+            doc["forwarding"] = {"outbox_depth": depth, "failing": failing,
+                                 "oldest_waiting_s": round(now - queued, 1) if queued else None, "last_error": last_error}
+        report_errors = self.state.report_errors()
+        if report_errors:
+            problems.append("reports")
+            doc["reports"] = {"failed_studies": len(report_errors), "last_error": report_errors[-1][1]}
+        if not self.worker.is_alive() and self.worker.ident is not None and not self._stop.is_set():
+            problems.append("worker stopped")
+        return {"status": "degraded" if problems else "ok", "problems": problems, **doc}
+
     def stop(self) -> None:
-        """Stop accepting, finish the batch in hand, stop the helpers."""
+        """Stop accepting, finish the batch and the study report in hand, stop the helpers."""
         if self._scp:
             self._scp.shutdown()
         self._stop.set()
         self.worker.stop()
-        self.worker.join()
-        if self.forwarder:
+        if self.worker.ident is not None:
+            self.worker.join()
+        if self.forwarder and self.forwarder.ident is not None:
             self.forwarder.stop()
             self.forwarder.join(timeout=30)
-        self._studies.join(timeout=10)
+        if self._studies.ident is not None:
+            self._studies.join()  # a report half-written when the process ends would abort it
         if self._http:
             self._http.shutdown()
+            self._http.server_close()
         self.state.close()
+        os.close(self._lock_fd)
         LOGGER.info("stopped")
 
     def _watch_studies(self) -> None:
         while not self._stop.wait(0.5):
             try:
                 self.complete_due_studies()
-            except Exception:  # keep watching; the next round retries
+            except Exception:  # noqa: BLE001 (keep watching; the next round retries)
                 LOGGER.exception("study completion failed")
 
     def complete_due_studies(self) -> list[str]:
-        """Write the reports of studies quiet for study_quiet_s (and queue them for forwarding)."""
-        if len(self.spool) or not self.worker.idle.is_set():
-            return []  # instances still to process may belong to a due study
+        """Write the reports of studies quiet for study_quiet_s that have nothing waiting in the
+        spool (and queue them for forwarding). Each study on its own: one study's instances
+        in the queue, or one study's failing report, holds back no other."""
+        waiting = {Spool.study_key(p) for p in self.spool.pending()}
         done = []
         for study_uid in self.state.due_studies(self.cfg.study_quiet_s):
+            if self._stop.is_set():
+                break
+            if None in waiting or sha1(study_uid.encode()).hexdigest()[:16] in waiting:
+                continue  # instances of it (or, from an older spool, of any study) still to process
             seen = time.time()
-            folder = self.cfg.output_dir / safe_uid_name(study_uid)
-            if study_uid and folder.is_dir() and any(folder.rglob("*.dcm")):
-                path = report.write(folder)
-                LOGGER.info("study %s complete: report %s", study_uid, path)
-                if self.forwarder:
-                    files = sorted(str(p) for p in folder.rglob("*.dcm"))
-                    added = self.state.enqueue(files, study_uid)
-                    if added:
-                        LOGGER.info("study %s: %d instance(s) queued for forwarding", study_uid, added)
-                        self.forwarder.wake.set()
-            self.state.study_reported(study_uid, seen)
+            error = None
+            try:
+                self._complete(study_uid)
+            except Exception as exc:  # noqa: BLE001 (this study's problem; it is retried when more of it arrives)
+                error = f"{type(exc).__name__}: {exc}"
+                LOGGER.exception("the report of study %s failed", study_uid)
+            self.state.study_reported(study_uid, seen, error)
             done.append(study_uid)
         return done
+
+    def _complete(self, study_uid: str) -> None:
+        folder = self.cfg.output_dir / safe_uid_name(study_uid)
+        if not (study_uid and folder.is_dir() and any(folder.rglob("*.dcm"))):
+            return
+        path = report.write(folder)
+        LOGGER.info("study %s complete: report %s", study_uid, path)
+        if self.forwarder:
+            files = sorted(str(p) for p in folder.rglob("*.dcm"))
+            added = self.state.enqueue(files, study_uid)
+            if added:
+                LOGGER.info("study %s: %d instance(s) queued for forwarding", study_uid, added)
+                self.forwarder.wake.set()

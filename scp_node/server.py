@@ -6,14 +6,22 @@ Instance UID.
 
 from __future__ import annotations
 
+import io
 import logging
 import ssl
+import threading
+import zlib
 from typing import Callable
 
+import pydicom
 from pydicom.pixels import get_decoder
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.sop_class import Verification
 
+from dicom_cae.errors import DicomInputError
+from dicom_cae.identity import identify, printable
 from scp_node.config import Config
 from scp_node.monitor import Counters
 from scp_node.spool import Spool
@@ -22,7 +30,9 @@ LOGGER = logging.getLogger(__name__)
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_CANNOT_DECODE = 0xC210  # pynetdicom's storescp: a dataset it cannot decode or name
 
 
 def decodable_transfer_syntaxes() -> list[str]:
@@ -55,6 +65,7 @@ def make_ae(cfg: Config) -> AE:
     ae.maximum_associations = cfg.max_associations
     ae.maximum_pdu_size = cfg.max_pdu
     ae.require_calling_aet = list(cfg.allowed_aets)
+    ae.require_called_aet = cfg.require_called_aet
     syntaxes = decodable_transfer_syntaxes()
     for cx in AllStoragePresentationContexts:
         ae.add_supported_context(cx.abstract_syntax, syntaxes)
@@ -62,19 +73,114 @@ def make_ae(cfg: Config) -> AE:
     return ae
 
 
+def inflated_size_within(data: bytes, limit: int) -> bool:
+    """True when the deflated dataset ``data`` inflates to at most ``limit`` bytes; inflates in
+    bounded steps and stops as soon as the limit is passed (a zip bomb costs nothing)."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total, pending = 0, data
+    while pending or not inflater.eof:
+        chunk = inflater.decompress(pending, 1 << 20)
+        total += len(chunk)
+        if total > limit:
+            return False
+        pending = inflater.unconsumed_tail
+        if not chunk and not pending:
+            break
+    return True
+
+
+def check_received(data: bytes, transfer_syntax: str, cfg: Config, request, source: str) -> tuple[int, str, str]:
+    """Parse what a C-STORE brought (without its pixels) and decide its status, as DCMTK's and
+    pynetdicom's storescp do: 0xC210 when the dataset cannot be decoded or named (no or an
+    invalid SOP Class or Instance UID), 0xA900 when it names another SOP Class or Instance
+    than the request, 0xA700 when it is or inflates beyond ``max_instance_bytes``.
+
+    Returns (status, reason, study key): the key says which study the spool file belongs to.
+    """
+    if len(data) > cfg.max_instance_bytes:
+        return STATUS_OUT_OF_RESOURCES, f"{len(data)} bytes > max_instance_bytes", ""
+    try:
+        if transfer_syntax == DeflatedExplicitVRLittleEndian:
+            body = data[data.index(b"DICM") + 4:]
+            offset = 12 + int.from_bytes(body[8:12], "little")  # past the meta group (its length first)
+            if not inflated_size_within(body[offset:], cfg.max_instance_bytes):
+                return STATUS_OUT_OF_RESOURCES, "inflates beyond max_instance_bytes", ""
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        ident = identify(ds, source)
+    except DicomInputError as exc:
+        return STATUS_CANNOT_DECODE, exc.reason, ""
+    except Exception as exc:  # pydicom raises many types on malformed data
+        return STATUS_CANNOT_DECODE, f"cannot decode the dataset ({type(exc).__name__})", ""
+    if ident.sop_class != str(request.AffectedSOPClassUID):
+        return STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID differs from the request's", ""
+    if ident.sop_instance != str(request.AffectedSOPInstanceUID):
+        return STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Instance UID differs from the request's", ""
+    return STATUS_SUCCESS, "", ident.study_key
+
+
+class _Inbound:
+    """Bytes of the dataset being received on each association, to refuse an oversized one
+    while it arrives (an A-ABORT: DIMSE has no status before the dataset is complete)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._bytes: dict[int, int] = {}
+
+    def add(self, assoc, pdu: P_DATA_TF, limit: int) -> bool:
+        """Count a P-DATA-TF's dataset fragments; False once the message passes ``limit``."""
+        key = id(assoc)
+        with self._lock:
+            total = self._bytes.get(key, 0)
+            for item in pdu.presentation_data_value_items:
+                value = item.presentation_data_value
+                if value and not value[0] & 0x01:  # a dataset fragment, not a command
+                    total += len(value) - 1
+                    if value[0] & 0x02:  # its last fragment: the next message starts afresh
+                        self._bytes[key] = 0
+                        return total <= limit
+            self._bytes[key] = total
+            return total <= limit
+
+    def forget(self, assoc) -> None:
+        with self._lock:
+            self._bytes.pop(id(assoc), None)
+
+
 def handlers(cfg: Config, spool: Spool, counters: Counters, on_stored: Callable[[], None]) -> list:
+    inbound = _Inbound()
+
     def on_requested(event: evt.Event) -> None:
         address = event.assoc.requestor.address
         if cfg.allowed_hosts and address not in cfg.allowed_hosts:
-            LOGGER.warning("association from %s rejected: host not allowed", address)
+            LOGGER.warning("association from %s rejected: host not allowed", printable(address))
             counters.add("rejected")
             event.assoc.acse.send_reject(0x01, 0x01, 0x01)
             event.assoc.kill()  # as pynetdicom does after its own rejections: the PDU goes out first
 
     def on_rejected(event: evt.Event) -> None:
         counters.add("rejected")
-        LOGGER.warning("association from %s (calling AE %s) rejected", event.assoc.requestor.address,
-                       event.assoc.requestor.ae_title)
+        LOGGER.warning("association from %s (calling AE %s, called AE %s) rejected", event.assoc.requestor.address,
+                       printable(event.assoc.requestor.ae_title), printable(event.assoc.acceptor.ae_title))
+
+    def on_pdu(event: evt.Event) -> None:
+        if isinstance(event.pdu, P_DATA_TF) and not inbound.add(event.assoc, event.pdu, cfg.max_instance_bytes):
+            LOGGER.error("association from %s aborted: a dataset larger than max_instance_bytes (%d) is arriving",
+                         event.assoc.requestor.address, cfg.max_instance_bytes)
+            counters.add("refused")
+            inbound.forget(event.assoc)
+            # We are in the reactor's thread: Association.abort() would wait for it, and it would
+            # first read (and keep) everything already queued. So say A-ABORT (source: service
+            # user) on the socket and close it: nothing more of the dataset is read.
+            pdu = A_ABORT_RQ()
+            pdu.source, pdu.reason_diagnostic = 0x00, 0x00
+            sock = event.assoc.dul.socket
+            try:
+                sock.send(pdu.encode())
+            finally:
+                sock.close()
+
+    def on_closed(event: evt.Event) -> None:
+        inbound.forget(event.assoc)
 
     def on_echo(event: evt.Event) -> int:
         return STATUS_SUCCESS
@@ -82,12 +188,16 @@ def handlers(cfg: Config, spool: Spool, counters: Counters, on_stored: Callable[
     def on_store(event: evt.Event) -> int:
         sop_uid = "unknown"
         try:
-            sop_uid = str(event.request.AffectedSOPInstanceUID)
+            sop_uid = printable(event.request.AffectedSOPInstanceUID)
             data = event.encoded_dataset(include_meta=True)
-            if len(data) > cfg.max_instance_bytes:
-                LOGGER.error("SOP Instance %s refused: %d bytes > max_instance_bytes", sop_uid, len(data))
-                return STATUS_OUT_OF_RESOURCES
-            spool.put(data)
+            status, reason, study_key = check_received(
+                data, event.context.transfer_syntax, cfg, event.request, f"SOP Instance {sop_uid}"
+            )
+            if status != STATUS_SUCCESS:
+                LOGGER.error("SOP Instance %s refused (status 0x%04X): %s", sop_uid, status, printable(reason, 200))
+                counters.add("refused")
+                return status
+            spool.put(data, study_key)
         except OSError:
             LOGGER.exception("SOP Instance %s not stored: cannot write the spool", sop_uid)
             return STATUS_OUT_OF_RESOURCES
@@ -95,13 +205,31 @@ def handlers(cfg: Config, spool: Spool, counters: Counters, on_stored: Callable[
             LOGGER.exception("SOP Instance %s not stored", sop_uid)
             return STATUS_CANNOT_UNDERSTAND
         counters.add("received")
-        LOGGER.debug("received SOP Instance %s from %s", sop_uid, event.assoc.requestor.ae_title)
+        LOGGER.debug("received SOP Instance %s from %s", sop_uid, printable(event.assoc.requestor.ae_title))
         on_stored()
         return STATUS_SUCCESS
 
     return [
         (evt.EVT_REQUESTED, on_requested),
         (evt.EVT_REJECTED, on_rejected),
+        (evt.EVT_PDU_RECV, on_pdu),
+        (evt.EVT_CONN_CLOSE, on_closed),
         (evt.EVT_C_ECHO, on_echo),
         (evt.EVT_C_STORE, on_store),
     ]
+
+
+def count_tls_failures(server, counters: Counters) -> None:
+    """Log and count the TLS handshakes that fail. socketserver drops an OSError raised while
+    accepting without a word, and the handshake happens there (pynetdicom's get_request)."""
+    accept = server.get_request
+
+    def get_request():
+        try:
+            return accept()
+        except ssl.SSLError as exc:
+            counters.add("tls_failures")
+            LOGGER.warning("TLS handshake failed: %s", printable(exc.reason or exc, 200))
+            raise
+
+    server.get_request = get_request

@@ -14,8 +14,8 @@ class Spool:
     """A folder of received instances, oldest first.
 
     ``put`` writes to ``tmp/``, fsyncs, renames into ``incoming/`` and fsyncs the folder: once
-    it returns, the instance survives a crash or power loss. Names are made here (receive time
-    and a random part), never from the received data.
+    it returns, the instance survives a crash or power loss. Names are made here (receive time,
+    a hash of the study the instance belongs to, a random part), never from the received text.
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
@@ -28,8 +28,11 @@ class Spool:
         for stale in self.tmp.iterdir():
             stale.unlink()
 
-    def put(self, data: bytes) -> Path:
-        name = f"{time.time_ns():020d}-{uuid.uuid4().hex}.dcm"
+    def put(self, data: bytes, study_key: str) -> Path:
+        """Store ``data`` durably; ``study_key`` (hex) says which study it belongs to."""
+        if not study_key.isalnum():
+            raise ValueError("a study key is alphanumeric")
+        name = f"{time.time_ns():020d}-{study_key}-{uuid.uuid4().hex}.dcm"
         tmp = self.tmp / name
         with open(tmp, "wb") as f:
             f.write(data)
@@ -46,6 +49,12 @@ class Spool:
 
     def __len__(self) -> int:
         return sum(1 for _ in self.incoming.glob("*.dcm"))
+
+    @staticmethod
+    def study_key(path: Path) -> str | None:
+        """The study key in a spool file's name (None for names written before keys existed)."""
+        parts = path.stem.split("-")
+        return parts[1] if len(parts) == 3 else None
 
     @staticmethod
     def received_at(path: Path) -> float:

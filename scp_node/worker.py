@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -15,6 +17,7 @@ from pydicom.dataset import Dataset
 from dicom_cae import io, pipeline
 from dicom_cae.convert import output_path, safe_uid_name
 from dicom_cae.errors import DicomInputError, NotAnImageError
+from dicom_cae.identity import Identity, identify, printable
 from dicom_cae.pipeline import Pipeline, Prepared
 from scp_node.config import Config
 from scp_node.monitor import Counters
@@ -39,6 +42,7 @@ class Worker(threading.Thread):
         self.wake = threading.Event()
         self._stopping = threading.Event()
         self.idle = threading.Event()
+        self.last_error: tuple[float, str] | None = None  # (since, what) while batches fail
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="prepare")
         self.target = (
             pipeline.Target(cfg.target_psnr, cfg.target_ssim) if cfg.target_psnr or cfg.target_ssim else None
@@ -64,7 +68,10 @@ class Worker(threading.Thread):
                 self.idle.clear()
                 try:
                     self.process(batch)
-                except Exception:  # a model failure must not kill the node; files stay spooled
+                    self.last_error = None
+                except Exception as exc:  # noqa: BLE001 (the model or the disk: the files stay spooled)
+                    since = self.last_error[0] if self.last_error else time.time()
+                    self.last_error = (since, f"{type(exc).__name__}: {exc}")
                     LOGGER.exception("batch of %d failed; retrying in 5 s", len(batch))
                     self._stopping.wait(5)
         self._pool.shutdown()
@@ -85,77 +92,178 @@ class Worker(threading.Thread):
             self.wake.clear()
         return []
 
-    def _load(self, path: Path) -> tuple[Dataset | None, Prepared | Exception]:
+    def _load(self, path: Path) -> Loaded:
+        """Read, name and prepare one spooled instance; never raises (what fails is the result)."""
         try:
             ds = io.read(path)
+        except Exception as exc:  # noqa: BLE001 (read it again without pixels, to name it at least)
+            try:
+                ds = io.read(path, pixels=False)
+            except Exception:  # noqa: BLE001
+                ds = None
+            return Loaded(path, ds, _identity(ds, path), _input_error(path, exc), "")
+        try:
+            ident = identify(ds, f"SOP Instance in {path.name}")
         except DicomInputError as exc:
-            return None, exc
+            return Loaded(path, ds, None, exc, "")
+        source = f"SOP Instance {ident.sop_instance}"
         try:
             if self.target is not None:
-                return ds, self.pipe.prepare_for_target(ds, str(path), self.target)
-            return ds, pipeline.prepare(ds, str(path), quality=self.cfg.quality)
-        except (DicomInputError, ValueError) as exc:
-            return ds, exc
+                prep = self.pipe.prepare_for_target(ds, source, self.target)
+            else:
+                prep = pipeline.prepare(ds, source, quality=self.cfg.quality)
+        except Exception as exc:  # noqa: BLE001 (one instance's problem, whatever its type)
+            return Loaded(path, ds, ident, _input_error(path, exc), _file_digest(path))
+        return Loaded(path, ds, ident, prep, hashlib.sha256(prep.reference.tobytes()).hexdigest())
 
     def process(self, files: list[Path]) -> None:
-        loaded = list(self._pool.map(self._load, files))
-        images: list[tuple[Path, Prepared]] = []
-        for path, (ds, result) in zip(files, loaded):
-            if isinstance(result, Prepared):
-                images.append((path, result))
-            elif isinstance(result, NotAnImageError) and ds is not None:
-                self._keep(path, ds, result.reason)
+        """Process one batch. An instance's own problem sends it to failed/ (or kept/); only a
+        failure that hits every instance alike (the model, the disk) propagates, leaving the
+        batch spooled for a later try."""
+        images: list[Loaded] = []
+        digests: dict[str, str] = {}  # SOP Instance UID -> digest, in this batch
+        for item in self._pool.map(self._load, files):
+            if item.identity is not None and item.digest:
+                sop = item.identity.sop_instance
+                earlier = digests.get(sop) or self.state.digest(sop, ("processed", "kept"))
+                if earlier == item.digest:
+                    self._resent(item)
+                    continue
+                if earlier is not None:
+                    self._conflict(item)
+                    continue
+                digests[sop] = item.digest
+            if isinstance(item.result, Prepared):
+                images.append(item)
+            elif isinstance(item.result, NotAnImageError) and item.ds is not None:
+                self._keep(item, item.result.reason)
             else:
-                self._fail(path, ds, str(getattr(result, "reason", result)))
+                self._fail(item, str(getattr(item.result, "reason", item.result)))
         if not images:
             return
-        recon = self.pipe.reconstruct([p for _, p in images])
+        preps = [item.result for item in images]
+        try:
+            recon = self.pipe.reconstruct(preps)
+        except Exception:  # noqa: BLE001 (find out whether one instance is the cause)
+            LOGGER.exception("reconstructing a batch of %d failed; trying each instance alone", len(images))
+            recon = []
+            for item in images:
+                try:
+                    recon.append(self.pipe.reconstruct([item.result])[0])
+                except Exception as exc:  # noqa: BLE001
+                    recon.append(exc)
+            if all(isinstance(r, Exception) for r in recon):
+                raise recon[0]  # every instance alike: not theirs; the batch stays spooled
 
-        def finish(item: tuple[tuple[Path, Prepared], object]) -> None:
-            (path, prep), r = item
-            ds = prep.dataset
+        def finish(pair: tuple[Loaded, object]) -> None:
+            item, r = pair
+            if isinstance(r, Exception):
+                self._fail(item, f"reconstruction failed: {type(r).__name__}: {r}")
+                return
             try:
-                derived = self.pipe.finish(prep, r)
+                derived = self.pipe.finish(item.result, r)
                 d = derived.dataset
                 out = output_path(self.cfg.output_dir, d.StudyInstanceUID, d.SeriesInstanceUID, d.SOPInstanceUID)
                 io.write(d, out, durable=True)  # the spool copy goes once this returns
-            except Exception as exc:  # an instance we cannot write must not block the others
-                LOGGER.exception("processing SOP Instance %s failed", ds.get("SOPInstanceUID"))
-                self._fail(path, ds, f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # noqa: BLE001 (an instance we cannot build must not block the others)
+                LOGGER.exception("processing SOP Instance %s failed", printable(item.name))
+                self._fail(item, f"{type(exc).__name__}: {exc}")
                 return
-            self.state.record(str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), "processed", output=str(out))
+            self.state.record(item.name, item.identity.study, "processed", output=str(out), digest=item.digest)
             self.counters.add("processed")
-            self.counters.observe_latency(time.time() - Spool.received_at(path))
-            LOGGER.info("processed SOP Instance %s -> %s", ds.SOPInstanceUID, d.SOPInstanceUID)
-            self.spool.remove(path)
+            self.counters.observe_latency(time.time() - Spool.received_at(item.path))
+            for warning in item.result.warnings:
+                self.counters.add("warnings")
+                LOGGER.warning("SOP Instance %s: %s", printable(item.name), warning)
+            LOGGER.info("processed SOP Instance %s -> %s", printable(item.name), d.SOPInstanceUID)
+            self.spool.remove(item.path)
 
         list(self._pool.map(finish, zip(images, recon)))
 
-    def _copy_aside(self, path: Path, folder: Path, ds: Dataset | None) -> Path:
-        study = safe_uid_name(ds.get("StudyInstanceUID")) if ds is not None else "unknown"
-        sop = safe_uid_name(ds.get("SOPInstanceUID")) if ds is not None else path.stem
-        dest = folder / study / f"{sop}.dcm"
+    def _copy_aside(self, item: Loaded, folder: Path, suffix: str = "") -> Path:
+        study = safe_uid_name(item.identity.study) if item.identity else "unidentified"
+        dest = folder / study / f"{safe_uid_name(item.name)}{suffix}.dcm"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        shutil.copyfile(path, tmp)
+        tmp = io.temporary(dest)
+        shutil.copyfile(item.path, tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, dest)
         fsync_dir(dest.parent)
         return dest
 
-    def _keep(self, path: Path, ds: Dataset, reason: str) -> None:
-        dest = self._copy_aside(path, self.cfg.kept_dir, ds)
-        self.state.record(str(ds.SOPInstanceUID), str(ds.get("StudyInstanceUID", "")), "kept", reason=reason, output=str(dest))
+    def _keep(self, item: Loaded, reason: str) -> None:
+        dest = self._copy_aside(item, self.cfg.kept_dir)
+        self.state.record(item.name, item.study, "kept", reason=reason, output=str(dest), digest=item.digest)
         self.counters.add("kept")
-        LOGGER.warning("not processed, kept as received: SOP Instance %s: %s", ds.SOPInstanceUID, reason)
-        self.spool.remove(path)
+        LOGGER.warning("not processed, kept as received: SOP Instance %s: %s", printable(item.name), printable(reason, 200))
+        self.spool.remove(item.path)
 
-    def _fail(self, path: Path, ds: Dataset | None, reason: str) -> None:
-        dest = self._copy_aside(path, self.cfg.failed_dir, ds)
-        dest.with_suffix(".txt").write_text(reason + "\n")
-        sop = str(ds.get("SOPInstanceUID", path.name)) if ds is not None else path.name
-        self.state.record(sop, str(ds.get("StudyInstanceUID", "")) if ds is not None else "", "failed", reason=reason, output=str(dest))
+    def _fail(self, item: Loaded, reason: str) -> None:
+        dest = self._copy_aside(item, self.cfg.failed_dir)
+        io.write_text(reason + "\n", dest.with_suffix(".txt"))
+        self.state.record(item.name, item.study, "failed", reason=reason, output=str(dest), digest=item.digest)
         self.counters.add("failed")
-        LOGGER.error("failed: SOP Instance %s: %s", sop, reason)
-        self.spool.remove(path)
+        LOGGER.error("failed: SOP Instance %s: %s", printable(item.name), printable(reason, 300))
+        self.spool.remove(item.path)
+
+    def _resent(self, item: Loaded) -> None:
+        """The same instance again (same SOP Instance UID, same pixels): done already."""
+        self.counters.add("resent")
+        LOGGER.info("SOP Instance %s received again, identical: processed once", printable(item.name))
+        self.spool.remove(item.path)
+
+    def _conflict(self, item: Loaded) -> None:
+        """Another image under a SOP Instance UID already used: the first stays as it is (as
+        Orthanc keeps the first by default); the second is kept aside, logged and counted."""
+        dest = self._copy_aside(item, self.cfg.conflicts_dir, f".{item.digest[:12]}")
+        self.counters.add("conflicts")
+        LOGGER.error(
+            "SOP Instance %s received again with other content: the first is kept, the second set aside in %s",
+            printable(item.name), dest,
+        )
+        self.spool.remove(item.path)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One spooled instance after reading: its dataset (None when unreadable), identity (None
+    when it cannot be named), the prepared image or the error, and a digest of its content."""
+
+    path: Path
+    ds: Dataset | None
+    identity: Identity | None
+    result: Prepared | Exception
+    digest: str
+
+    @property
+    def name(self) -> str:
+        """The SOP Instance UID, or the spool file's name for an instance that cannot be named."""
+        return self.identity.sop_instance if self.identity else f"unnamed:{self.path.stem}"
+
+    @property
+    def study(self) -> str | None:
+        return self.identity.study if self.identity else None
+
+
+def _identity(ds: Dataset | None, path: Path) -> Identity | None:
+    if ds is None:
+        return None
+    try:
+        return identify(ds, path.name)
+    except DicomInputError:
+        return None
+
+
+def _input_error(path: Path, exc: Exception) -> DicomInputError:
+    if isinstance(exc, DicomInputError):
+        return exc
+    return DicomInputError(path.name, f"{type(exc).__name__}: {exc}")
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
