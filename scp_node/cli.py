@@ -83,14 +83,17 @@ def run(args: argparse.Namespace) -> int:
     from dicom_cae.pipeline import Pipeline
     from scp_node.node import Node
 
-    from scp_node.node import NodeError
+    from pathlib import Path
 
-    recon = load_model(cfg.model, weights=cfg.weights)
-    try:
-        node = Node(cfg, Pipeline(recon, batch_size=cfg.batch_size))
+    from scp_node.node import NodeError, lock_data_dir
+
+    try:  # before loading the model: a second node on the same folder is told at once
+        lock_fd = lock_data_dir(Path(cfg.data_dir))
     except NodeError as exc:
         print(f"dicom-cae serve: error: {exc}", file=sys.stderr)
         return 2
+    recon = load_model(cfg.model, weights=cfg.weights)
+    node = Node(cfg, Pipeline(recon, batch_size=cfg.batch_size), lock_fd=lock_fd)
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())

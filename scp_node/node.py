@@ -56,9 +56,10 @@ class Node:
     Raises NodeError when another node uses the same data folder.
     """
 
-    def __init__(self, cfg: Config, pipe: Pipeline) -> None:
+    def __init__(self, cfg: Config, pipe: Pipeline, *, lock_fd: int | None = None) -> None:
+        """``lock_fd``: the data folder's lock when the caller took it already (lock_data_dir)."""
         self.cfg = cfg
-        self._lock_fd = lock_data_dir(Path(cfg.data_dir))
+        self._lock_fd = lock_fd if lock_fd is not None else lock_data_dir(Path(cfg.data_dir))
         for d in (cfg.output_dir, cfg.kept_dir, cfg.failed_dir, cfg.conflicts_dir):
             d.mkdir(parents=True, exist_ok=True)
             removed = io.remove_temporaries(d)

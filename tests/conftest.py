@@ -14,29 +14,46 @@ SAMPLES = ROOT / "sample_dicom"
 SHARED_DATA = Path(os.environ.get("DICOM_CAE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
+def missing(reason: str) -> None:
+    """Skip a test whose data or peer is missing; under CI (CI=true) fail it instead, so that a
+    CI run without the real data or a peer cannot stay green without the tests that need them."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: a missing prerequisite fails)", pytrace=False)
+    pytest.skip(reason)
+
+
 def shared(*parts: str) -> Path:
-    """A path under ../shared/data; the test is skipped (with the reason) when it is absent."""
+    """A path under the real data set; the test is skipped (with the reason) when it is absent."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"real data not available: {path} is absent (see shared/data/README.md)")
+        missing(f"real data not available: {path} is absent (the project's real CT/MR set, kept beside the "
+                "checkout as ../shared/data; set DICOM_CAE_SHARED_DATA to use another place)")
     return path
 
 
 def pydicom_test_file(name: str) -> str:
     """A file of the pydicom-data package (installed by the test extra; never downloaded)."""
-    pytest.importorskip("data_store", reason="pydicom-data is not installed (pip install .[test])")
+    try:
+        import data_store  # noqa: F401 (pydicom-data's module)
+    except ImportError:
+        missing("pydicom-data is not installed (pip install .[test])")
     from pydicom.data import get_testdata_file
 
     path = get_testdata_file(name, download=False)
     if path is None:
-        pytest.skip(f"{name} is not in the installed pydicom-data")
+        missing(f"{name} is not in the installed pydicom-data")
     return str(path)
+
+
+#: The Debian package of each peer tool the tests run.
+PACKAGES = {"dciodvfy": "dicom3tools", "dcentvfy": "dicom3tools", "storescu": "dcmtk", "echoscu": "dcmtk",
+            "Orthanc": "orthanc", "chromium": "chromium", "pdftoppm": "poppler-utils", "openssl": "openssl"}
 
 
 def need_tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        pytest.skip(f"{name} is not installed (apt-get install dicom3tools dcmtk; .ci/run does)")
+        missing(f"{name} is not installed (apt-get install {PACKAGES.get(name, name)}; .ci/run does)")
     return path
 
 
@@ -78,7 +95,7 @@ def dcmtk(name: str) -> str:
             proc = subprocess.run([candidate, "--version"], capture_output=True, text=True)
             if "dcmtk" in (proc.stdout + proc.stderr).lower():
                 return candidate
-    pytest.skip(f"DCMTK's {name} is not installed (apt-get install dcmtk; .ci/run does)")
+    missing(f"DCMTK's {name} is not installed (apt-get install dcmtk; .ci/run does)")
 
 
 def peer_env() -> dict[str, str]:

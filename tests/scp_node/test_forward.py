@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import socket
 import subprocess
 import urllib.request
@@ -12,7 +11,7 @@ import urllib.request
 import pytest
 
 from scp_node.forward import backoff
-from tests.conftest import SAMPLES, peer_env, wait_until
+from tests.conftest import SAMPLES, need_tool, peer_env, wait_until
 from tests.scp_node.test_node import running_node, storescu
 
 
@@ -24,9 +23,7 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def orthanc(tmp_path, http_port: int, dicom_port: int, node_port: int):
-    exe = shutil.which("Orthanc")
-    if exe is None:
-        pytest.skip("Orthanc is not installed (apt-get install orthanc; .ci/run does)")
+    exe = need_tool("Orthanc")
     config = {
         "Name": "test-pacs", "StorageDirectory": str(tmp_path / "orthanc-db"), "IndexDirectory": str(tmp_path / "orthanc-db"),
         "Plugins": [], "HttpServerEnabled": True, "HttpPort": http_port, "RemoteAccessAllowed": False,
