@@ -8,12 +8,10 @@ import json
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
 
 from dicom_cae import image, io, metrics, pipeline
 from dicom_cae.convert import ERRORS_FILE, convert
 from dicom_cae.errors import DicomInputError
-from dicom_cae.identity import identify
 from tests.conftest import SAMPLES, shared
 
 
@@ -80,6 +78,8 @@ def test_files_without_series_or_study_uid_are_converted_with_a_warning(tmp_path
 
 
 def test_stand_ins_are_stable_and_distinct():
+    from dicom_cae.identity import identify
+
     ds = pydicom.dcmread(SAMPLES / "ct_phantom_1.dcm", stop_before_pixels=True)
     del ds.SeriesInstanceUID
     a, b = identify(ds, "a"), identify(ds, "a")
@@ -90,6 +90,8 @@ def test_stand_ins_are_stable_and_distinct():
 
 @pytest.mark.parametrize("value", ["../../evil", "1.2.3\nX", "1..2", "1.2.a", "1" * 65, ""])
 def test_an_instance_with_an_invalid_sop_instance_uid_is_not_named(value):
+    from dicom_cae.identity import identify
+
     ds = pydicom.dcmread(SAMPLES / "ct_phantom_1.dcm", stop_before_pixels=True)
     ds.SOPInstanceUID = value
     with pytest.raises(DicomInputError, match="SOPInstanceUID"):

@@ -80,3 +80,60 @@ def test_sigkill_during_a_60_instance_send_then_restart(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0  # graceful shutdown
+
+
+def test_the_order_of_durable_steps_seen_by_strace(tmp_path):
+    """What the kernel sees, in order: the spooled instance is written, fsync'd, renamed into
+    incoming/ and the folder fsync'd before the C-STORE response goes out; the derived
+    instance is fsync'd, renamed and its folder fsync'd before the spool copy is unlinked."""
+    import re
+    import time
+
+    from tests.conftest import SAMPLES, need_tool
+
+    strace = need_tool("strace")
+    data = tmp_path / "node"
+    trace = tmp_path / "trace"
+    log = tmp_path / "log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [strace, "-f", "-y", "-qq", "-s", "8", "-o", str(trace), "-e",
+             "trace=write,fsync,fdatasync,rename,renameat,renameat2,unlink,unlinkat,sendto,sendmsg",
+             sys.executable, "-m", "dicom_cae", "serve", "--port", "0", "--data-dir", str(data)],
+            stdout=out, stderr=subprocess.STDOUT, text=True, cwd=ROOT, start_new_session=True,
+        )
+        try:
+            line = wait_until(lambda: next((x for x in log.read_text().splitlines() if "listening on" in x), None),
+                              timeout=120, what="the node to listen")
+            port = int(line.split("listening on ")[1].split(" ")[0].rsplit(":", 1)[1].rstrip(";"))
+            ae = AE(ae_title="MODALITY")
+            ae.add_requested_context(CTImageStorage)
+            assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_CAE")
+            assert assoc.send_c_store(pydicom.dcmread(SAMPLES / "ct_phantom_1.dcm")).Status == 0
+            assoc.release()
+            wait_until(lambda: list((data / "output").rglob("*.dcm")) and not list((data / "spool" / "incoming").glob("*")),
+                       timeout=60, what="the instance processed")
+            time.sleep(0.5)
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)  # the node and strace alike
+            proc.wait(timeout=60)
+    calls = [x.split(" ", 1)[1] for x in trace.read_text().splitlines() if " " in x and "resumed>" not in x]
+    name = next(p.name for p in (data / "output").rglob("*.dcm"))
+
+    def first(pattern: str, after: int = -1) -> int:
+        for i, call in enumerate(calls):
+            if i > after and re.search(pattern, call):
+                return i
+        raise AssertionError(f"no {pattern!r} after call {after} in the trace")
+
+    written = first(r"^write\(\d+</[^>]*/spool/tmp/[^>]+\.dcm>")
+    synced = first(r"^fsync\(\d+</[^>]*/spool/tmp/[^>]+\.dcm>", written)
+    renamed = first(r'^rename(at2?)?\(.*/spool/tmp/.*/spool/incoming/', synced)
+    folder = first(r"^fsync\(\d+</[^>]*/spool/incoming>\)", renamed)
+    response = first(r'^(sendto|sendmsg)\(\d+<(TCP|socket)[^>]*>, "\\4', -1)
+    assert written < synced < renamed < folder < response
+    out_synced = first(rf"^fsync\(\d+</[^>]*\.{re.escape(name)}\.[^>]*\.tmp>", folder)
+    out_renamed = first(rf"^rename(at2?)?\(.*\.{re.escape(name)}\..*\.tmp.*/{re.escape(name)}\"", out_synced)
+    out_folder = first(r"^fsync\(\d+</[^>]*/output/[^>]*>\)", out_renamed)
+    unlinked = first(r"^unlink(at)?\(.*/spool/incoming/", out_folder)
+    assert out_synced < out_renamed < out_folder < unlinked

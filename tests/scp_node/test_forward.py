@@ -8,7 +8,6 @@ import socket
 import subprocess
 import urllib.request
 
-import pytest
 
 from scp_node.forward import backoff
 from tests.conftest import SAMPLES, need_tool, peer_env, wait_until

@@ -5,6 +5,7 @@ of interrupted writes cleaned, the called AE title checked on request, TLS failu
 from __future__ import annotations
 
 import json
+import time
 import os
 import signal
 import socket
@@ -18,8 +19,6 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from scp_node.config import load
-from scp_node.node import Node, NodeError
 from tests.conftest import ROOT, SAMPLES, dcmtk, peer_env, wait_until
 from tests.scp_node.test_forward import free_port
 from tests.scp_node.test_node import running_node
@@ -31,6 +30,8 @@ def serve(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 def test_a_second_node_on_the_same_data_folder_is_refused(tmp_path, pipe):
+    from scp_node.node import Node, NodeError
+
     with running_node(tmp_path, pipe) as node:
         with pytest.raises(NodeError, match=f"another dicom-cae node \\(pid {os.getpid()}\\) is using the data folder"):
             Node(node.cfg, pipe)
@@ -238,3 +239,49 @@ def test_the_readme_names_every_package_that_ci_installs():
     readme = (ROOT / "README.md").read_text()
     lines = re.findall(r"`apt-get install ([a-z0-9 -]+)`", readme.replace("\n", " "))
     assert packages == set(max(lines, key=len).split())  # the test prerequisites: the longest list
+
+
+def test_a_spool_that_cannot_be_written_answers_out_of_resources(tmp_path, pipe):
+    """0xA700 (Out of Resources), not 0xC000, when the instance cannot be made durable."""
+    with running_node(tmp_path, pipe) as node:
+        tmp = node.spool.tmp
+        tmp.rmdir()
+        tmp.write_text("not a folder")  # every write into spool/tmp now fails with an OSError
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(CTImageStorage)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title=node.cfg.ae_title)
+        assert assoc.send_c_store(pydicom.dcmread(SAMPLES / "ct_phantom_1.dcm")).Status == 0xA700
+        assoc.release()
+        assert node.counters.snapshot()["received"] == 0
+        tmp.unlink()
+        tmp.mkdir()
+
+
+def test_stale_spool_temp_files_are_dropped_at_start(tmp_path, pipe):
+    """A partial write of a killed node was never acknowledged: it must not be processed."""
+    stale = tmp_path / "node" / "spool" / "tmp" / "00000000000000000001-0123456789abcdef-dead.dcm"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes((SAMPLES / "ct_phantom_1.dcm").read_bytes()[:5000])
+    with running_node(tmp_path, pipe) as node:
+        assert not stale.exists()
+        assert not node.spool.pending()
+
+
+def test_a_study_is_not_marked_reported_when_an_instance_arrived_during_its_report(tmp_path, pipe):
+    from scp_node.config import load
+    from scp_node.node import Node
+
+    cfg = load(None, port=0, data_dir=str(tmp_path / "node"), study_quiet_s=0.0)
+    node = Node(cfg, pipe)
+    try:
+        study = "1.2.3.4"
+        node.state.record("1.2.3.4.1", study, "processed")
+        seen = time.time()
+        time.sleep(0.01)
+        node.state.record("1.2.3.4.2", study, "processed")  # arrives while the report is written
+        node.state.study_reported(study, seen)
+        assert study in node.state.due_studies(0.0)
+        node.state.study_reported(study, time.time())
+        assert study not in node.state.due_studies(0.0)
+    finally:
+        node.stop()
