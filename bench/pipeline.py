@@ -46,7 +46,7 @@ def child(args: argparse.Namespace) -> None:
     # Warm-up: trace the graph once at this batch size.
     recon(np.zeros((args.batch_size, 256, 256), np.float32), args.quality, batch_size=args.batch_size)
     if args.child == "infer":
-        preps = [pipeline.prepare(io.read(f), str(f), quality=args.quality) for f in files]
+        preps = [pipe.prepare(io.read(f), str(f), quality=args.quality) for f in files]
         jpeg = np.concatenate([p.jpeg for p in preps])
         best = 0.0
         for _ in range(args.repeat):

@@ -41,6 +41,14 @@ def _qualities(text: str) -> tuple[int, ...]:
     return tuple(_quality(t) for t in text.split(",") if t.strip())
 
 
+def _add_mapping_arg(p: argparse.ArgumentParser) -> None:
+    from dicom_cae import mapping
+
+    p.add_argument("--value-mapping", choices=mapping.NAMES, default=mapping.DEFAULT, metavar="NAME",
+                   help=f"how modality values become the [0, 1] image JPEG codes: {', '.join(mapping.NAMES)} "
+                        f"(default {mapping.DEFAULT}; minmax is the seed's)")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="NAME", help="model name (see 'dicom-cae models'); default: blockres")
     p.add_argument("--weights", metavar="FILE", help="weights file (.weights.h5) instead of the shipped ones")
@@ -63,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quality", type=_quality, default=DEFAULT_QUALITY, metavar="Q", help=f"JPEG quality 1-100 (default {DEFAULT_QUALITY})")
     c.add_argument("--target-psnr", type=float, metavar="DB", help="per image, the lowest JPEG quality whose reconstruction reaches this PSNR (instead of --quality)")
     c.add_argument("--target-ssim", type=float, metavar="S", help="the same for SSIM (with --target-psnr: both)")
+    c.add_argument("--target-on", choices=("display", "seed"), default="display",
+                   help="measure the target in the worst display window (default) or on the seed's min/max image")
+    _add_mapping_arg(c)
     _add_model_args(c)
     c.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE, metavar="N", help=f"images per model batch (default {DEFAULT_BATCH_SIZE})")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -130,17 +141,19 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from dicom_cae.pipeline import Target
 
     try:
-        target = Target(args.target_psnr, args.target_ssim) if args.target_psnr or args.target_ssim else None
+        target = (Target(args.target_psnr, args.target_ssim, args.target_on)
+                  if args.target_psnr or args.target_ssim else None)
     except ValueError as exc:
         print(f"dicom-cae convert: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     recon = _load_model(args)
-    pipe = Pipeline(recon, batch_size=args.batch_size)
+    pipe = Pipeline(recon, batch_size=args.batch_size, mapping=args.value_mapping)
     s = convert(src, args.dst, pipe, quality=args.quality, target=target, progress=not args.no_progress)
     rate = s.frames / s.seconds if s.seconds else 0.0
     print(
         f"converted {s.converted} instance(s) ({s.frames} image(s)) in {s.seconds:.1f} s ({rate:.1f} images/s) "
-        f"with {recon.short_id} at " + (f"fidelity target {target.key}; " if target else f"JPEG quality {args.quality}; ") +
+        f"with {recon.short_id}, value mapping {args.value_mapping}, at "
+        + (f"fidelity target {target.key}; " if target else f"JPEG quality {args.quality}; ") +
         f"{s.skipped_done} already done, {len(s.duplicates)} duplicate(s), {len(s.not_images)} not image(s), "
         f"{len(s.not_dicom)} not DICOM, "
         f"{len(s.failed)} failed, {len(s.warnings)} converted with a warning; "

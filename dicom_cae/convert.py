@@ -69,7 +69,7 @@ def _prepare_one(
     ds = io.read(path)
     if target is not None:
         return out, pipe.prepare_for_target(ds, str(path), target), str(ds.SOPInstanceUID)
-    return out, pipeline.prepare(ds, str(path), quality=quality), str(ds.SOPInstanceUID)
+    return out, pipe.prepare(ds, str(path), quality=quality), str(ds.SOPInstanceUID)
 
 
 def _write(derived: Derived, dst: Path) -> Path:

@@ -12,7 +12,10 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
 
+from dicom_cae import display
+from dicom_cae import mapping as value_mapping
 from dicom_cae.errors import DicomInputError, NotAnImageError
+from dicom_cae.mapping import ValueMapping
 
 SIZE = 256
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
@@ -22,9 +25,11 @@ GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
 class Normalization:
     """How one instance's frames were mapped to [0, 1]; enough to map reconstructions back.
 
-    ``lo`` and ``hi`` are per frame, in modality units (after the Modality LUT): ``lo`` maps
-    to 0 and ``hi`` to 1 (to 1 and 0 for MONOCHROME1, so that 1 is always bright on display).
-    Stored values are ``(modality - intercept) / slope``, clipped to the output's bit range.
+    ``mappings`` (one per frame) take modality values (after the Modality LUT) to [0, 1],
+    inverted for MONOCHROME1 so that 1 is always bright on display. ``lo`` and ``hi`` are each
+    frame's minimum and maximum (modality units): the seed's metrics are computed on the frame
+    mapped linearly from them to [0, 1], whatever the mapping that coded it. Stored values are
+    ``(modality - intercept) / slope``, clipped to the output's bit range.
     """
 
     lo: tuple[float, ...]
@@ -37,6 +42,16 @@ class Normalization:
     bits_allocated: int
     bits_stored: int
     pixel_representation: int
+    mappings: tuple[ValueMapping, ...] = ()  # per frame; empty: minmax from lo and hi
+
+    def mapping(self, frame: int) -> ValueMapping:
+        if self.mappings:
+            return self.mappings[frame]
+        return value_mapping.minmax(self.lo[frame], self.hi[frame])
+
+    @property
+    def mapping_name(self) -> str:
+        return self.mappings[0].name if self.mappings else value_mapping.MINMAX
 
     @property
     def stored_min(self) -> int:
@@ -178,28 +193,43 @@ def _resample(frame: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=np.float32)
 
 
-def normalize(ds: Dataset, source: str) -> tuple[np.ndarray, Normalization]:
-    """Frames of ``ds`` as float32 (frames, 256, 256) in [0, 1], with the mapping used.
+@dataclass(frozen=True)
+class Prepared:
+    """One instance's frames on the 256x256 grid, in modality units and mapped to [0, 1]."""
 
-    Each frame is scaled by its own min and max (in modality units), inverted for
-    MONOCHROME1, then resampled to 256x256 with an anti-aliasing filter.
+    unit: np.ndarray  # float32 (frames, 256, 256) in [0, 1]: what JPEG codes
+    modality: np.ndarray  # float32 (frames, 256, 256): the resampled original, modality units
+    norm: Normalization
+    windows: tuple[display.Window, ...]  # what a viewer shows it in (display.windows)
+
+
+def prepare(ds: Dataset, source: str, *, mapping: str = value_mapping.MINMAX) -> Prepared:
+    """Frames of ``ds`` resampled to 256x256 with an anti-aliasing filter (in modality units),
+    then mapped to [0, 1] by the value mapping ``mapping`` (see dicom_cae.mapping), inverted for
+    MONOCHROME1.
 
     Raises:
         NotAnImageError, DicomInputError: as modality_frames.
+        ValueError: an unknown mapping.
     """
+    value_mapping.check(mapping)
     values = modality_frames(ds, source)
     invert = str(ds.PhotometricInterpretation).strip() == "MONOCHROME1"
-    out = np.empty((values.shape[0], SIZE, SIZE), dtype=np.float32)
-    los, his = [], []
+    wins = tuple(display.windows(ds, values))
+    spans = [w.span for w in wins]
+    if str(ds.get("Modality", "")).upper() == "CT":  # soft tissue, where the HU errors are taken, too
+        spans.append(display.HU_SOFT_TISSUE)
+    resampled = np.stack([_resample(frame) for frame in values])
+    unit = np.empty(resampled.shape, dtype=np.float32)
+    los, his, maps = [], [], []
     for i, frame in enumerate(values):
         lo, hi = float(frame.min()), float(frame.max())
-        span = hi - lo if hi > lo else 1.0
-        unit = (frame - lo) / span
-        if invert:
-            unit = 1.0 - unit
-        out[i] = np.clip(_resample(unit), 0.0, 1.0)
+        m = value_mapping.make(mapping, lo, hi, spans)
+        u = m.forward(resampled[i])
+        unit[i] = 1.0 - u if invert else u
         los.append(lo)
         his.append(hi)
+        maps.append(m)
     slope = float_attr(ds, "RescaleSlope", 1.0, source, nonzero=True)
     intercept = float_attr(ds, "RescaleIntercept", 0.0, source)
     bits_allocated = int(ds.BitsAllocated)
@@ -214,32 +244,57 @@ def normalize(ds: Dataset, source: str) -> tuple[np.ndarray, Normalization]:
         bits_allocated=bits_allocated,
         bits_stored=int_attr(ds, "BitsStored", bits_allocated, source),
         pixel_representation=int_attr(ds, "PixelRepresentation", 0, source),
+        mappings=tuple(maps),
     )
-    return out, norm
+    return Prepared(unit, resampled, norm, wins)
 
 
-def _span(norm: Normalization) -> tuple[np.ndarray, np.ndarray]:
+def normalize(ds: Dataset, source: str, *, mapping: str = value_mapping.MINMAX) -> tuple[np.ndarray, Normalization]:
+    """Frames of ``ds`` as float32 (frames, 256, 256) in [0, 1], with the mapping used (see
+    prepare; ``minmax``, the seed's mapping, by default).
+
+    Raises:
+        NotAnImageError, DicomInputError: as modality_frames.
+    """
+    prepared = prepare(ds, source, mapping=mapping)
+    return prepared.unit, prepared.norm
+
+
+def seed_unit(modality: np.ndarray, norm: Normalization, *, clip: bool = False) -> np.ndarray:
+    """Modality values (frames, 256, 256) as the seed's metrics see them: each frame mapped
+    linearly from its minimum and maximum to [0, 1] (inverted for MONOCHROME1), float32."""
     lo = np.asarray(norm.lo, dtype=np.float64)[:, None, None]
     hi = np.asarray(norm.hi, dtype=np.float64)[:, None, None]
-    return lo, np.where(hi > lo, hi - lo, 1.0)
+    x = (np.asarray(modality, np.float64) - lo) / np.where(hi > lo, hi - lo, 1.0)
+    if clip:
+        x = np.clip(x, 0.0, 1.0)
+    if norm.invert:
+        x = 1.0 - x
+    return x.astype(np.float32)
+
+
+def unit_to_modality(unit: np.ndarray, norm: Normalization) -> np.ndarray:
+    """Images in [0, 1] (frames, 256, 256) back to modality values through each frame's mapping."""
+    x = np.asarray(unit, dtype=np.float64)
+    if norm.invert:
+        x = 1.0 - x
+    return np.stack([norm.mapping(i).inverse(f) for i, f in enumerate(x)])
+
+
+def stored_to_modality(stored: np.ndarray, norm: Normalization) -> np.ndarray:
+    return stored.astype(np.float64) * norm.slope + norm.intercept
 
 
 def to_stored(unit: np.ndarray, norm: Normalization) -> np.ndarray:
     """Map images in [0, 1] (frames, 256, 256) back to the source's stored values and dtype."""
-    lo, span = _span(norm)
-    x = np.asarray(unit, dtype=np.float64)
-    if norm.invert:
-        x = 1.0 - x
-    modality = lo + x * span
-    stored = np.rint((modality - norm.intercept) / norm.slope)
+    stored = np.rint((unit_to_modality(unit, norm) - norm.intercept) / norm.slope)
     return np.clip(stored, norm.stored_min, norm.stored_max).astype(norm.dtype)
 
 
 def from_stored(stored: np.ndarray, norm: Normalization) -> np.ndarray:
     """Inverse of to_stored (up to its rounding): stored values to [0, 1] float32 images."""
-    lo, span = _span(norm)
-    modality = stored.astype(np.float64) * norm.slope + norm.intercept
-    x = (modality - lo) / span
+    modality = stored_to_modality(stored, norm)
+    x = np.stack([norm.mapping(i).forward(f) for i, f in enumerate(modality)])
     if norm.invert:
         x = 1.0 - x
     return x.astype(np.float32)

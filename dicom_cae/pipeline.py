@@ -13,7 +13,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 import dicom_cae
-from dicom_cae import codec, derive, identity, image, metrics, private_tags
+from dicom_cae import codec, derive, display, identity, image, metrics, private_tags
+from dicom_cae import mapping as value_mapping
 
 if TYPE_CHECKING:
     from dicom_cae.model import Reconstructor
@@ -24,27 +25,52 @@ DEFAULT_QUALITY = 10
 DEFAULT_BATCH_SIZE = 16
 
 
+TARGET_METRICS = ("display", "seed")
+
+
 @dataclass(frozen=True)
 class Target:
-    """A fidelity target: the lowest JPEG quality whose stored reconstruction reaches it."""
+    """A fidelity target: the lowest JPEG quality whose stored reconstruction reaches it, in the
+    worst of the display windows (``display``) or on the seed's min/max image (``seed``)."""
 
     psnr: float | None = None
     ssim: float | None = None
+    metric: str = "seed"
 
     def __post_init__(self) -> None:
         if self.psnr is None and self.ssim is None:
             raise ValueError("a fidelity target needs a PSNR or an SSIM")
         if self.ssim is not None and not 0 < self.ssim <= 1:
             raise ValueError(f"target SSIM must be in (0, 1], got {self.ssim}")
+        if self.metric not in TARGET_METRICS:
+            raise ValueError(f"a target's metric is one of {', '.join(TARGET_METRICS)}, got {self.metric!r}")
 
     def met(self, reference: np.ndarray, test: np.ndarray) -> bool:
+        """On two images already in the space the target is measured in."""
         return (self.psnr is None or metrics.psnr(reference, test) >= self.psnr) and (
             self.ssim is None or metrics.ssim(reference, test) >= self.ssim
         )
 
+    def met_in(self, reference: np.ndarray, test: np.ndarray, norm: image.Normalization, frame: int,
+               windows: list[display.Window]) -> bool:
+        """``test`` against ``reference`` (one frame, modality units) in this target's space."""
+        if self.metric == "seed":
+            r = image.seed_unit(reference[None], _one_frame(norm, frame), clip=True)[0]
+            return self.met(r, image.seed_unit(test[None], _one_frame(norm, frame))[0])
+        return all(
+            (self.psnr is None or q.quality.psnr >= self.psnr) and (self.ssim is None or q.quality.ssim >= self.ssim)
+            for q in display.measure(reference, test, windows, invert=norm.invert)
+        )
+
     @property
     def key(self) -> str:
-        return f"psnr>={self.psnr}:ssim>={self.ssim}"
+        return f"psnr>={self.psnr}:ssim>={self.ssim}" + ("" if self.metric == "seed" else f":{self.metric}")
+
+
+def _one_frame(norm: image.Normalization, frame: int) -> image.Normalization:
+    import dataclasses
+
+    return dataclasses.replace(norm, lo=(norm.lo[frame],), hi=(norm.hi[frame],), mappings=(norm.mapping(frame),))
 
 
 @dataclass(frozen=True)
@@ -53,13 +79,15 @@ class Prepared:
 
     source: str
     dataset: Dataset
-    reference: np.ndarray  # float32 (frames, 256, 256), the normalized original
+    reference: np.ndarray  # float32 (frames, 256, 256), the original mapped to [0, 1]
     norm: image.Normalization
     jpeg: np.ndarray  # float32 (frames, 256, 256), the JPEG decode
     jpeg_streams: tuple[bytes, ...]
     quality: int
     target: Target | None = None
     warnings: tuple[str, ...] = ()  # what was wrong with the source (stand-in UIDs...)
+    modality: np.ndarray | None = None  # float32 (frames, 256, 256), the original in modality units
+    windows: tuple[display.Window, ...] = ()
 
     @property
     def jpeg_bytes(self) -> tuple[int, ...]:
@@ -72,9 +100,16 @@ class Prepared:
 
 @dataclass(frozen=True)
 class FrameMetrics:
+    """The seed's metrics (min/max space) and what a viewer sees (per window, HU for CT), of
+    the stored frame and of plain JPEG at the same bytes."""
+
     jpeg_bytes: int
     model: metrics.Quality
     jpeg: metrics.Quality
+    display_model: tuple[display.WindowQuality, ...] = ()
+    display_jpeg: tuple[display.WindowQuality, ...] = ()
+    hu_model: display.HUError | None = None
+    hu_jpeg: display.HUError | None = None
 
 
 @dataclass(frozen=True)
@@ -86,8 +121,9 @@ class Derived:
     frames: tuple[FrameMetrics, ...]
 
 
-def prepare(ds: Dataset, source: str, *, quality: int) -> Prepared:
-    """Normalize every frame of ``ds`` and JPEG-compress it at ``quality``.
+def prepare(ds: Dataset, source: str, *, quality: int, mapping: str = value_mapping.DEFAULT) -> Prepared:
+    """Map every frame of ``ds`` to [0, 1] with the value mapping ``mapping`` and JPEG-compress
+    it at ``quality``.
 
     A Study or Series Instance UID that the source lacks is replaced by a stand-in in ``ds``
     (see identity.identify); the warning travels with the result.
@@ -98,8 +134,7 @@ def prepare(ds: Dataset, source: str, *, quality: int) -> Prepared:
     """
     codec.check_quality(quality)
     warnings = _identify(ds, source)
-    reference, norm = image.normalize(ds, source)
-    return _compress(ds, source, reference, norm, quality, warnings=warnings)
+    return _compress(ds, source, image.prepare(ds, source, mapping=mapping), quality, warnings=warnings)
 
 
 def _identify(ds: Dataset, source: str) -> tuple[str, ...]:
@@ -110,14 +145,15 @@ def _identify(ds: Dataset, source: str) -> tuple[str, ...]:
     return ident.warnings
 
 
-def _compress(ds: Dataset, source: str, reference: np.ndarray, norm: image.Normalization, quality: int,
+def _compress(ds: Dataset, source: str, img: image.Prepared, quality: int,
               target: Target | None = None, warnings: tuple[str, ...] = ()) -> Prepared:
-    jpeg = np.empty_like(reference)
+    jpeg = np.empty_like(img.unit)
     streams = []
-    for i, frame in enumerate(reference):
+    for i, frame in enumerate(img.unit):
         streams.append(codec.jpeg_encode(frame, quality))
         jpeg[i] = codec.jpeg_decode(streams[-1])
-    return Prepared(source, ds, reference, norm, jpeg, tuple(streams), quality, target, warnings)
+    return Prepared(source, ds, img.unit, img.norm, jpeg, tuple(streams), quality, target, warnings,
+                    img.modality, img.windows)
 
 
 def finish(
@@ -131,23 +167,33 @@ def finish(
 ) -> Derived:
     """Map the reconstruction back to stored values, measure what is stored, build the instance."""
     stored = image.to_stored(reconstruction, prep.norm)
-    # The metrics describe the stored pixels, read back through the same normalization.
-    stored_unit = image.from_stored(stored, prep.norm)
+    # The metrics describe the stored pixels, read back in modality units.
+    stored_modality = image.stored_to_modality(stored, prep.norm)
+    jpeg_modality = image.unit_to_modality(prep.jpeg, prep.norm)
+    reference_modality = prep.modality if prep.modality is not None else image.unit_to_modality(prep.reference, prep.norm)
+    seed_reference = image.seed_unit(reference_modality, prep.norm, clip=True)
+    seed_stored = image.seed_unit(stored_modality, prep.norm)
+    seed_jpeg = image.seed_unit(jpeg_modality, prep.norm)
+    is_ct = str(prep.dataset.get("Modality", "")).upper() == "CT"
+    windows = list(prep.windows)
     frames = tuple(
         FrameMetrics(
             jpeg_bytes=prep.jpeg_bytes[i],
-            model=metrics.measure(prep.reference[i], stored_unit[i]),
-            jpeg=metrics.measure(prep.reference[i], prep.jpeg[i]),
+            model=metrics.measure(seed_reference[i], seed_stored[i]),
+            jpeg=metrics.measure(seed_reference[i], seed_jpeg[i]),
+            display_model=tuple(display.measure(reference_modality[i], stored_modality[i], windows, invert=prep.norm.invert)),
+            display_jpeg=tuple(display.measure(reference_modality[i], jpeg_modality[i], windows, invert=prep.norm.invert)),
+            hu_model=display.hu_error(reference_modality[i], stored_modality[i]) if is_ct else None,
+            hu_jpeg=display.hu_error(reference_modality[i], jpeg_modality[i]) if is_ct else None,
         )
         for i in range(prep.frames)
     )
-    errors = stored_unit - prep.reference
-    span = np.asarray(prep.norm.hi) - np.asarray(prep.norm.lo)
     percentiles, histograms = [], []
     edges = np.asarray(private_tags.ERROR_BIN_EDGES)
-    for i, err in enumerate(errors):
-        abs_modality = np.abs(err.astype(np.float64)) * (span[i] if span[i] > 0 else 1.0)
+    for i in range(prep.frames):
+        abs_modality = np.abs(stored_modality[i] - reference_modality[i])
         percentiles += [float(v) for v in np.percentile(abs_modality, [50, 95, 99])] + [float(abs_modality.max())]
+        err = seed_stored[i] - seed_reference[i]
         inner, _ = np.histogram(err, bins=edges)
         histograms += [int((err < edges[0]).sum()), *map(int, inner), int((err > edges[-1]).sum())]
     total_bytes = sum(prep.jpeg_bytes)
@@ -173,6 +219,24 @@ def finish(
         "JPEGOnlyMSE": [f.jpeg.mse for f in frames],
         "NormalizationLow": list(prep.norm.lo),
         "NormalizationHigh": list(prep.norm.hi),
+        "ValueMapping": prep.norm.mapping_name,
+        "MappingKnotCount": [len(prep.norm.mapping(i).x) for i in range(prep.frames)],
+        "MappingKnots": [v for i in range(prep.frames) for v in value_mapping.knots(prep.norm.mapping(i))],
+        "DisplayWindowName": [w.name for w in windows],
+        "DisplayWindowCenter": [w.center for w in windows],
+        "DisplayWindowWidth": [w.width for w in windows],
+        "DisplayWindowOrigin": [w.origin for w in windows],
+        "DisplayPSNR": [q.quality.psnr for f in frames for q in f.display_model],
+        "DisplaySSIM": [q.quality.ssim for f in frames for q in f.display_model],
+        "DisplayPixelAccuracy": [q.quality.pixel_accuracy for f in frames for q in f.display_model],
+        "JPEGOnlyDisplayPSNR": [q.quality.psnr for f in frames for q in f.display_jpeg],
+        "JPEGOnlyDisplaySSIM": [q.quality.ssim for f in frames for q in f.display_jpeg],
+        "JPEGOnlyDisplayPixelAccuracy": [q.quality.pixel_accuracy for f in frames for q in f.display_jpeg],
+        "HUErrorRange": list(display.HU_SOFT_TISSUE) if is_ct else None,
+        "HUMeanAbsoluteError": [f.hu_model.mae for f in frames] if is_ct else None,
+        "HUBias": [f.hu_model.bias for f in frames] if is_ct else None,
+        "JPEGOnlyHUMeanAbsoluteError": [f.hu_jpeg.mae for f in frames] if is_ct else None,
+        "JPEGOnlyHUBias": [f.hu_jpeg.bias for f in frames] if is_ct else None,
         "AbsErrorPercentiles": percentiles,
         "ErrorHistogram": histograms,
         "JPEGStreams": b"".join(prep.jpeg_streams),
@@ -209,25 +273,33 @@ def finish(
     return Derived(prep.source, ds, frames)
 
 
-def key(model_name: str, weights_sha256: str, setting: int | Target) -> str:
-    """What, besides the source, decides the output (and so its deterministic UIDs): the model
-    and the JPEG quality, or the fidelity target that chose it."""
-    return f"{model_name}:{weights_sha256}:" + (setting.key if isinstance(setting, Target) else f"q{setting}")
+def key(model_name: str, weights_sha256: str, setting: int | Target, mapping: str = value_mapping.MINMAX) -> str:
+    """What, besides the source, decides the output (and so its deterministic UIDs): the model,
+    the JPEG quality or the fidelity target that chose it, and the value mapping (the seed's
+    minmax adds nothing, so that its outputs keep the UIDs they always had)."""
+    text = f"{model_name}:{weights_sha256}:" + (setting.key if isinstance(setting, Target) else f"q{setting}")
+    return text if mapping == value_mapping.MINMAX else f"{text}:{mapping}"
 
 
 class Pipeline:
-    """Batched reconstruction of prepared instances with one model."""
+    """Batched reconstruction of prepared instances with one model and one value mapping."""
 
-    def __init__(self, reconstructor: Reconstructor, *, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(self, reconstructor: Reconstructor, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                 mapping: str = value_mapping.DEFAULT) -> None:
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.reconstructor = reconstructor
         self.batch_size = batch_size
+        self.mapping = value_mapping.check(mapping)
 
     def key(self, setting: int | Target) -> str:
         r = self.reconstructor
         weights = r.identity if isinstance(setting, Target) else r.for_quality(setting).sha256
-        return key(r.name, weights, setting)
+        return key(r.name, weights, setting, self.mapping)
+
+    def prepare(self, ds: Dataset, source: str, *, quality: int) -> Prepared:
+        """prepare() with this pipeline's value mapping."""
+        return prepare(ds, source, quality=quality, mapping=self.mapping)
 
     def prepare_for_target(self, ds: Dataset, source: str, target: Target) -> Prepared:
         """Like prepare, at the lowest JPEG quality (1-95) whose stored reconstruction reaches
@@ -236,23 +308,25 @@ class Pipeline:
         Raises: as prepare.
         """
         warnings = _identify(ds, source)
-        reference, norm = image.normalize(ds, source)
+        img = image.prepare(ds, source, mapping=self.mapping)
         lo, hi = 1, 95
         while lo < hi:  # the metrics rise with the quality, closely enough for a bisection
             mid = (lo + hi) // 2
-            if self._meets(reference, norm, mid, target):
+            if self._meets(img, mid, target):
                 hi = mid
             else:
                 lo = mid + 1
-        if lo == 95 and not self._meets(reference, norm, 95, target):
+        if lo == 95 and not self._meets(img, 95, target):
             LOGGER.warning("%s: fidelity target not reached even at quality 95", source)
-        return _compress(ds, source, reference, norm, lo, target, warnings)
+        return _compress(ds, source, img, lo, target, warnings)
 
-    def _meets(self, reference: np.ndarray, norm: image.Normalization, quality: int, target: Target) -> bool:
-        jpeg = np.stack([codec.jpeg_roundtrip(f, quality)[0] for f in reference])
+    def _meets(self, img: image.Prepared, quality: int, target: Target) -> bool:
+        """Whether the stored reconstruction at ``quality`` reaches ``target`` in every frame."""
+        jpeg = np.stack([codec.jpeg_roundtrip(f, quality)[0] for f in img.unit])
         recon = self.reconstructor(jpeg, quality, batch_size=self.batch_size)
-        stored = image.from_stored(image.to_stored(recon, norm), norm)
-        return all(target.met(r, t) for r, t in zip(reference, stored))
+        stored = image.stored_to_modality(image.to_stored(recon, img.norm), img.norm)
+        return all(target.met_in(img.modality[i], stored[i], img.norm, i, list(img.windows))
+                   for i in range(len(stored)))
 
     def reconstruct(self, preps: list[Prepared]) -> list[np.ndarray]:
         """Run the model over the frames of all ``preps`` at once; one array per instance."""

@@ -13,7 +13,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from dicom_cae import image
+from dicom_cae import image, mapping
 
 PRIVATE_GROUP = 0x0071
 PRIVATE_CREATOR = "DICOM_CAE 1.0"
@@ -28,6 +28,7 @@ class PrivateElement:
     units: str
     meaning: str
     optional: bool = False
+    vm: str = ""  # the count of a list that is not one value per frame (documentation)
 
 
 ELEMENTS: tuple[PrivateElement, ...] = (
@@ -57,6 +58,24 @@ ELEMENTS: tuple[PrivateElement, ...] = (
     PrivateElement(0x19, "TargetPSNR", "FD", False, "dB", "Fidelity target: the JPEG quality is the lowest whose stored reconstruction reaches this PSNR (absent when a quality was given)", True),
     PrivateElement(0x1A, "TargetSSIM", "FD", False, "", "Fidelity target for SSIM, as TargetPSNR (absent when not asked for)", True),
     PrivateElement(0x1B, "Warnings", "UT", False, "", "What was wrong with the source and what was done about it (a stand-in UID, an invalid spacing left out...), one per line (absent when nothing was)", True),
+    PrivateElement(0x20, "ValueMapping", "LO", False, "", "Name of the value mapping from modality values to the [0, 1] image that JPEG coded: minmax (the seed's) or window (see docs/private-tags.md)", True),
+    PrivateElement(0x21, "MappingKnotCount", "UL", True, "", "Number of knots of each frame's mapping", True),
+    PrivateElement(0x22, "MappingKnots", "FD", True, "modality units, then [0, 1]", "Each frame's mapping, piecewise linear: its knots' modality values x1..xn, then their [0, 1] values y1..yn (MONOCHROME1: 1 - y is stored)", True, "2 x knots per frame"),
+    PrivateElement(0x23, "DisplayWindowName", "UT", False, "", "The display windows the metrics below were measured in, one name per line: the source's (its explanation or C/W), 'soft tissue C40/W400' for CT, or 'p1-p99' (1st-99th percentile range) when the source names none", True),
+    PrivateElement(0x24, "DisplayWindowCenter", "FD", True, "modality units", "Centre of each display window", True, "1 per window"),
+    PrivateElement(0x25, "DisplayWindowWidth", "FD", True, "modality units", "Width of each display window", True, "1 per window"),
+    PrivateElement(0x26, "DisplayWindowOrigin", "UT", False, "", "Where each window came from, one per line: source, soft-tissue or percentile", True),
+    PrivateElement(0x27, "DisplayPSNR", "FD", True, "dB", "PSNR of the stored frame against the original, both shown through each window ([0, 1], data range 1): frame-major, windows within", True, "frames x windows"),
+    PrivateElement(0x28, "DisplaySSIM", "FD", True, "", "SSIM through each window, as DisplayPSNR", True, "frames x windows"),
+    PrivateElement(0x29, "DisplayPixelAccuracy", "FD", True, "fraction", "Pixel accuracy through each window (tolerance as (0071,xx0C), of the window's output range)", True, "frames x windows"),
+    PrivateElement(0x2A, "JPEGOnlyDisplayPSNR", "FD", True, "dB", "DisplayPSNR of the plain JPEG decode", True, "frames x windows"),
+    PrivateElement(0x2B, "JPEGOnlyDisplaySSIM", "FD", True, "", "DisplaySSIM of the plain JPEG decode", True, "frames x windows"),
+    PrivateElement(0x2C, "JPEGOnlyDisplayPixelAccuracy", "FD", True, "fraction", "DisplayPixelAccuracy of the plain JPEG decode", True, "frames x windows"),
+    PrivateElement(0x2D, "HUErrorRange", "FD", True, "HU", "CT only: the original's values over which the HU errors are taken (soft tissue)", True, "2"),
+    PrivateElement(0x2E, "HUMeanAbsoluteError", "FD", True, "HU", "CT only: mean absolute error of the stored frame over the pixels in HUErrorRange", True),
+    PrivateElement(0x2F, "HUBias", "FD", True, "HU", "CT only: mean signed error (stored - original) over the same pixels", True),
+    PrivateElement(0x30, "JPEGOnlyHUMeanAbsoluteError", "FD", True, "HU", "CT only: HUMeanAbsoluteError of the plain JPEG decode", True),
+    PrivateElement(0x31, "JPEGOnlyHUBias", "FD", True, "HU", "CT only: HUBias of the plain JPEG decode", True),
 )
 ERROR_BIN_EDGES = tuple(round(-0.2 + 0.01 * i, 2) for i in range(41))
 BY_KEYWORD = {e.keyword: e for e in ELEMENTS}
@@ -128,12 +147,18 @@ def normalization(ds: Dataset, tags: dict[str, Any] | None = None) -> image.Norm
     tags = tags if tags is not None else read(ds)
     if tags is None:
         raise KeyError(f"no {PRIVATE_CREATOR} block")
+    mappings: tuple[mapping.ValueMapping, ...] = ()
+    if "MappingKnots" in tags:  # absent from instances written before value mappings existed
+        flat, counts, name = tags["MappingKnots"], tags["MappingKnotCount"], tags["ValueMapping"]
+        starts = [2 * sum(counts[:i]) for i in range(len(counts))]
+        mappings = tuple(mapping.from_knots(name, flat[a : a + 2 * n]) for a, n in zip(starts, counts))
     return image.Normalization(
         lo=tuple(tags["NormalizationLow"]), hi=tuple(tags["NormalizationHigh"]),
         invert=str(ds.PhotometricInterpretation) == "MONOCHROME1", src_rows=image.SIZE, src_cols=image.SIZE,
         slope=float(ds.get("RescaleSlope", 1) or 1), intercept=float(ds.get("RescaleIntercept", 0) or 0),
         bits_allocated=int(ds.BitsAllocated), bits_stored=int(ds.BitsStored),
         pixel_representation=int(ds.PixelRepresentation),
+        mappings=mappings,
     )
 
 
@@ -146,6 +171,6 @@ def markdown_table() -> str:
     for e in ELEMENTS:
         rows.append(
             f"| ({PRIVATE_GROUP:04X},xx{e.offset:02X}) | {e.keyword} | {e.vr} | "
-            f"{'1-n (one per frame)' if e.per_frame else '1'}{' (optional)' if e.optional else ''} | {e.units} | {e.meaning} |"
+            f"{e.vm or ('1-n (one per frame)' if e.per_frame else '1')}{' (optional)' if e.optional else ''} | {e.units} | {e.meaning} |"
         )
     return "\n".join(rows)

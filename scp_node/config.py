@@ -46,6 +46,8 @@ class Config:
     quality: int = 10
     target_psnr: float | None = None  # instead of quality: the lowest quality reaching it
     target_ssim: float | None = None
+    target_on: str = "display"  # where the target is measured: worst display window, or "seed" (min/max)
+    value_mapping: str = "window"  # minmax (the seed's) or window: see dicom_cae.mapping
     model: str | None = None
     weights: str | None = None
     batch_size: int = 16
@@ -114,6 +116,10 @@ def validate(cfg: Config) -> Config:
     for name in ("batch_wait_s", "study_quiet_s"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name}: must not be negative")
+    if cfg.value_mapping not in ("minmax", "window"):
+        raise ConfigError(f"value_mapping: 'minmax' or 'window', got {cfg.value_mapping!r}")
+    if cfg.target_on not in ("display", "seed"):
+        raise ConfigError(f"target_on: 'display' or 'seed', got {cfg.target_on!r}")
     if cfg.log_format not in ("text", "json"):
         raise ConfigError(f"log_format: 'text' or 'json', got {cfg.log_format!r}")
     if cfg.tls is not None:
@@ -177,6 +183,8 @@ data_dir = "dicom-cae-data" # spool/, output/, kept/, failed/, state.sqlite
 quality = 10                # JPEG quality 1-100
 # target_psnr = 38.0        # instead: per image, the lowest quality whose reconstruction reaches it
 # target_ssim = 0.95
+target_on = "display"       # target measured in the worst display window, or "seed" (min/max image)
+value_mapping = "window"    # how values become the image JPEG codes: window, or minmax (the seed's)
 # model = "blockres"        # see 'dicom-cae models'
 # weights = "path/to/file.weights.h5"
 batch_size = 16

@@ -45,7 +45,7 @@ class Worker(threading.Thread):
         self.last_error: tuple[float, str] | None = None  # (since, what) while batches fail
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="prepare")
         self.target = (
-            pipeline.Target(cfg.target_psnr, cfg.target_ssim) if cfg.target_psnr or cfg.target_ssim else None
+            pipeline.Target(cfg.target_psnr, cfg.target_ssim, cfg.target_on) if cfg.target_psnr or cfg.target_ssim else None
         )
 
     def stop(self) -> None:
@@ -111,7 +111,7 @@ class Worker(threading.Thread):
             if self.target is not None:
                 prep = self.pipe.prepare_for_target(ds, source, self.target)
             else:
-                prep = pipeline.prepare(ds, source, quality=self.cfg.quality)
+                prep = self.pipe.prepare(ds, source, quality=self.cfg.quality)
         except Exception as exc:  # noqa: BLE001 (one instance's problem, whatever its type)
             return Loaded(path, ds, ident, _input_error(path, exc), _file_digest(path))
         return Loaded(path, ds, ident, prep, hashlib.sha256(prep.reference.tobytes()).hexdigest())

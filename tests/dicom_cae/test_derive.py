@@ -65,8 +65,16 @@ def test_written_file_reads_back_with_its_private_block(ct_derived, tmp_path):
         image.from_stored(back.pixel_array[None], private_tags.normalization(back, tags)), private_tags.normalization(back, tags))[0])
 
 
+def _lanczos(frame: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(frame.astype(np.float32), mode="F").resize((256, 256), Image.Resampling.LANCZOS),
+                      np.float64)
+
+
 def test_metrics_describe_the_stored_pixels(ct_derived, tmp_path):
-    """Recompute PSNR/SSIM from the written pixels and the source: they match the tags."""
+    """Recompute the seed's PSNR/SSIM and the display PSNR from the written pixels and the
+    source, independently of the pipeline's own normalization: they match the tags."""
     from dicom_cae import metrics
 
     src, prep, d = ct_derived
@@ -74,11 +82,22 @@ def test_metrics_describe_the_stored_pixels(ct_derived, tmp_path):
     io.write(d.dataset, path)
     back = pydicom.dcmread(path)
     tags = private_tags.read(back)
-    stored_unit = image.from_stored(back.pixel_array[None], private_tags.normalization(back, tags))[0]
-    reference, _ = image.normalize(src, "src")
-    assert metrics.psnr(reference[0], stored_unit) == pytest.approx(tags["PSNR"][0], abs=1e-6)
-    assert metrics.ssim(reference[0], stored_unit) == pytest.approx(tags["SSIM"][0], abs=1e-6)
-    assert tags["MeanIntensityReconstructed"][0] == pytest.approx(float(stored_unit.mean()), abs=1e-6)
+    modality = src.pixel_array.astype(np.float64) * float(src.RescaleSlope) + float(src.RescaleIntercept)
+    lo, hi = modality.min(), modality.max()
+    reference = np.clip(_lanczos((modality - lo) / (hi - lo)), 0, 1)
+    stored = back.pixel_array.astype(np.float64) * float(back.RescaleSlope) + float(back.RescaleIntercept)
+    stored_unit = (stored - lo) / (hi - lo)
+    assert metrics.psnr(reference, stored_unit) == pytest.approx(tags["PSNR"][0], abs=1e-3)
+    assert metrics.ssim(reference, stored_unit) == pytest.approx(tags["SSIM"][0], abs=1e-3)
+    assert tags["MeanIntensityReconstructed"][0] == pytest.approx(float(stored_unit.mean()), abs=1e-4)
+    # What a viewer shows: both through the window the sample names (C40/W400), and HU errors.
+    assert (src.WindowCenter, src.WindowWidth, tags["DisplayWindowName"]) == (40, 400, ["C40/W400"])
+    original = _lanczos(modality)
+    shown = [np.clip((x - 39.5) / 399 + 0.5, 0, 1) for x in (original, stored)]
+    assert metrics.psnr(*shown) == pytest.approx(tags["DisplayPSNR"][0], abs=1e-3)
+    soft = (original >= -100) & (original <= 200)
+    assert tags["HUMeanAbsoluteError"][0] == pytest.approx(float(np.abs(stored - original)[soft].mean()), abs=1e-3)
+    assert tags["HUBias"][0] == pytest.approx(float((stored - original)[soft].mean()), abs=1e-3)
 
 
 def test_derive_checks_its_inputs(ct_derived):

@@ -57,18 +57,29 @@ def test_fidelity_target_picks_the_lowest_quality_that_reaches_it(pipe, tmp_path
     prep = pipe.prepare_for_target(ds, "mr", target)
     derived = pipe.run([prep])[0]
     assert derived.frames[0].model.psnr >= 32.0
-    reference, norm = image.normalize(ds, "mr")
-    assert not pipe._meets(reference, norm, prep.quality - 1, target)
+    below = pipe.run([pipe.prepare(io.read(SAMPLES / "mr_nonsquare.dcm"), "mr", quality=prep.quality - 1)])[0]
+    assert below.frames[0].model.psnr < 32.0  # one quality lower does not reach it
     tags = private_tags.read(derived.dataset)
     assert tags["TargetPSNR"] == 32.0 and tags["JPEGQuality"] == prep.quality
     assert "lowest quality reaching PSNR >= 32.0 dB" in derived.dataset.DerivationDescription
     # The CLI: --target-psnr instead of --quality; outputs in their own series.
-    assert cli.main(["convert", "--no-progress", "--target-psnr", "32", str(SAMPLES), str(tmp_path / "o")]) == 1
+    assert cli.main(["convert", "--no-progress", "--target-psnr", "32", "--target-on", "seed", str(SAMPLES),
+                     str(tmp_path / "o")]) == 1
     for f in derived_images(tmp_path / "o"):
         t = private_tags.read(pydicom.dcmread(f, stop_before_pixels=True))
         assert t["PSNR"][0] >= 32.0 and t["TargetPSNR"] == 32.0
     with pytest.raises(ValueError, match="needs a PSNR or an SSIM"):
         pipeline.Target()
+
+
+def test_a_display_target_is_met_in_the_worst_window(pipe):
+    ds = io.read(SAMPLES / "ct_phantom_1.dcm")
+    target = pipeline.Target(psnr=30.0, metric="display")
+    prep = pipe.prepare_for_target(ds, "ct", target)
+    derived = pipe.run([prep])[0]
+    assert min(q.quality.psnr for q in derived.frames[0].display_model) >= 30.0
+    below = pipe.run([pipe.prepare(io.read(SAMPLES / "ct_phantom_1.dcm"), "ct", quality=prep.quality - 1)])[0]
+    assert min(q.quality.psnr for q in below.frames[0].display_model) < 30.0
 
 
 def test_quality_bands_and_pass_through_above_the_models_range(model):

@@ -1,3 +1,4 @@
+import dataclasses
 import numpy as np
 import pydicom
 import pytest
@@ -52,8 +53,10 @@ def test_bits_stored_below_bits_allocated_clips_to_the_stored_range():
     _, norm = image.normalize(ds, "mr")
     assert (norm.bits_allocated, norm.bits_stored) == (16, 12)
     assert (norm.stored_min, norm.stored_max) == (0, 4095)
-    over = np.full((1, 256, 256), 5.0, np.float32)  # far above 1
-    assert image.to_stored(over, norm).max() == 4095
+    over = np.full((1, 256, 256), 5.0, np.float32)  # far above 1: the frame's maximum, within 12 bits
+    assert image.to_stored(over, norm).max() == norm.hi[0] == 976
+    wide = dataclasses.replace(norm, lo=(0.0,), hi=(9000.0,), mappings=())  # a range beyond BitsStored
+    assert image.to_stored(np.ones((1, 256, 256), np.float32), wide).max() == 4095
 
 
 def test_compressed_sample_decodes():
