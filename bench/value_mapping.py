@@ -46,11 +46,11 @@ def measure(files: list[Path], label: str, name: str, floor: float, widen: float
         for q in QUALITIES:
             for i, frame in enumerate(img.unit):
                 dec, nbytes = codec.jpeg_roundtrip(frame, q)
-                test = image.unit_to_modality(dec[None], _frame(img.norm, i))[0]
+                test = image.unit_to_modality(dec[None], image.one_frame(img.norm, i))[0]
                 ref = img.modality[i]
                 worst = display.worst(display.measure(ref, test, list(img.windows), invert=img.norm.invert))
-                seed_r = image.seed_unit(ref[None], _frame(img.norm, i), clip=True)[0]
-                seed_t = image.seed_unit(test[None], _frame(img.norm, i))[0]
+                seed_r = image.seed_unit(ref[None], image.one_frame(img.norm, i), clip=True)[0]
+                seed_t = image.seed_unit(test[None], image.one_frame(img.norm, i))[0]
                 rec = out[q]
                 rec["bpp"].append(metrics.bits_per_pixel(nbytes))
                 rec["display"].append(worst.quality.psnr)
@@ -58,12 +58,6 @@ def measure(files: list[Path], label: str, name: str, floor: float, widen: float
                 rec["hu"].append(display.hu_error(ref, test).mae if is_ct else np.nan)
                 rec["modality"].append(str(ds.get("Modality", "")))
     return out
-
-
-def _frame(norm: image.Normalization, i: int) -> image.Normalization:
-    import dataclasses
-
-    return dataclasses.replace(norm, lo=(norm.lo[i],), hi=(norm.hi[i],), mappings=(norm.mapping(i),))
 
 
 def at_rates(rows: dict[int, dict[str, list[float]]], key: str, sel: np.ndarray) -> list[float]:

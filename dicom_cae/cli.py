@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-augment", action="store_true", help="no flips or transposes")
     t.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPU)")
     t.add_argument("--init-weights", metavar="FILE", help="start from these weights")
+    _add_mapping_arg(t)
     t.add_argument("--out", default="runs/train", metavar="DIR", help="output folder (default runs/train)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(e)
     e.add_argument("--batch-size", type=_positive, default=16, metavar="N", help="images per model batch (default 16)")
     e.add_argument("--out", default="runs/evaluate", metavar="DIR", help="output folder (default runs/evaluate)")
+    _add_mapping_arg(e)
 
     r = sub.add_parser("report", help="rebuild the study reports of an output folder from its derived instances")
     r.add_argument("dir", metavar="DIR", help="an output folder of convert or serve (or one study folder in it)")
@@ -192,6 +194,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         augment=not args.no_augment,
         seed=args.seed,
         mixed_precision=args.mixed_precision,
+        value_mapping=args.value_mapping,
         init_weights=args.init_weights,
         ssim_weight=args.ssim_weight,
         repeats=args.passes,
@@ -213,18 +216,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"dicom-cae evaluate: error: {d} does not exist", file=sys.stderr)
             return EXIT_USAGE
     recon = _load_model(args)
-    images = dataset.load(list(args.data))
+    images = dataset.load(list(args.data), mapping=args.value_mapping)
     if len(images) == 0:
         print("dicom-cae evaluate: error: no usable images", file=sys.stderr)
         return EXIT_USAGE
-    print(f"{len(images)} image(s); qualities {','.join(map(str, args.qualities))}; model {recon.short_id}", flush=True)
+    print(f"{len(images)} image(s); qualities {','.join(map(str, args.qualities))}; model {recon.short_id}; "
+          f"value mapping {args.value_mapping}", flush=True)
     codec_name = f"JPEG+{recon.name}"
-    rows = evaluation.rd_rows(
-        images.images, list(images.modalities), list(args.qualities),
-        lambda x, q: recon(x, q, batch_size=args.batch_size), recon.name,
-    )
+    rows = evaluation.rd_rows(images, list(args.qualities), lambda x, q: recon(x, q, batch_size=args.batch_size), recon.name)
     summary = rd_report.write(rows, Path(args.out), model_codec=codec_name,
-                              description=f"JPEG + {recon.name} reconstruction (weights sha256 {recon.sha256[:16]})")
+                              description=f"JPEG + {recon.name} reconstruction (weights sha256 {recon.sha256[:16]})",
+                              value_mapping=args.value_mapping)
     print(rd_report.markdown(summary, codec_name))
     print(f"written to {args.out}: jpeg.json, {codec_name.lower().replace('+', '-')}.json, jpeg2000.json, rd.png, per_image.csv, summary.json, tables.md")
     return EXIT_OK

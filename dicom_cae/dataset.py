@@ -8,29 +8,45 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dicom_cae import image, io
+from dicom_cae import display, image, io
+from dicom_cae import mapping as value_mapping
 from dicom_cae.errors import DicomInputError
 
 LOGGER = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class View:
+    """How one image of a set maps back to modality values, and the windows it is shown in."""
+
+    norm: image.Normalization  # of this frame alone
+    windows: tuple[display.Window, ...]
+
+
+@dataclass(frozen=True)
 class ImageSet:
-    """Normalized 256x256 images with the patient and series each came from."""
+    """256x256 images mapped to [0, 1] (by ``mapping``), with the original in modality units,
+    and the patient and series each came from."""
 
     images: np.ndarray  # float32 (n, 256, 256) in [0, 1]
     patients: tuple[str, ...]
     series: tuple[str, ...]
     modalities: tuple[str, ...]
     errors: tuple[DicomInputError, ...]
+    modality: np.ndarray | None = None  # float32 (n, 256, 256), modality units (HU for CT)
+    views: tuple[View, ...] = ()
+    mapping: str = value_mapping.MINMAX
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
 
-def load(roots: list[str | os.PathLike[str]]) -> ImageSet:
-    """Every grayscale image frame under ``roots``; files that fail are collected in ``errors``."""
+def load(roots: list[str | os.PathLike[str]], *, mapping: str = value_mapping.MINMAX) -> ImageSet:
+    """Every grayscale image frame under ``roots``, mapped by ``mapping``; files that fail are
+    collected in ``errors``."""
     frames: list[np.ndarray] = []
+    originals: list[np.ndarray] = []
+    views: list[View] = []
     patients: list[str] = []
     series: list[str] = []
     modalities: list[str] = []
@@ -39,18 +55,21 @@ def load(roots: list[str | os.PathLike[str]]) -> ImageSet:
         for path in io.walk(root):
             try:
                 ds = io.read(path)
-                unit, _ = image.normalize(ds, str(path))
+                prepared = image.prepare(ds, str(path), mapping=mapping)
             except DicomInputError as exc:
                 errors.append(exc)
                 LOGGER.warning("skipped %s", exc)
                 continue
-            for f in unit:
+            for i, f in enumerate(prepared.unit):
                 frames.append(f)
+                originals.append(prepared.modality[i])
+                views.append(View(image.one_frame(prepared.norm, i), prepared.windows))
                 patients.append(str(ds.get("PatientID", "")))
                 series.append(str(ds.get("SeriesInstanceUID", "")))
                 modalities.append(str(ds.get("Modality", "")))
-    images = np.stack(frames) if frames else np.zeros((0, image.SIZE, image.SIZE), np.float32)
-    return ImageSet(images, tuple(patients), tuple(series), tuple(modalities), tuple(errors))
+    empty = np.zeros((0, image.SIZE, image.SIZE), np.float32)
+    return ImageSet(np.stack(frames) if frames else empty, tuple(patients), tuple(series), tuple(modalities),
+                    tuple(errors), np.stack(originals) if originals else empty, tuple(views), mapping)
 
 
 def check_disjoint(train: ImageSet, val: ImageSet) -> None:

@@ -29,6 +29,8 @@ from dicom_cae.identity import UID_PREFIX, is_uid
 __all__ = ["UID_PREFIX", "DerivedUIDs", "derived_uids", "derive", "report_document"]
 IMPLEMENTATION_VERSION_NAME = "DICOM_CAE_" + dicom_cae.__version__.replace(".", "")
 SERIES_NUMBER_OFFSET = 7000
+#: Said where a viewer or a PACS shows it: Derivation Description, Image Comments, the reports.
+NOT_FOR_DIAGNOSIS = "Lossy reconstruction for research and workflow testing; not for primary diagnosis."
 
 # Elements dropped from the copy: they describe the source pixels, not ours.
 _DROP = (
@@ -174,6 +176,7 @@ def derive(
     else:
         ds.ImageType = ["DERIVED", "SECONDARY", *old_type[2:]]
     ds.DerivationDescription = derivation[:1024]
+    ds.ImageComments = f"dicom-cae: {NOT_FOR_DIAGNOSIS}"
     ds.DerivationCodeSequence = Sequence([_code("113040", "DCM", "Lossy Compression")])
     src_ref = Dataset()
     src_ref.ReferencedSOPClassUID = source.SOPClassUID

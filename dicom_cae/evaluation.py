@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-from dicom_cae import codec, metrics
+from dicom_cae import codec, dataset, display, image, metrics
 
 # reconstruct(jpeg_images, quality) -> images
 Reconstruct = Callable[[np.ndarray, int], np.ndarray]
@@ -72,30 +72,45 @@ def compare(
 
 DEFAULT_RD_QUALITIES = (1, 2, 3, 5, 8, 10, 15, 20, 30, 50, 75)
 SEED_PUBLISHED = {"psnr": 25.11, "ssim": 0.8166, "pixel_accuracy": 0.9757, "compression_ratio": 0.0093}
-RD_METRICS = ("bpp", "compression_ratio", "psnr", "ssim", "pixel_accuracy", "mse")
+RD_METRICS = ("bpp", "compression_ratio", "psnr", "ssim", "pixel_accuracy", "mse",
+              "display_psnr", "display_ssim", "display_pixel_accuracy", "hu_mae")
 
 
-def rd_rows(
-    images: np.ndarray, modalities: list[str], qualities: list[int], reconstruct: Reconstruct, model_name: str
-) -> list[dict[str, object]]:
+def measure_view(reference: np.ndarray, test_unit: np.ndarray, view: dataset.View, modality: str) -> dict[str, float]:
+    """The seed's metrics (min/max image) and what a viewer sees (worst display window; HU
+    over soft tissue for CT) of ``test_unit`` (mapped [0, 1]) against ``reference`` (modality
+    units, 256x256)."""
+    test = image.unit_to_modality(test_unit[None], view.norm)
+    seed = metrics.measure(image.seed_unit(reference[None], view.norm, clip=True)[0], image.seed_unit(test, view.norm)[0])
+    shown = display.measure(reference, test[0], list(view.windows), invert=view.norm.invert)
+    return {
+        "psnr": seed.psnr, "ssim": seed.ssim, "pixel_accuracy": seed.pixel_accuracy, "mse": seed.mse,
+        "display_psnr": min(q.quality.psnr for q in shown),
+        "display_ssim": min(q.quality.ssim for q in shown),
+        "display_pixel_accuracy": min(q.quality.pixel_accuracy for q in shown),
+        "hu_mae": display.hu_error(reference, test[0]).mae if modality == "CT" else float("nan"),
+    }
+
+
+def rd_rows(images: dataset.ImageSet, qualities: list[int], reconstruct: Reconstruct, model_name: str) -> list[dict[str, object]]:
     """One row per image, quality and codec: plain JPEG, JPEG + model, and JPEG 2000 given the
-    bytes of that JPEG (at most)."""
+    bytes of that JPEG (at most), each coding the same mapped image."""
     rows: list[dict[str, object]] = []
     for q in qualities:
-        dec, nbytes = jpeg_set(images, q)
+        dec, nbytes = jpeg_set(images.images, q)
         rec = reconstruct(dec, q)
-        for i, img in enumerate(images):
+        for i, img in enumerate(images.images):
             j2k = codec.j2k_encode(img, int(nbytes[i]))
+            modality = images.modalities[i]
             for name, test, size in (
                 ("JPEG", dec[i], int(nbytes[i])),
                 (f"JPEG+{model_name}", rec[i], int(nbytes[i])),
                 ("JPEG 2000", codec.j2k_decode(j2k), len(j2k)),
             ):
-                m = metrics.measure(img, test)
                 rows.append({
-                    "image": i, "modality": modalities[i], "quality": q, "codec": name, "bytes": size,
+                    "image": i, "modality": modality, "quality": q, "codec": name, "bytes": size,
                     "bpp": metrics.bits_per_pixel(size), "compression_ratio": metrics.compression_ratio(size),
-                    "psnr": m.psnr, "ssim": m.ssim, "pixel_accuracy": m.pixel_accuracy, "mse": m.mse,
+                    **measure_view(images.modality[i], test, images.views[i], modality),
                 })
     return rows
 
@@ -108,7 +123,8 @@ def curves(rows: list[dict[str, object]], modality: str | None = None) -> dict[s
         qs = sorted({int(r["quality"]) for r in sel})
         res: dict[str, list[float]] = {"quality": [float(q) for q in qs]}
         for m in RD_METRICS:
-            res[m] = [float(np.mean([r[m] for r in sel if r["quality"] == q])) for q in qs]
+            values = [[float(r[m]) for r in sel if r["quality"] == q] for q in qs]
+            res[m] = [float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for v in values]
         out[str(codec_name)] = res
     return out
 

@@ -260,6 +260,13 @@ def normalize(ds: Dataset, source: str, *, mapping: str = value_mapping.MINMAX) 
     return prepared.unit, prepared.norm
 
 
+def one_frame(norm: Normalization, frame: int) -> Normalization:
+    """The normalization of one frame of ``norm``, as that of a single-frame instance."""
+    import dataclasses
+
+    return dataclasses.replace(norm, lo=(norm.lo[frame],), hi=(norm.hi[frame],), mappings=(norm.mapping(frame),))
+
+
 def seed_unit(modality: np.ndarray, norm: Normalization, *, clip: bool = False) -> np.ndarray:
     """Modality values (frames, 256, 256) as the seed's metrics see them: each frame mapped
     linearly from its minimum and maximum to [0, 1] (inverted for MONOCHROME1), float32."""

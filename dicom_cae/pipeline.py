@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 LOGGER = logging.getLogger(__name__)
 
-DEFAULT_QUALITY = 10
+DEFAULT_QUALITY = 30  # with the window mapping: CT >= 25 dB in its narrowest window at about 0.4 bpp
 DEFAULT_BATCH_SIZE = 16
 
 
@@ -55,8 +55,8 @@ class Target:
                windows: list[display.Window]) -> bool:
         """``test`` against ``reference`` (one frame, modality units) in this target's space."""
         if self.metric == "seed":
-            r = image.seed_unit(reference[None], _one_frame(norm, frame), clip=True)[0]
-            return self.met(r, image.seed_unit(test[None], _one_frame(norm, frame))[0])
+            r = image.seed_unit(reference[None], image.one_frame(norm, frame), clip=True)[0]
+            return self.met(r, image.seed_unit(test[None], image.one_frame(norm, frame))[0])
         return all(
             (self.psnr is None or q.quality.psnr >= self.psnr) and (self.ssim is None or q.quality.ssim >= self.ssim)
             for q in display.measure(reference, test, windows, invert=norm.invert)
@@ -65,12 +65,6 @@ class Target:
     @property
     def key(self) -> str:
         return f"psnr>={self.psnr}:ssim>={self.ssim}" + ("" if self.metric == "seed" else f":{self.metric}")
-
-
-def _one_frame(norm: image.Normalization, frame: int) -> image.Normalization:
-    import dataclasses
-
-    return dataclasses.replace(norm, lo=(norm.lo[frame],), hi=(norm.hi[frame],), mappings=(norm.mapping(frame),))
 
 
 @dataclass(frozen=True)
@@ -257,9 +251,13 @@ def finish(
         if prep.quality <= max_quality
         else f"JPEG decode kept: above quality {max_quality} {model_name} does not improve on it"
     )
+    mapped = {
+        value_mapping.MINMAX: "values mapped linearly from each frame's minimum and maximum",
+        value_mapping.WINDOW: "values mapped window-aware (half of the 8-bit codes to the display windows)",
+    }[prep.norm.mapping_name]
     derivation = (
         f"JPEG (ISO 10918-1) quality {prep.quality}{aim}, {original_bytes / total_bytes:.1f}:1 of the 8-bit "
-        f"256x256 image, {how}{resampled}"
+        f"256x256 image, {mapped}, {how}{resampled}. {derive.NOT_FOR_DIAGNOSIS}"
     )
     ds = derive.derive(
         prep.dataset,

@@ -19,15 +19,17 @@ def _f(v: float, digits: int = 2) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
-def bd_table(c: dict[str, dict[str, list[float]]], model_codec: str) -> dict[str, dict[str, float]]:
+def bd_table(c: dict[str, dict[str, list[float]]], model_codec: str, metric: str = "psnr") -> dict[str, dict[str, float]]:
+    """Bjontegaard deltas of the model's curve against JPEG's and JPEG 2000's, on ``metric``
+    (the seed's ``psnr`` or ``display_psnr``, the worst display window's)."""
     out = {}
     for ref in ("JPEG", "JPEG 2000"):
         a, b = c[ref], c[model_codec]
         out[f"{model_codec} vs {ref}"] = {
-            "bd_psnr_db": evaluation.bd_psnr(a["bpp"], a["psnr"], b["bpp"], b["psnr"]),
-            "bd_rate_percent": evaluation.bd_rate(a["bpp"], a["psnr"], b["bpp"], b["psnr"]),
-            "bd_psnr_db_0.07_0.5bpp": evaluation.bd_psnr(a["bpp"], a["psnr"], b["bpp"], b["psnr"], bpp_range=TARGET_BPP),
-            "bd_rate_percent_0.07_0.5bpp": evaluation.bd_rate(a["bpp"], a["psnr"], b["bpp"], b["psnr"], bpp_range=TARGET_BPP),
+            "bd_psnr_db": evaluation.bd_psnr(a["bpp"], a[metric], b["bpp"], b[metric]),
+            "bd_rate_percent": evaluation.bd_rate(a["bpp"], a[metric], b["bpp"], b[metric]),
+            "bd_psnr_db_0.07_0.5bpp": evaluation.bd_psnr(a["bpp"], a[metric], b["bpp"], b[metric], bpp_range=TARGET_BPP),
+            "bd_rate_percent_0.07_0.5bpp": evaluation.bd_rate(a["bpp"], a[metric], b["bpp"], b[metric], bpp_range=TARGET_BPP),
         }
     return out
 
@@ -42,6 +44,9 @@ def modality_tables(rows: list[dict[str, Any]], model_codec: str) -> dict[str, l
                 "bpp": c["JPEG"]["bpp"][k],
                 **{f"psnr {name}": c[name]["psnr"][k] for name in ("JPEG", model_codec, "JPEG 2000")},
                 **{f"ssim {name}": c[name]["ssim"][k] for name in ("JPEG", model_codec, "JPEG 2000")},
+                **{f"display_psnr {name}": c[name]["display_psnr"][k] for name in ("JPEG", model_codec, "JPEG 2000")},
+                **{f"display_ssim {name}": c[name]["display_ssim"][k] for name in ("JPEG", model_codec, "JPEG 2000")},
+                **{f"hu_mae {name}": c[name]["hu_mae"][k] for name in ("JPEG", model_codec, "JPEG 2000")},
             }
             for k, q in enumerate(c["JPEG"]["quality"])
         ]
@@ -54,43 +59,51 @@ def plot(c: dict[str, dict[str, list[float]]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
     for name, res in c.items():
-        for ax, key in zip(axes, ("psnr", "ssim")):
+        for ax, key in zip(axes, ("display_psnr", "psnr", "ssim")):
             ax.plot(res["bpp"], res[key], "o-", ms=4, label=name)
-    for ax, key in zip(axes, ("PSNR (dB)", "SSIM")):
+    for ax, key in zip(axes, ("PSNR, worst display window (dB)", "PSNR, min/max image (seed's, dB)", "SSIM, min/max image")):
         ax.set_xscale("log")
         ax.set_xlabel("bits per pixel (log scale)")
         ax.set_ylabel(key)
         ax.axvspan(*TARGET_BPP, color="0.92", zorder=0)
         ax.grid(alpha=0.3, which="both")
         ax.legend()
-    axes[0].set_title(f"Rate-distortion: {title}")
-    axes[1].set_title("shaded: 0.07-0.5 bpp")
+    axes[0].set_title(f"What a viewer shows: {title}")
+    axes[1].set_title("The seed's metric (shaded: 0.07-0.5 bpp)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def markdown(summary: dict[str, Any], model_codec: str) -> str:
-    lines = ["## Bjontegaard deltas", "", "| comparison | BD-PSNR (dB) | BD-rate (%) | BD-PSNR 0.07-0.5 bpp | BD-rate 0.07-0.5 bpp |", "|---|---|---|---|---|"]
-    for name, d in summary["bjontegaard"].items():
-        lines.append(f"| {name} | {_f(d['bd_psnr_db'])} | {_f(d['bd_rate_percent'], 1)} | {_f(d['bd_psnr_db_0.07_0.5bpp'])} | {_f(d['bd_rate_percent_0.07_0.5bpp'], 1)} |")
+    lines = [f"Value mapping: {summary.get('value_mapping', 'minmax')}", "",
+             "## Bjontegaard deltas", "", "| metric | comparison | BD-PSNR (dB) | BD-rate (%) | BD-PSNR 0.07-0.5 bpp | BD-rate 0.07-0.5 bpp |",
+             "|---|---|---|---|---|---|"]
+    for label, key in (("worst display window", "bjontegaard_display"), ("min/max (seed's)", "bjontegaard")):
+        for name, d in summary[key].items():
+            lines.append(f"| {label} | {name} | {_f(d['bd_psnr_db'])} | {_f(d['bd_rate_percent'], 1)} | "
+                         f"{_f(d['bd_psnr_db_0.07_0.5bpp'])} | {_f(d['bd_rate_percent_0.07_0.5bpp'], 1)} |")
     st = summary["seed_table"]
     lines += ["", f"## The seed's operating point (JPEG quality {st['quality']}, compression ratio nearest 0.0093)", "",
               "| | PSNR (dB) | SSIM | pixel accuracy | compression ratio |", "|---|---|---|---|---|"]
     for name in ("published seed (5 epochs)", model_codec, "JPEG", "JPEG 2000"):
         d = st[name]
         lines.append(f"| {name} | {_f(d['psnr'])} | {_f(d['ssim'], 4)} | {_f(d['pixel_accuracy'], 4)} | {_f(d['compression_ratio'], 4)} |")
+    names = ("JPEG", model_codec, "JPEG 2000")
     for modality, rows in summary["by_modality"].items():
-        lines += ["", f"## {modality} ({summary['images_by_modality'][modality]} images)", "",
-                  f"| q | bpp | PSNR JPEG | PSNR {model_codec} | PSNR JPEG 2000 | SSIM JPEG | SSIM {model_codec} | SSIM JPEG 2000 |",
-                  "|---|---|---|---|---|---|---|---|"]
+        hu = modality == "CT"
+        lines += ["", f"## {modality} ({summary['images_by_modality'][modality]} images): JPEG / {model_codec} / JPEG 2000 at the same bytes", "",
+                  "| q | bpp | PSNR, worst display window | SSIM, worst display window | " + ("HU MAE, soft tissue | " if hu else "")
+                  + "PSNR, min/max (seed's) | SSIM, min/max (seed's) |",
+                  "|---|---|---|---|" + ("---|" if hu else "") + "---|---|"]
         for r in rows:
-            lines.append(
-                f"| {r['quality']} | {r['bpp']:.3f} | {r['psnr JPEG']:.2f} | {r[f'psnr {model_codec}']:.2f} | {r['psnr JPEG 2000']:.2f} | "
-                f"{r['ssim JPEG']:.4f} | {r[f'ssim {model_codec}']:.4f} | {r['ssim JPEG 2000']:.4f} |"
-            )
+            def trio(metric: str, digits: int) -> str:
+                return " / ".join(_f(r[f"{metric} {n}"], digits) for n in names)
+
+            lines.append(f"| {r['quality']} | {r['bpp']:.3f} | {trio('display_psnr', 2)} | {trio('display_ssim', 4)} | "
+                         + (f"{trio('hu_mae', 1)} | " if hu else "") + f"{trio('psnr', 2)} | {trio('ssim', 4)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -105,14 +118,15 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def write(rows: list[dict[str, Any]], out: Path, *, model_codec: str, description: str) -> dict[str, Any]:
+def write(rows: list[dict[str, Any]], out: Path, *, model_codec: str, description: str,
+          value_mapping: str = "minmax") -> dict[str, Any]:
     """Write the CompressAI-shaped JSON per codec, rd.png, per_image.csv, summary.json and
     tables.md into ``out``; returns the summary."""
     out.mkdir(parents=True, exist_ok=True)
     c = evaluation.curves(rows)
     files = {"JPEG": "jpeg.json", model_codec: f"{model_codec.lower().replace('+', '-')}.json", "JPEG 2000": "jpeg2000.json"}
     descriptions = {
-        "JPEG": "Baseline JPEG (Pillow/libjpeg, optimized Huffman tables), 8-bit 256x256 normalized images",
+        "JPEG": f"Baseline JPEG (Pillow/libjpeg, optimized Huffman tables), 8-bit 256x256 images, value mapping {value_mapping}",
         model_codec: description,
         "JPEG 2000": "JPEG 2000 (OpenJPEG through Pillow, raw codestream) at the byte budget of each JPEG point",
     }
@@ -125,7 +139,9 @@ def write(rows: list[dict[str, Any]], out: Path, *, model_codec: str, descriptio
     summary = {
         "images": len({r["image"] for r in rows}),
         "images_by_modality": {m: len({r["image"] for r in rows if r["modality"] == m}) for m in sorted({r["modality"] for r in rows})},
+        "value_mapping": value_mapping,
         "bjontegaard": bd_table(c, model_codec),
+        "bjontegaard_display": bd_table(c, model_codec, "display_psnr"),
         "seed_table": evaluation.seed_table(rows, model_codec),
         "by_modality": modality_tables(rows, model_codec),
         "curves": c,

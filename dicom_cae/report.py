@@ -14,13 +14,56 @@ import numpy as np
 from pydicom.uid import generate_uid
 
 import dicom_cae
-from dicom_cae import io, metrics, private_tags
+from dicom_cae import display, io, metrics, private_tags
+from dicom_cae.derive import NOT_FOR_DIAGNOSIS
 from dicom_cae.errors import DicomInputError
 
 LOGGER = logging.getLogger(__name__)
 
 REPORT_JSON = "report.json"
-SUMMARY_METRICS = ("psnr", "ssim", "pixel_accuracy", "compression_ratio", "bpp", "mse")
+SUMMARY_METRICS = (
+    "display_psnr", "display_ssim", "display_pixel_accuracy", "hu_mae", "hu_bias",
+    "psnr", "ssim", "pixel_accuracy", "compression_ratio", "bpp", "mse",
+)
+HIGHER_BETTER = {"psnr", "ssim", "pixel_accuracy", "display_psnr", "display_ssim", "display_pixel_accuracy"}
+WITH_JPEG = {"psnr", "ssim", "pixel_accuracy", "mse", "display_psnr", "display_ssim", "display_pixel_accuracy",
+             "hu_mae", "hu_bias"}
+USE = NOT_FOR_DIAGNOSIS
+
+
+def _display(tags: dict[str, Any], frame: int, prefix: str = "") -> list[dict[str, Any]]:
+    """Per window, the display measures of one frame (``prefix`` "JPEGOnly" for plain JPEG)."""
+    names = tags.get("DisplayWindowName") or []
+    n = len(names)
+    if not n or f"{prefix}DisplayPSNR" not in tags:  # instances written before display metrics
+        return []
+    out = []
+    for k, name in enumerate(names):
+        i = frame * n + k
+        out.append({
+            "window": name, "center": tags["DisplayWindowCenter"][k], "width": tags["DisplayWindowWidth"][k],
+            "psnr": tags[f"{prefix}DisplayPSNR"][i], "ssim": tags[f"{prefix}DisplaySSIM"][i],
+            "pixel_accuracy": tags[f"{prefix}DisplayPixelAccuracy"][i],
+        })
+    return out
+
+
+def _worst_window(per_window: list[dict[str, Any]]) -> dict[str, Any]:
+    """The lowest of each measure over the windows (None without display metrics)."""
+    if not per_window:
+        return {"display_psnr": None, "display_ssim": None, "display_pixel_accuracy": None, "worst_window": None}
+    worst = min(per_window, key=lambda w: w["psnr"])
+    return {
+        "display_psnr": worst["psnr"],
+        "display_ssim": min(w["ssim"] for w in per_window),
+        "display_pixel_accuracy": min(w["pixel_accuracy"] for w in per_window),
+        "worst_window": worst["window"],
+    }
+
+
+def _hu(tags: dict[str, Any], frame: int, prefix: str = "") -> dict[str, Any]:
+    mae, bias = tags.get(f"{prefix}HUMeanAbsoluteError"), tags.get(f"{prefix}HUBias")
+    return {"hu_mae": mae[frame] if mae else None, "hu_bias": bias[frame] if bias else None}
 
 
 def _finite(x: float) -> float | None:
@@ -44,6 +87,7 @@ def image_rows(study_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
             continue
         src = ds.SourceImageSequence[0].ReferencedSOPInstanceUID if "SourceImageSequence" in ds else ""
         for i, nbytes in enumerate(tags["JPEGBytes"]):
+            display_model, display_jpeg = _display(tags, i), _display(tags, i, "JPEGOnly")
             rows.append(
                 {
                     "sop_instance_uid": str(ds.SOPInstanceUID),
@@ -65,11 +109,18 @@ def image_rows(study_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
                     "pixel_accuracy": tags["PixelAccuracy"][i],
                     "mean_original": tags["MeanIntensityOriginal"][i],
                     "mean_reconstructed": tags["MeanIntensityReconstructed"][i],
+                    "value_mapping": tags.get("ValueMapping", "minmax"),
+                    "display": display_model,
+                    **_worst_window(display_model),
+                    **_hu(tags, i),
                     "jpeg_only": {
                         "mse": tags["JPEGOnlyMSE"][i],
                         "psnr": tags["JPEGOnlyPSNR"][i],
                         "ssim": tags["JPEGOnlySSIM"][i],
                         "pixel_accuracy": tags["JPEGOnlyPixelAccuracy"][i],
+                        "display": display_jpeg,
+                        **{k: v for k, v in _worst_window(display_jpeg).items() if k != "worst_window"},
+                        **_hu(tags, i, "JPEGOnly"),
                     },
                     "pixel_accuracy_tolerance": tags["PixelAccuracyTolerance"],
                     "warnings": tags.get("Warnings", []),
@@ -86,11 +137,16 @@ def _stats(values: list[float], worst: str) -> dict[str, float | None]:
     a = np.asarray([v for v in values if v is not None and math.isfinite(v)], np.float64)
     if a.size == 0:
         return {"mean": None, "median": None, "worst": None}
+    pick = {"min": a.min, "max": a.max, "absmax": lambda: a[np.argmax(np.abs(a))]}[worst]
     return {
         "mean": _finite(float(a.mean())),
         "median": _finite(float(np.median(a))),
-        "worst": _finite(float(a.min() if worst == "min" else a.max())),
+        "worst": _finite(float(pick())),
     }
+
+
+def _worst_kind(metric: str) -> str:
+    return "min" if metric in HIGHER_BETTER else ("absmax" if metric == "hu_bias" else "max")
 
 
 def build(study_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -101,15 +157,10 @@ def build(study_dir: str | os.PathLike[str]) -> dict[str, Any]:
     diffs = np.asarray([r["mean_reconstructed"] - r["mean_original"] for r in rows], np.float64)
     bias = float(diffs.mean()) if len(diffs) else math.nan
     sd = float(diffs.std(ddof=1)) if len(diffs) > 1 else math.nan
-    higher_better = {"psnr", "ssim", "pixel_accuracy"}
     summary = {
         m: {
-            "model": _stats([r[m] for r in rows], "min" if m in higher_better else "max"),
-            **(
-                {"jpeg_only": _stats([r["jpeg_only"][m] for r in rows], "min" if m in higher_better else "max")}
-                if m in ("psnr", "ssim", "pixel_accuracy", "mse")
-                else {}
-            ),
+            "model": _stats([r[m] for r in rows], _worst_kind(m)),
+            **({"jpeg_only": _stats([r["jpeg_only"][m] for r in rows], _worst_kind(m))} if m in WITH_JPEG else {}),
         }
         for m in SUMMARY_METRICS
     }
@@ -126,9 +177,13 @@ def build(study_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "histogram": [int(v) for v in hist] if len(rows) else [0] * 42,
     }
     for r in rows:
-        for k in ("psnr", "ssim", "pixel_accuracy", "mse", "compression_ratio", "bpp", "mean_original", "mean_reconstructed"):
-            r[k] = _finite(r[k])
-        r["jpeg_only"] = {k: _finite(v) for k, v in r["jpeg_only"].items()}
+        for k in ("psnr", "ssim", "pixel_accuracy", "mse", "compression_ratio", "bpp", "mean_original", "mean_reconstructed",
+                  "display_psnr", "display_ssim", "display_pixel_accuracy", "hu_mae", "hu_bias"):
+            r[k] = _finite(r[k]) if r[k] is not None else None
+        r["display"] = [{k: (_finite(v) if isinstance(v, float) else v) for k, v in w.items()} for w in r["display"]]
+        r["jpeg_only"] = {k: (_finite(v) if isinstance(v, float) else v) for k, v in r["jpeg_only"].items()}
+        r["jpeg_only"]["display"] = [{k: (_finite(v) if isinstance(v, float) else v) for k, v in w.items()}
+                                     for w in r["jpeg_only"]["display"]]
     return {
         "study_instance_uid": study_dir.name,
         "software": f"dicom-cae {dicom_cae.__version__}",
@@ -138,6 +193,10 @@ def build(study_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "models": sorted({f"{r['model']} ({r['weights_sha256'][:12]})" for r in rows}),
         "jpeg_qualities": sorted({r["jpeg_quality"] for r in rows}),
         "warnings": sorted({w for r in rows for w in r["warnings"]}),
+        "use": USE,
+        "value_mappings": sorted({r["value_mapping"] for r in rows}),
+        "display_windows": sorted({w["window"] for r in rows for w in r["display"]}),
+        "hu_error_range": list(display.HU_SOFT_TISSUE) if any(r["hu_mae"] is not None for r in rows) else None,
         "pixel_accuracy_tolerance": rows[0]["pixel_accuracy_tolerance"] if rows else metrics.PIXEL_TOLERANCE,
         "regression": {
             "x": "mean intensity of the normalized original image",
@@ -194,6 +253,9 @@ def write(
         "Images": str(report["images"]),
         "Model": ", ".join(report["models"]),
         "JPEG quality": ", ".join(map(str, report["jpeg_qualities"])),
+        "Value mapping": ", ".join(report["value_mappings"]),
+        "Display windows": ", ".join(report["display_windows"]) or "none",
+        "Use": report["use"],
         "Report written": now.strftime("%Y-%m-%d %H:%M"),
         "Software": report["software"],
     }

@@ -22,13 +22,20 @@ import numpy as np  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
 import dicom_cae  # noqa: E402
-from dicom_cae import codec, image, io, private_tags  # noqa: E402
+from dicom_cae import codec, display, image, io, private_tags  # noqa: E402
 from dicom_cae.errors import DicomInputError  # noqa: E402
 
 LOGGER = logging.getLogger(__name__)
 
 WORST = 4
-METRICS = (("psnr", "PSNR (dB)", "min"), ("ssim", "SSIM", "min"), ("pixel_accuracy", "Pixel accuracy", "min"))
+# What a viewer shows first, then the seed's figures on the min/max image.
+METRICS = (
+    ("display_psnr", "PSNR in the worst display window (dB)"), ("display_ssim", "SSIM, worst display window"),
+    ("display_pixel_accuracy", "Pixel accuracy, worst display window"),
+    ("hu_mae", "Mean absolute error, soft tissue (HU)"), ("hu_bias", "Mean error (bias), soft tissue (HU)"),
+    ("psnr", "PSNR, min/max image (seed's, dB)"), ("ssim", "SSIM, min/max image (seed's)"),
+    ("pixel_accuracy", "Pixel accuracy, min/max image (seed's)"),
+)
 
 
 @dataclass(frozen=True)
@@ -56,8 +63,11 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 
 def worst_panels(study_dir: Path, rows: list[dict[str, Any]], sources: dict[str, Path] | None, n: int = WORST) -> list[Panel]:
-    """The ``n`` frames of lowest PSNR, read back from the derived files (and their sources)."""
-    worst = sorted((r for r in rows if r["psnr"] is not None), key=lambda r: r["psnr"])[:n]
+    """The ``n`` frames shown worst in their worst display window (lowest PSNR there; the
+    seed's PSNR for instances without display metrics), read back from the derived files (and
+    their sources) and shown through that window, as a viewer shows them."""
+    key = lambda r: r["display_psnr"] if r.get("display_psnr") is not None else r["psnr"]  # noqa: E731
+    worst = sorted((r for r in rows if key(r) is not None), key=key)[:n]
     files = {}
     for path in study_dir.rglob("*.dcm"):
         files[path.stem] = path
@@ -69,19 +79,36 @@ def worst_panels(study_dir: Path, rows: list[dict[str, Any]], sources: dict[str,
         ds = io.read(path)
         tags = private_tags.read(ds)
         frame = r["frame"] - 1
+        norm = private_tags.normalization(ds, tags)
         stored = ds.pixel_array.reshape(-1, image.SIZE, image.SIZE)
-        recon = image.from_stored(stored, private_tags.normalization(ds, tags))[frame]
+        recon = image.stored_to_modality(stored, norm)[frame]
         offset = sum(tags["JPEGBytes"][:frame])
-        jpeg = codec.jpeg_decode(tags["JPEGStreams"][offset : offset + tags["JPEGBytes"][frame]])
+        jpeg_unit = codec.jpeg_decode(tags["JPEGStreams"][offset : offset + tags["JPEGBytes"][frame]])
+        jpeg = norm.mapping(frame).inverse(1.0 - jpeg_unit if norm.invert else jpeg_unit)
         original = None
         src = (sources or {}).get(r["source_sop_instance_uid"])
         if src is not None:
             try:
-                original = image.normalize(io.read(src), str(src))[0][frame]
+                original = image.prepare(io.read(src), str(src)).modality[frame]
             except DicomInputError as exc:
                 LOGGER.warning("report: original not shown: %s", exc)
+        window = next((w for w in r["display"] if w["window"] == r.get("worst_window")), None)
+        if window is not None:
+            shown = display.Window(window["window"], window["center"], window["width"], "source")
+            name = f"window {window['window']}"
+        else:  # older instances: the frame's own range
+            shown = display.Window("min/max", (norm.lo[frame] + norm.hi[frame]) / 2, norm.hi[frame] - norm.lo[frame] + 1, "source")
+            name = "min/max"
+
+        def view(values: np.ndarray | None) -> np.ndarray | None:
+            if values is None:
+                return None
+            v = shown.apply(values)
+            return 1.0 - v if norm.invert else v
+
         label = f"#{r['instance_number']}" + (f" frame {r['frame']}" if r["frame"] > 1 else "")
-        panels.append(Panel(f"{label}  PSNR {r['psnr']:.2f} dB (JPEG {r['jpeg_only']['psnr']:.2f})", original, jpeg, recon))
+        psnr = f"{key(r):.2f} dB (JPEG {r['jpeg_only'].get('display_psnr') or r['jpeg_only']['psnr']:.2f})"
+        panels.append(Panel(f"{label}  {name}\nPSNR {psnr}", view(original), view(jpeg), view(recon)))
     return panels
 
 
@@ -127,12 +154,14 @@ def figures(report: dict[str, Any], panels: list[Panel]) -> dict[str, plt.Figure
     h1.set_ylabel("pixels")
     h1.set_title(f"Per-pixel error ({hist[0] + hist[-1]:.0f} pixels beyond \u00b10.2)")
     order = [r["instance_number"] or i for i, r in enumerate(rows)]
-    h2.plot(order, [r["psnr"] for r in rows], "o-", ms=3, label="JPEG + CAE")
-    h2.plot(order, [r["jpeg_only"]["psnr"] for r in rows], "s--", ms=3, label="plain JPEG, same bytes")
+    shown = all(r.get("display_psnr") is not None for r in rows)
+    key = "display_psnr" if shown else "psnr"
+    h2.plot(order, [r[key] for r in rows], "o-", ms=3, label="JPEG + CAE")
+    h2.plot(order, [r["jpeg_only"][key] for r in rows], "s--", ms=3, label="plain JPEG, same bytes")
     h2.set_xlabel("instance number")
     h2.xaxis.get_major_locator().set_params(integer=True)
     h2.set_ylabel("PSNR (dB)")
-    h2.set_title("PSNR per image")
+    h2.set_title("PSNR per image" + (", worst display window" if shown else ""))
     h2.legend(fontsize=8)
     fig.tight_layout()
     figs["error"] = fig
@@ -163,9 +192,12 @@ def figures(report: dict[str, Any], panels: list[Panel]) -> dict[str, plt.Figure
 def _summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     out = []
     s = report["summary"]
-    for key, name, _ in METRICS:
+    for key, name in METRICS:
         m, j = s[key]["model"], s[key].get("jpeg_only", {})
-        out.append((name, *(f"{_fmt(m[k])} ({_fmt(j.get(k))})" for k in ("mean", "median", "worst"))))
+        if m["mean"] is None:  # no HU figures outside CT, no display figures in older instances
+            continue
+        digits = 2 if key.startswith("hu_") or key.endswith("psnr") else 4
+        out.append((name, *(f"{_fmt(m[k], digits)} ({_fmt(j.get(k), digits)})" for k in ("mean", "median", "worst"))))
     for key, name in (("compression_ratio", "Compression ratio (compressed/original)"), ("bpp", "Bits per pixel")):
         m = s[key]["model"]
         out.append((name, _fmt(m["mean"]), _fmt(m["median"]), _fmt(m["worst"])))
@@ -211,21 +243,29 @@ def render_html(report: dict[str, Any], figs: dict[str, plt.Figure], header: dic
     per_image = "".join(
         "<tr>" + "".join(f"<td>{c}</td>" for c in (
             _fmt(r["instance_number"]), f"<span class='mono'>{html.escape(r['sop_instance_uid'])}</span>", r["frame"],
+            html.escape(str(r.get("worst_window") or "")), _fmt(r.get("display_psnr"), 2),
+            _fmt(r["jpeg_only"].get("display_psnr"), 2), _fmt(r.get("hu_mae"), 1), _fmt(r.get("hu_bias"), 1),
             _fmt(r["psnr"], 2), _fmt(r["jpeg_only"]["psnr"], 2), _fmt(r["ssim"]), _fmt(r["jpeg_only"]["ssim"]),
             _fmt(r["pixel_accuracy"]), _fmt(r["compression_ratio"]), _fmt(r["bpp"], 3),
         )) + "</tr>"
         for r in report["per_image"]
     )
+    hu_range = report.get("hu_error_range")
+    hu_note = (f" HU errors over the original's pixels from {hu_range[0]:g} to {hu_range[1]:g} HU (soft tissue)."
+               if hu_range else "")
     imgs = {k: f"<img alt='{k}' src='data:image/png;base64,{_png(f)}'>" for k, f in figs.items()}
     worst = imgs.get("worst", "<p class='note'>No images.</p>")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>dicom-cae report {html.escape(report['study_instance_uid'])}</title>
 <style>{CSS}</style>{SELF_CHECK}</head><body>
 <h1>JPEG + autoencoder reconstruction: study report</h1>
+<p><b>{html.escape(report.get('use', ''))}</b></p>
 <table class="meta">{meta}</table>
 <h2>Summary</h2>
-<p class="note">Over {report['images']} image(s). Each cell: JPEG + CAE (plain JPEG at the same bytes). Worst = lowest,
-for compression ratio the highest. Pixel accuracy: share of pixels within {report['pixel_accuracy_tolerance']} of the normalized range.</p>
+<p class="note">Over {report['images']} image(s). Each cell: JPEG + CAE (plain JPEG at the same bytes). First what a viewer
+shows: both images through each display window the source names (or the CT soft-tissue window, or the 1st-99th percentile
+range), the worst window counted.{hu_note} Then the seed's figures, on each image mapped by its own minimum and maximum to
+0..1. Worst = lowest, for errors the largest. Pixel accuracy: share of pixels within {report['pixel_accuracy_tolerance']} of the range.</p>
 <table><tr><th>metric</th><th>mean</th><th>median</th><th>worst</th></tr>{summary}</table>
 <h2>Mean intensity: original against reconstructed</h2>
 <p>Least squares: slope <b>{_fmt(reg['slope'])}</b>, intercept <b>{_fmt(reg['intercept'])}</b>, R<sup>2</sup> <b>{_fmt(reg['r2'])}</b>
@@ -236,13 +276,14 @@ Bland-Altman: bias {_fmt(ba['bias'], 5)}, limits of agreement {_fmt(ba['lower'],
 <p class="note">What a mean cannot show. Percentiles of the absolute error per image ({html.escape(unit)}), averaged over the images; maximum over all.</p>
 <table><tr><th>absolute error</th><th>{html.escape(unit)}</th></tr>{pct}</table>
 {imgs['error']}
-<h2>The {min(WORST, report['images'])} worst images (lowest PSNR)</h2>
+<h2>The {min(WORST, report['images'])} worst images (lowest PSNR in their worst display window), shown in that window</h2>
 {worst}
 <h2>Every image</h2>
-<div class="scroll"><table><tr><th>instance</th><th>SOP Instance UID</th><th>frame</th><th>PSNR</th><th>PSNR JPEG</th><th>SSIM</th><th>SSIM JPEG</th>
+<div class="scroll"><table><tr><th>instance</th><th>SOP Instance UID</th><th>frame</th><th>worst window</th><th>PSNR there</th>
+<th>JPEG</th><th>HU MAE</th><th>HU bias</th><th>PSNR min/max</th><th>JPEG</th><th>SSIM min/max</th><th>JPEG</th>
 <th>pixel acc.</th><th>ratio</th><th>bpp</th></tr>{per_image}</table></div>
-<p class="note">Written by dicom-cae {dicom_cae.__version__}. Metrics are computed on the normalized 256x256 image (0 to 1 per frame),
-comparing the stored reconstruction with the original before 8-bit quantization; see docs/private-tags.md.</p>
+<p class="note">Written by dicom-cae {dicom_cae.__version__}. Metrics compare the stored 256x256 reconstruction with the
+original resampled to 256x256 before any 8-bit quantization; see docs/private-tags.md.</p>
 </body></html>
 """
 
@@ -271,4 +312,32 @@ def render_pdf(report: dict[str, Any], figs: dict[str, plt.Figure], header: dict
         for key in ("regression", "error", "worst"):
             if key in figs:
                 pdf.savefig(figs[key], bbox_inches="tight")
+        _pdf_per_image(pdf, report)
     return buf.getvalue()
+
+
+PDF_ROWS = 48
+
+
+def _pdf_per_image(pdf: PdfPages, report: dict[str, Any]) -> None:
+    """Every image, as pages of a table."""
+    head = ["instance", "frame", "worst window", "PSNR there (JPEG)", "HU MAE (JPEG)", "HU bias", "PSNR min/max (JPEG)", "bpp"]
+    rows = [
+        [_fmt(r["instance_number"]), str(r["frame"]), str(r.get("worst_window") or ""),
+         f"{_fmt(r.get('display_psnr'), 2)} ({_fmt(r['jpeg_only'].get('display_psnr'), 2)})",
+         f"{_fmt(r.get('hu_mae'), 1)} ({_fmt(r['jpeg_only'].get('hu_mae'), 1)})", _fmt(r.get("hu_bias"), 1),
+         f"{_fmt(r['psnr'], 2)} ({_fmt(r['jpeg_only']['psnr'], 2)})", _fmt(r["bpp"], 3)]
+        for r in report["per_image"]
+    ]
+    for start in range(0, len(rows), PDF_ROWS):
+        chunk = rows[start : start + PDF_ROWS]
+        page = plt.figure(figsize=(8.27, 11.69))
+        page.text(0.06, 0.96, f"Every image ({start + 1}-{start + len(chunk)} of {len(rows)}): JPEG + CAE (plain JPEG)",
+                  fontsize=11, weight="bold")
+        ax = page.add_axes([0.04, 0.93 - 0.0185 * (len(chunk) + 1), 0.92, 0.0185 * (len(chunk) + 1)])
+        ax.axis("off")
+        tbl = ax.table(cellText=chunk, colLabels=head, loc="upper center", cellLoc="left")
+        tbl.auto_set_font_size(False)
+        tbl.set_fontsize(6.5)
+        pdf.savefig(page)
+        plt.close(page)

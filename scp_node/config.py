@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dicom_cae.pipeline import DEFAULT_QUALITY
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -43,7 +45,7 @@ class Config:
     port: int = 11112
     data_dir: str = "dicom-cae-data"
     # processing
-    quality: int = 10
+    quality: int = DEFAULT_QUALITY
     target_psnr: float | None = None  # instead of quality: the lowest quality reaching it
     target_ssim: float | None = None
     target_on: str = "display"  # where the target is measured: worst display window, or "seed" (min/max)
@@ -180,7 +182,7 @@ bind = "127.0.0.1"          # "0.0.0.0" to accept associations from the network
 port = 11112
 data_dir = "dicom-cae-data" # spool/, output/, kept/, failed/, state.sqlite
 
-quality = 10                # JPEG quality 1-100
+quality = 30                # JPEG quality 1-100
 # target_psnr = 38.0        # instead: per image, the lowest quality whose reconstruction reaches it
 # target_ssim = 0.95
 target_on = "display"       # target measured in the worst display window, or "seed" (min/max image)

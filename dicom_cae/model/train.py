@@ -47,6 +47,7 @@ class TrainConfig:
     ssim_weight: float = 0.005
     repeats: int = 1
     loss: str | None = None  # "mse" or "bce"; default: "bce" for sigmoid outputs (seed), else "mse"
+    value_mapping: str = "minmax"  # how modality values become the [0, 1] images (dicom_cae.mapping)
 
 
 def make_loss(ssim_weight: float, base: str = "mse") -> Any:
@@ -164,9 +165,9 @@ def train(cfg: TrainConfig) -> Path:
         keras.mixed_precision.set_global_policy("mixed_float16")
 
     print(f"loading training data from {', '.join(cfg.train_dirs)}", flush=True)
-    train_set = dataset.load(list(cfg.train_dirs))
+    train_set = dataset.load(list(cfg.train_dirs), mapping=cfg.value_mapping)
     print(f"loading validation data from {', '.join(cfg.val_dirs)}", flush=True)
-    val_set = dataset.load(list(cfg.val_dirs))
+    val_set = dataset.load(list(cfg.val_dirs), mapping=cfg.value_mapping)
     dataset.check_disjoint(train_set, val_set)
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError("no usable images in the training or the validation data")
@@ -240,6 +241,7 @@ def train(cfg: TrainConfig) -> Path:
             "train_patients": len(set(train_set.patients)),
             "val_patients": len(set(val_set.patients)),
             "split": "patient level: no patient or series is in both sets (checked)",
+            "value_mapping": cfg.value_mapping,
         },
         "training": {
             "epochs": cfg.epochs,

@@ -176,7 +176,7 @@ def _aspect_instead_of_zero_spacing(path: Path) -> None:
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     assert "PixelSpacing" not in ds
     assert [int(v) for v in ds.PixelAspectRatio] == [6, 5]  # 192 rows, 160 columns onto 256 x 256
-    assert ds.SeriesDescription == "CAE blockres q10 reconstruction"
+    assert ds.SeriesDescription == "CAE blockres q30 reconstruction"
     assert any("PixelSpacing" in w for w in private_tags.read(ds)["Warnings"])
 
 
