@@ -41,6 +41,20 @@ def _qualities(text: str) -> tuple[int, ...]:
     return tuple(_quality(t) for t in text.split(",") if t.strip())
 
 
+def _ratios(text: str) -> tuple[float, ...]:
+    from dicom_cae.evaluation import DEFAULT_RATIOS
+
+    if text == "default":
+        return DEFAULT_RATIOS
+    try:
+        values = tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not values or not all(0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"compression ratios are in (0, 1], got {text!r}")
+    return values
+
+
 def _add_mapping_arg(p: argparse.ArgumentParser) -> None:
     from dicom_cae import mapping
 
@@ -71,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quality", type=_quality, default=DEFAULT_QUALITY, metavar="Q", help=f"JPEG quality 1-100 (default {DEFAULT_QUALITY})")
     c.add_argument("--target-psnr", type=float, metavar="DB", help="per image, the lowest JPEG quality whose reconstruction reaches this PSNR (instead of --quality)")
     c.add_argument("--target-ssim", type=float, metavar="S", help="the same for SSIM (with --target-psnr: both)")
+    c.add_argument("--target-ratio", type=float, metavar="R",
+                   help="per image, the coding size (256 or 128) and JPEG quality that spend at most R x 65,536 bytes "
+                        "per frame and store the best image (instead of --quality; 0.0093 is the seed's point)")
     c.add_argument("--target-on", choices=("display", "seed"), default="display",
                    help="measure the target in the worst display window (default) or on the seed's min/max image")
     _add_mapping_arg(c)
@@ -107,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=_positive, default=16, metavar="N", help="images per model batch (default 16)")
     e.add_argument("--out", default="runs/evaluate", metavar="DIR", help="output folder (default runs/evaluate)")
     _add_mapping_arg(e)
+    e.add_argument("--ratios", type=_ratios, default=None, metavar="R,R,...",
+                   help="also adaptive coding (size and quality per image) at these compression ratios, against "
+                        "JPEG 2000 at the same bytes (default: none; 'default' for the seed's 0.0093 up to 0.0625)")
 
     r = sub.add_parser("report", help="rebuild the study reports of an output folder from its derived instances")
     r.add_argument("dir", metavar="DIR", help="an output folder of convert or serve (or one study folder in it)")
@@ -140,11 +160,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if not src.exists():
         print(f"dicom-cae convert: error: {src} does not exist", file=sys.stderr)
         return EXIT_USAGE
-    from dicom_cae.pipeline import Target
+    from dicom_cae.pipeline import RatioTarget, Target
 
     try:
+        if args.target_ratio is not None and (args.target_psnr or args.target_ssim):
+            raise ValueError("--target-ratio and --target-psnr/--target-ssim exclude each other")
         target = (Target(args.target_psnr, args.target_ssim, args.target_on)
                   if args.target_psnr or args.target_ssim else None)
+        if args.target_ratio is not None:
+            target = RatioTarget(args.target_ratio)
     except ValueError as exc:
         print(f"dicom-cae convert: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -223,11 +247,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{len(images)} image(s); qualities {','.join(map(str, args.qualities))}; model {recon.short_id}; "
           f"value mapping {args.value_mapping}", flush=True)
     codec_name = f"JPEG+{recon.name}"
-    rows = evaluation.rd_rows(images, list(args.qualities), lambda x, q: recon(x, q, batch_size=args.batch_size), recon.name)
+    reconstruct = lambda x, q: recon(x, q, batch_size=args.batch_size)  # noqa: E731
+    rows = evaluation.rd_rows(images, list(args.qualities), reconstruct, recon.name)
+    ratio_rows = evaluation.ratio_rows(images, list(args.ratios), reconstruct, recon.name) if args.ratios else None
     summary = rd_report.write(rows, Path(args.out), model_codec=codec_name,
                               description=f"JPEG + {recon.name} reconstruction (weights sha256 {recon.sha256[:16]})",
-                              value_mapping=args.value_mapping)
-    print(rd_report.markdown(summary, codec_name))
+                              value_mapping=args.value_mapping, ratio_rows=ratio_rows)
+    print(rd_report.markdown(summary, codec_name) + (rd_report.adaptive_markdown(summary["adaptive"]) if ratio_rows else ""))
     print(f"written to {args.out}: jpeg.json, {codec_name.lower().replace('+', '-')}.json, jpeg2000.json, rd.png, per_image.csv, summary.json, tables.md")
     return EXIT_OK
 

@@ -8,6 +8,10 @@ import numpy as np
 from PIL import Image
 
 QUALITY_MIN, QUALITY_MAX = 1, 100
+SIZE = 256
+#: The sizes an image can be JPEG-coded at: the full 256x256 grid, or half of it where bytes are
+#: so few that fewer, better-coded pixels pay more (upsampled again on decoding).
+CODING_SIZES = (256, 128)
 
 
 def to_uint8(unit: np.ndarray) -> np.ndarray:
@@ -36,6 +40,27 @@ def jpeg_decode(data: bytes) -> np.ndarray:
     """Decode a grayscale JPEG to a float32 image in [0, 1]."""
     with Image.open(io.BytesIO(data)) as img:
         return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+
+
+def resize(unit: np.ndarray, size: int) -> np.ndarray:
+    """A [0, 1] image resampled to ``size`` x ``size``: Lanczos (anti-aliased) down, bicubic up;
+    clipped to [0, 1], float32."""
+    img = Image.fromarray(np.asarray(unit, dtype=np.float32), mode="F")
+    method = Image.Resampling.LANCZOS if size < img.width else Image.Resampling.BICUBIC
+    return np.clip(np.asarray(img.resize((size, size), method), dtype=np.float32), 0.0, 1.0)
+
+
+def encode_at(unit: np.ndarray, quality: int, size: int = SIZE) -> bytes:
+    """JPEG of a 256x256 [0, 1] image coded at ``size`` x ``size`` (one of CODING_SIZES)."""
+    if size not in CODING_SIZES:
+        raise ValueError(f"coding size must be one of {CODING_SIZES}, got {size}")
+    return jpeg_encode(unit if size == unit.shape[0] else resize(unit, size), quality)
+
+
+def decode_to(data: bytes, size: int = SIZE) -> np.ndarray:
+    """Decode a JPEG and bring it to ``size`` x ``size`` (bicubic up when coded smaller)."""
+    dec = jpeg_decode(data)
+    return dec if dec.shape[0] == size else resize(dec, size)
 
 
 def jpeg_roundtrip(unit: np.ndarray, quality: int) -> tuple[np.ndarray, int]:

@@ -19,7 +19,7 @@ from typing import Iterable, Iterator
 from dicom_cae import identity, io, pipeline, report
 from dicom_cae.derive import derived_uids
 from dicom_cae.errors import DicomInputError, NotAnImageError, NotDicomError
-from dicom_cae.pipeline import Derived, Pipeline, Prepared, Target
+from dicom_cae.pipeline import Derived, Pipeline, Prepared, RatioTarget, Target
 
 LOGGER = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class Summary:
 
 
 def _prepare_one(
-    path: Path, dst: Path, pipe: Pipeline, quality: int, target: Target | None
+    path: Path, dst: Path, pipe: Pipeline, quality: int, target: Target | RatioTarget | None
 ) -> tuple[Path, Prepared | None, str]:
     """Read and prepare one file: its output path, the prepared instance (None when the output
     exists already) and its SOP Instance UID."""
@@ -67,6 +67,8 @@ def _prepare_one(
     if out.exists():
         return out, None, ident.sop_instance
     ds = io.read(path)
+    if isinstance(target, RatioTarget):
+        return out, pipe.prepare_for_ratio(ds, str(path), target), str(ds.SOPInstanceUID)
     if target is not None:
         return out, pipe.prepare_for_target(ds, str(path), target), str(ds.SOPInstanceUID)
     return out, pipe.prepare(ds, str(path), quality=quality), str(ds.SOPInstanceUID)
@@ -112,7 +114,7 @@ def convert(
     pipe: Pipeline,
     *,
     quality: int = pipeline.DEFAULT_QUALITY,
-    target: Target | None = None,
+    target: Target | RatioTarget | None = None,
     progress: bool = True,
     workers: int = 2,
 ) -> Summary:

@@ -115,6 +115,41 @@ def rd_rows(images: dataset.ImageSet, qualities: list[int], reconstruct: Reconst
     return rows
 
 
+#: Byte budgets (compression ratio, the seed's convention) of the adaptive-coding evaluation:
+#: the seed's operating point, then up to 0.5 bpp.
+DEFAULT_RATIOS = (0.0093, 0.0125, 0.0175, 0.025, 0.035, 0.045, 0.0625)
+
+
+def ratio_rows(images: dataset.ImageSet, ratios: list[float], reconstruct: Reconstruct, model_name: str) -> list[dict[str, object]]:
+    """Adaptive coding at byte budgets: per image and budget, the coding size (256 or 128) and
+    quality that fit and store the best image (pipeline.choose_coding, the model on 256x256
+    JPEG), beside JPEG 2000 given the bytes that coding spent. The "quality" field holds the
+    budget's index, so that these rows make curves like rd_rows."""
+    from dicom_cae.pipeline import choose_coding
+
+    rows: list[dict[str, object]] = []
+    for k, ratio in enumerate(ratios):
+        budget = int(ratio * image.SIZE * image.SIZE)
+        for i, img in enumerate(images.images):
+            def stored(jpeg: np.ndarray, quality: int, size: int) -> np.ndarray:
+                return jpeg if size != codec.SIZE else reconstruct(jpeg, quality)
+
+            size, quality = choose_coding(img[None], budget, stored)
+            size, quality = (size, quality) if size is not None else (codec.CODING_SIZES[-1], 1)
+            data = codec.encode_at(img, quality, size)
+            test = stored(codec.decode_to(data)[None], quality, size)[0]
+            j2k = codec.j2k_encode(img, len(data))
+            modality = images.modalities[i]
+            for name, out, nbytes in ((f"JPEG+{model_name} adaptive", test, len(data)), ("JPEG 2000", codec.j2k_decode(j2k), len(j2k))):
+                rows.append({
+                    "image": i, "modality": modality, "quality": k, "ratio_target": ratio, "codec": name,
+                    "coding_size": size if name != "JPEG 2000" else codec.SIZE, "jpeg_quality": quality,
+                    "bytes": nbytes, "bpp": metrics.bits_per_pixel(nbytes), "compression_ratio": metrics.compression_ratio(nbytes),
+                    **measure_view(images.modality[i], out, images.views[i], modality),
+                })
+    return rows
+
+
 def curves(rows: list[dict[str, object]], modality: str | None = None) -> dict[str, dict[str, list[float]]]:
     """Per codec, per quality (in order): the mean of each metric over the images."""
     out: dict[str, dict[str, list[float]]] = {}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -68,6 +68,28 @@ class Target:
 
 
 @dataclass(frozen=True)
+class RatioTarget:
+    """A byte budget: per image, the coding size (256 or 128) and the JPEG quality that spend at
+    most ``ratio`` x 65,536 bytes per frame (the seed's compression ratio) and store the best
+    image (PSNR of the stored frame in the mapped [0, 1] space)."""
+
+    ratio: float
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ratio <= 1:
+            raise ValueError(f"a target compression ratio is in (0, 1] (JPEG bytes / 65,536), got {self.ratio}")
+
+    @property
+    def budget(self) -> int:
+        """Bytes per frame."""
+        return int(self.ratio * image.SIZE * image.SIZE)
+
+    @property
+    def key(self) -> str:
+        return f"ratio<={self.ratio}"
+
+
+@dataclass(frozen=True)
 class Prepared:
     """One source instance, normalized and JPEG-compressed, waiting for the model."""
 
@@ -82,6 +104,8 @@ class Prepared:
     warnings: tuple[str, ...] = ()  # what was wrong with the source (stand-in UIDs...)
     modality: np.ndarray | None = None  # float32 (frames, 256, 256), the original in modality units
     windows: tuple[display.Window, ...] = ()
+    coding_size: int = codec.SIZE  # the JPEG codes a 256x256 or a 128x128 image (decoded back to 256)
+    ratio_target: RatioTarget | None = None
 
     @property
     def jpeg_bytes(self) -> tuple[int, ...]:
@@ -140,14 +164,12 @@ def _identify(ds: Dataset, source: str) -> tuple[str, ...]:
 
 
 def _compress(ds: Dataset, source: str, img: image.Prepared, quality: int,
-              target: Target | None = None, warnings: tuple[str, ...] = ()) -> Prepared:
-    jpeg = np.empty_like(img.unit)
-    streams = []
-    for i, frame in enumerate(img.unit):
-        streams.append(codec.jpeg_encode(frame, quality))
-        jpeg[i] = codec.jpeg_decode(streams[-1])
-    return Prepared(source, ds, img.unit, img.norm, jpeg, tuple(streams), quality, target, warnings,
-                    img.modality, img.windows)
+              target: Target | None = None, warnings: tuple[str, ...] = (), *, coding_size: int = codec.SIZE,
+              ratio_target: RatioTarget | None = None) -> Prepared:
+    streams = tuple(codec.encode_at(frame, quality, coding_size) for frame in img.unit)
+    jpeg = np.stack([codec.decode_to(s) for s in streams])
+    return Prepared(source, ds, img.unit, img.norm, jpeg, streams, quality, target, warnings,
+                    img.modality, img.windows, coding_size, ratio_target)
 
 
 def finish(
@@ -237,6 +259,8 @@ def finish(
         "TargetPSNR": prep.target.psnr if prep.target else None,
         "TargetSSIM": prep.target.ssim if prep.target else None,
         "Warnings": list(prep.warnings) or None,
+        "CodingSize": prep.coding_size,
+        "TargetRatio": prep.ratio_target.ratio if prep.ratio_target else None,
     }
     resampled = (
         f"; resampled from {prep.norm.src_rows}x{prep.norm.src_cols} to 256x256" if prep.norm.resampled else ""
@@ -246,17 +270,22 @@ def finish(
         aims = [f"PSNR >= {prep.target.psnr} dB" if prep.target.psnr is not None else "",
                 f"SSIM >= {prep.target.ssim}" if prep.target.ssim is not None else ""]
         aim = f" (lowest quality reaching {' and '.join(a for a in aims if a)})"
-    how = (
-        f"reconstructed by convolutional autoencoder {model_name} (weights sha256 {weights_sha256[:12]})"
-        if prep.quality <= max_quality
-        else f"JPEG decode kept: above quality {max_quality} {model_name} does not improve on it"
-    )
+    if prep.coding_size != codec.SIZE:
+        how = f"JPEG decode kept: {model_name} is trained on {codec.SIZE}x{codec.SIZE} JPEG only"
+    elif prep.quality <= max_quality:
+        how = f"reconstructed by convolutional autoencoder {model_name} (weights sha256 {weights_sha256[:12]})"
+    else:
+        how = f"JPEG decode kept: above quality {max_quality} {model_name} does not improve on it"
     mapped = {
         value_mapping.MINMAX: "values mapped linearly from each frame's minimum and maximum",
         value_mapping.WINDOW: "values mapped window-aware (half of the 8-bit codes to the display windows)",
     }[prep.norm.mapping_name]
+    if prep.ratio_target:
+        aim = f" (coding size and quality chosen for compression ratio <= {prep.ratio_target.ratio})"
+    coded = "" if prep.coding_size == codec.SIZE else (
+        f" of the image reduced to {prep.coding_size}x{prep.coding_size} (bicubic back to 256x256)")
     derivation = (
-        f"JPEG (ISO 10918-1) quality {prep.quality}{aim}, {original_bytes / total_bytes:.1f}:1 of the 8-bit "
+        f"JPEG (ISO 10918-1) quality {prep.quality}{coded}{aim}, {original_bytes / total_bytes:.1f}:1 of the 8-bit "
         f"256x256 image, {mapped}, {how}{resampled}. {derive.NOT_FOR_DIAGNOSIS}"
     )
     ds = derive.derive(
@@ -271,12 +300,40 @@ def finish(
     return Derived(prep.source, ds, frames)
 
 
-def key(model_name: str, weights_sha256: str, setting: int | Target, mapping: str = value_mapping.MINMAX) -> str:
+def key(model_name: str, weights_sha256: str, setting: int | Target | RatioTarget,
+        mapping: str = value_mapping.MINMAX) -> str:
     """What, besides the source, decides the output (and so its deterministic UIDs): the model,
     the JPEG quality or the fidelity target that chose it, and the value mapping (the seed's
     minmax adds nothing, so that its outputs keep the UIDs they always had)."""
-    text = f"{model_name}:{weights_sha256}:" + (setting.key if isinstance(setting, Target) else f"q{setting}")
+    text = f"{model_name}:{weights_sha256}:" + (f"q{setting}" if isinstance(setting, int) else setting.key)
     return text if mapping == value_mapping.MINMAX else f"{text}:{mapping}"
+
+
+def choose_coding(
+    frames: np.ndarray, budget: int, stored: Callable[[np.ndarray, int, int], np.ndarray]
+) -> tuple[int | None, int]:
+    """The coding size and JPEG quality for ``frames`` ([0, 1], (n, 256, 256)) within ``budget``
+    bytes per frame: for each of codec.CODING_SIZES the highest quality that fits (bytes grow
+    with the quality: a bisection), then the size whose stored frames (``stored(jpeg decodes,
+    quality, size)``) have the highest mean PSNR against ``frames``. (None, 1) when nothing fits.
+    """
+    n = frames.shape[0]
+    best: tuple[float, int | None, int] = (-np.inf, None, 1)
+    for size in codec.CODING_SIZES:
+        def fits(q: int) -> bool:
+            return sum(len(codec.encode_at(f, q, size)) for f in frames) <= budget * n
+
+        if not fits(1):
+            continue
+        lo, hi = 1, 100
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+        jpeg = np.stack([codec.decode_to(codec.encode_at(f, lo, size)) for f in frames])
+        score = float(np.mean([metrics.psnr(r, t) for r, t in zip(frames, stored(jpeg, lo, size))]))
+        if score > best[0]:
+            best = (score, size, lo)
+    return best[1], best[2]
 
 
 class Pipeline:
@@ -290,10 +347,31 @@ class Pipeline:
         self.batch_size = batch_size
         self.mapping = value_mapping.check(mapping)
 
-    def key(self, setting: int | Target) -> str:
+    def key(self, setting: int | Target | RatioTarget) -> str:
         r = self.reconstructor
-        weights = r.identity if isinstance(setting, Target) else r.for_quality(setting).sha256
+        weights = r.for_quality(setting).sha256 if isinstance(setting, int) else r.identity
         return key(r.name, weights, setting, self.mapping)
+
+    def prepare_for_ratio(self, ds: Dataset, source: str, target: RatioTarget) -> Prepared:
+        """Like prepare, at the coding size and quality that fit ``target``'s byte budget and
+        store the best image: for each size the highest quality within the budget (a
+        bisection), then the size whose stored frames are closest to the original (PSNR in the
+        mapped space). When nothing fits, 128x128 at quality 1 and a warning.
+
+        Raises: as prepare.
+        """
+        warnings = _identify(ds, source)
+        img = image.prepare(ds, source, mapping=self.mapping)
+
+        def stored(jpeg: np.ndarray, quality: int, size: int) -> np.ndarray:
+            recon = jpeg if size != codec.SIZE else self.reconstructor(jpeg, quality, batch_size=self.batch_size)
+            return image.from_stored(image.to_stored(recon, img.norm), img.norm)
+
+        size, quality = choose_coding(img.unit, target.budget, stored)
+        if size is None:
+            LOGGER.warning("%s: not even 128x128 at quality 1 fits compression ratio %s", source, target.ratio)
+            size, quality = codec.CODING_SIZES[-1], 1
+        return _compress(ds, source, img, quality, None, warnings, coding_size=size, ratio_target=target)
 
     def prepare(self, ds: Dataset, source: str, *, quality: int) -> Prepared:
         """prepare() with this pipeline's value mapping."""
@@ -332,7 +410,10 @@ class Pipeline:
             return []
         jpeg = np.concatenate([p.jpeg for p in preps])
         quality = np.concatenate([np.full(p.frames, p.quality, np.float32) for p in preps])
-        out = self.reconstructor(jpeg, quality, batch_size=self.batch_size)
+        full = np.concatenate([np.full(p.frames, p.coding_size == codec.SIZE) for p in preps])
+        out = jpeg.copy()  # the model knows 256x256 JPEG only: other coding sizes pass through
+        if full.any():
+            out[full] = self.reconstructor(jpeg[full], quality[full], batch_size=self.batch_size)
         splits = np.cumsum([p.frames for p in preps])[:-1]
         return np.split(out, splits)
 
@@ -346,5 +427,5 @@ class Pipeline:
         # A targeted output depends on the whole set of weights, not only the band that served it.
         return finish(
             prep, reconstruction, model_name=r.name, weights_sha256=r.sha256, max_quality=r.max_quality,
-            uid_key=self.key(prep.target or prep.quality),
+            uid_key=self.key(prep.target or prep.ratio_target or prep.quality),
         )

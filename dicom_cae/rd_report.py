@@ -107,6 +107,46 @@ def markdown(summary: dict[str, Any], model_codec: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def adaptive_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Adaptive coding against JPEG 2000 at the same bytes: per budget, and Bjontegaard deltas."""
+    c = evaluation.curves(rows)
+    name = next(n for n in c if n != "JPEG 2000")
+    a, j = c[name], c["JPEG 2000"]
+    ratios = sorted({float(r["ratio_target"]) for r in rows})
+    per = []
+    for k, ratio in enumerate(ratios):
+        sel = [r for r in rows if r["codec"] == name and r["quality"] == k]
+        per.append({
+            "ratio_target": ratio, "bpp": a["bpp"][k], "coded_at_128": sum(r["coding_size"] == 128 for r in sel) / max(len(sel), 1),
+            **{f"{m} {n}": c[n][m][k] for n in (name, "JPEG 2000") for m in ("psnr", "ssim", "display_psnr", "display_ssim", "hu_mae")},
+        })
+    bd = {
+        metric: {
+            "bd_psnr_db": evaluation.bd_psnr(j["bpp"], j[metric], a["bpp"], a[metric]),
+            "bd_psnr_db_0.07_0.5bpp": evaluation.bd_psnr(j["bpp"], j[metric], a["bpp"], a[metric], bpp_range=TARGET_BPP),
+        }
+        for metric in ("psnr", "display_psnr")
+    }
+    return {"codec": name, "by_ratio": per, "bjontegaard_vs_jpeg2000": bd, "curves": c}
+
+
+def adaptive_markdown(s: dict[str, Any]) -> str:
+    name = s["codec"]
+    lines = ["", f"## {name} at byte budgets, against JPEG 2000 at the same bytes", "",
+             "| target ratio | bpp | coded at 128x128 | PSNR worst window | SSIM worst window | PSNR min/max (seed's) | SSIM min/max |",
+             "|---|---|---|---|---|---|---|"]
+    for r in s["by_ratio"]:
+        lines.append(
+            f"| {r['ratio_target']:.4f} | {r['bpp']:.3f} | {100 * r['coded_at_128']:.0f} % | "
+            f"{_f(r[f'display_psnr {name}'])} / {_f(r['display_psnr JPEG 2000'])} | {_f(r[f'display_ssim {name}'], 4)} / {_f(r['display_ssim JPEG 2000'], 4)} | "
+            f"{_f(r[f'psnr {name}'])} / {_f(r['psnr JPEG 2000'])} | {_f(r[f'ssim {name}'], 4)} / {_f(r['ssim JPEG 2000'], 4)} |")
+    bd = s["bjontegaard_vs_jpeg2000"]
+    lines += ["", f"BD-PSNR of {name} against JPEG 2000: min/max (seed's) {_f(bd['psnr']['bd_psnr_db'])} dB over all budgets, "
+              f"{_f(bd['psnr']['bd_psnr_db_0.07_0.5bpp'])} dB over 0.07-0.5 bpp; worst display window "
+              f"{_f(bd['display_psnr']['bd_psnr_db'])} dB, {_f(bd['display_psnr']['bd_psnr_db_0.07_0.5bpp'])} dB over 0.07-0.5 bpp."]
+    return "\n".join(lines) + "\n"
+
+
 def _clean(v: Any) -> Any:
     """NaN and infinities as null, so that the JSON is valid."""
     if isinstance(v, dict):
@@ -119,7 +159,7 @@ def _clean(v: Any) -> Any:
 
 
 def write(rows: list[dict[str, Any]], out: Path, *, model_codec: str, description: str,
-          value_mapping: str = "minmax") -> dict[str, Any]:
+          value_mapping: str = "minmax", ratio_rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Write the CompressAI-shaped JSON per codec, rd.png, per_image.csv, summary.json and
     tables.md into ``out``; returns the summary."""
     out.mkdir(parents=True, exist_ok=True)
@@ -146,7 +186,15 @@ def write(rows: list[dict[str, Any]], out: Path, *, model_codec: str, descriptio
         "by_modality": modality_tables(rows, model_codec),
         "curves": c,
     }
+    text = markdown(summary, model_codec)
+    if ratio_rows:
+        summary["adaptive"] = adaptive_summary(ratio_rows)
+        text += adaptive_markdown(summary["adaptive"])
+        with open(out / "per_image_adaptive.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(ratio_rows[0]))
+            w.writeheader()
+            w.writerows(ratio_rows)
     (out / "summary.json").write_text(json.dumps(_clean(summary), indent=1, allow_nan=False) + "\n")
-    (out / "tables.md").write_text(markdown(summary, model_codec))
+    (out / "tables.md").write_text(text)
     plot(c, out / "rd.png", f"{summary['images']} images")
     return summary

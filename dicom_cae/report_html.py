@@ -83,7 +83,7 @@ def worst_panels(study_dir: Path, rows: list[dict[str, Any]], sources: dict[str,
         stored = ds.pixel_array.reshape(-1, image.SIZE, image.SIZE)
         recon = image.stored_to_modality(stored, norm)[frame]
         offset = sum(tags["JPEGBytes"][:frame])
-        jpeg_unit = codec.jpeg_decode(tags["JPEGStreams"][offset : offset + tags["JPEGBytes"][frame]])
+        jpeg_unit = codec.decode_to(tags["JPEGStreams"][offset : offset + tags["JPEGBytes"][frame]])
         jpeg = norm.mapping(frame).inverse(1.0 - jpeg_unit if norm.invert else jpeg_unit)
         original = None
         src = (sources or {}).get(r["source_sop_instance_uid"])

@@ -50,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quality", type=int, metavar="Q", help="JPEG quality (default 10)")
     p.add_argument("--target-psnr", type=float, metavar="DB", help="per image, the lowest JPEG quality reaching this PSNR (instead of --quality)")
     p.add_argument("--target-ssim", type=float, metavar="S", help="the same for SSIM")
+    p.add_argument("--target-ratio", type=float, metavar="R", help="per image, coding size and quality within this compression ratio (instead of --quality)")
     p.add_argument("--value-mapping", choices=("minmax", "window"), help="how values become the image JPEG codes (default window)")
     p.add_argument("--model", metavar="NAME", help="model name (default blockres)")
     p.add_argument("--weights", metavar="FILE", help="weights file instead of the shipped ones")
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             args.config, ae_title=args.ae_title, port=args.port, bind=args.bind, data_dir=args.data_dir,
             http_port=args.http_port, quality=args.quality, model=args.model, weights=args.weights,
             study_quiet_s=args.study_quiet_s, target_psnr=args.target_psnr, target_ssim=args.target_ssim,
-            value_mapping=args.value_mapping,
+            value_mapping=args.value_mapping, target_ratio=args.target_ratio,
         )
     except ConfigError as exc:
         print(f"dicom-cae serve: error: {exc}", file=sys.stderr)

@@ -48,6 +48,7 @@ class Config:
     quality: int = DEFAULT_QUALITY
     target_psnr: float | None = None  # instead of quality: the lowest quality reaching it
     target_ssim: float | None = None
+    target_ratio: float | None = None  # instead of quality: coding size and quality within this byte budget
     target_on: str = "display"  # where the target is measured: worst display window, or "seed" (min/max)
     value_mapping: str = "window"  # minmax (the seed's) or window: see dicom_cae.mapping
     model: str | None = None
@@ -120,6 +121,10 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{name}: must not be negative")
     if cfg.value_mapping not in ("minmax", "window"):
         raise ConfigError(f"value_mapping: 'minmax' or 'window', got {cfg.value_mapping!r}")
+    if cfg.target_ratio is not None and not 0 < cfg.target_ratio <= 1:
+        raise ConfigError(f"target_ratio: a compression ratio in (0, 1], got {cfg.target_ratio}")
+    if cfg.target_ratio is not None and (cfg.target_psnr or cfg.target_ssim):
+        raise ConfigError("target_ratio and target_psnr/target_ssim exclude each other")
     if cfg.target_on not in ("display", "seed"):
         raise ConfigError(f"target_on: 'display' or 'seed', got {cfg.target_on!r}")
     if cfg.log_format not in ("text", "json"):
@@ -185,6 +190,7 @@ data_dir = "dicom-cae-data" # spool/, output/, kept/, failed/, state.sqlite
 quality = 30                # JPEG quality 1-100
 # target_psnr = 38.0        # instead: per image, the lowest quality whose reconstruction reaches it
 # target_ssim = 0.95
+# target_ratio = 0.0093    # instead: per image, size and quality within this compression ratio
 target_on = "display"       # target measured in the worst display window, or "seed" (min/max image)
 value_mapping = "window"    # how values become the image JPEG codes: window, or minmax (the seed's)
 # model = "blockres"        # see 'dicom-cae models'

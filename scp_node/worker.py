@@ -45,7 +45,8 @@ class Worker(threading.Thread):
         self.last_error: tuple[float, str] | None = None  # (since, what) while batches fail
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="prepare")
         self.target = (
-            pipeline.Target(cfg.target_psnr, cfg.target_ssim, cfg.target_on) if cfg.target_psnr or cfg.target_ssim else None
+            pipeline.Target(cfg.target_psnr, cfg.target_ssim, cfg.target_on) if cfg.target_psnr or cfg.target_ssim
+            else pipeline.RatioTarget(cfg.target_ratio) if cfg.target_ratio else None
         )
 
     def stop(self) -> None:
@@ -108,7 +109,9 @@ class Worker(threading.Thread):
             return Loaded(path, ds, None, exc, "")
         source = f"SOP Instance {ident.sop_instance}"
         try:
-            if self.target is not None:
+            if isinstance(self.target, pipeline.RatioTarget):
+                prep = self.pipe.prepare_for_ratio(ds, source, self.target)
+            elif self.target is not None:
                 prep = self.pipe.prepare_for_target(ds, source, self.target)
             else:
                 prep = self.pipe.prepare(ds, source, quality=self.cfg.quality)
