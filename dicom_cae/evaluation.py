@@ -76,6 +76,10 @@ RD_METRICS = ("bpp", "compression_ratio", "psnr", "ssim", "pixel_accuracy", "mse
               "display_psnr", "display_ssim", "display_pixel_accuracy", "hu_mae")
 
 
+#: Per-image PSNR above this (identical images give infinity) counts as this in the means.
+PSNR_CAP = 100.0
+
+
 def measure_view(reference: np.ndarray, test_unit: np.ndarray, view: dataset.View, modality: str) -> dict[str, float]:
     """The seed's metrics (min/max image) and what a viewer sees (worst display window; HU
     over soft tissue for CT) of ``test_unit`` (mapped [0, 1]) against ``reference`` (modality
@@ -84,8 +88,8 @@ def measure_view(reference: np.ndarray, test_unit: np.ndarray, view: dataset.Vie
     seed = metrics.measure(image.seed_unit(reference[None], view.norm, clip=True)[0], image.seed_unit(test, view.norm)[0])
     shown = display.measure(reference, test[0], list(view.windows), invert=view.norm.invert)
     return {
-        "psnr": seed.psnr, "ssim": seed.ssim, "pixel_accuracy": seed.pixel_accuracy, "mse": seed.mse,
-        "display_psnr": min(q.quality.psnr for q in shown),
+        "psnr": min(seed.psnr, PSNR_CAP), "ssim": seed.ssim, "pixel_accuracy": seed.pixel_accuracy, "mse": seed.mse,
+        "display_psnr": min(PSNR_CAP, *(q.quality.psnr for q in shown)),
         "display_ssim": min(q.quality.ssim for q in shown),
         "display_pixel_accuracy": min(q.quality.pixel_accuracy for q in shown),
         "hu_mae": display.hu_error(reference, test[0]).mae if modality == "CT" else float("nan"),
@@ -172,6 +176,8 @@ def compressai_json(name: str, description: str, results: dict[str, list[float]]
 def _pchip(x: np.ndarray, y: np.ndarray):
     from scipy.interpolate import PchipInterpolator
 
+    finite = np.isfinite(x) & np.isfinite(y)
+    x, y = x[finite], y[finite]
     order = np.argsort(x)
     x, y = x[order], y[order]
     keep = np.concatenate([[True], np.diff(x) > 1e-12])  # duplicate rates (e.g. JPEG q1 = q2)
