@@ -247,7 +247,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{len(images)} image(s); qualities {','.join(map(str, args.qualities))}; model {recon.short_id}; "
           f"value mapping {args.value_mapping}", flush=True)
     codec_name = f"JPEG+{recon.name}"
-    reconstruct = lambda x, q: recon(x, q, batch_size=args.batch_size)  # noqa: E731
+    reconstruct = lambda x, q: recon(x, q, batch_size=args.batch_size, mapping=args.value_mapping)  # noqa: E731
     rows = evaluation.rd_rows(images, list(args.qualities), reconstruct, recon.name)
     ratio_rows = evaluation.ratio_rows(images, list(args.ratios), reconstruct, recon.name) if args.ratios else None
     summary = rd_report.write(rows, Path(args.out), model_codec=codec_name,
@@ -299,6 +299,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(f"  no weights ship; train it with 'dicom-cae train --model {name}'")
         for card in mine:
             band = f"JPEG qualities {card['serves'][0]}-{card['serves'][1]}" if "serves" in card else "every JPEG quality"
+            band += f", value mapping {card['data'].get('value_mapping', 'minmax')}"
             print(f"  weights {card['weights_file']} (sha256 {card['sha256'][:16]}...) for {band}; "
                   f"trained {card['training']['epochs']} epochs on {card['data']['train_images']} images")
             for q, v in card["validation"]["by_quality"].items():

@@ -9,9 +9,11 @@ from PIL import Image
 
 QUALITY_MIN, QUALITY_MAX = 1, 100
 SIZE = 256
-#: The sizes an image can be JPEG-coded at: the full 256x256 grid, or half of it where bytes are
-#: so few that fewer, better-coded pixels pay more (upsampled again on decoding).
-CODING_SIZES = (256, 128)
+#: The sizes an image can be JPEG-coded at: the full 256x256 grid, or a smaller square (multiples
+#: of the 8-pixel JPEG block) where bytes are so few that fewer, better-coded pixels pay more;
+#: upsampled again on decoding. Measured: the intermediate sizes add 0.1 dB BD-PSNR over 256 and
+#: 128 alone (validation subset, 0.07-0.5 bpp).
+CODING_SIZES = (256, 224, 192, 160, 128)
 
 
 def to_uint8(unit: np.ndarray) -> np.ndarray:

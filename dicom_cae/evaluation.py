@@ -125,8 +125,8 @@ DEFAULT_RATIOS = (0.0093, 0.0125, 0.0175, 0.025, 0.035, 0.045, 0.0625)
 
 
 def ratio_rows(images: dataset.ImageSet, ratios: list[float], reconstruct: Reconstruct, model_name: str) -> list[dict[str, object]]:
-    """Adaptive coding at byte budgets: per image and budget, the coding size (256 or 128) and
-    quality that fit and store the best image (pipeline.choose_coding, the model on 256x256
+    """Adaptive coding at byte budgets: per image and budget, the coding size (codec.CODING_SIZES)
+    and quality that fit and store the best image (pipeline.choose_coding, the model on 256x256
     JPEG), beside JPEG 2000 given the bytes that coding spent. The "quality" field holds the
     budget's index, so that these rows make curves like rd_rows."""
     from dicom_cae.pipeline import choose_coding

@@ -69,9 +69,9 @@ class Target:
 
 @dataclass(frozen=True)
 class RatioTarget:
-    """A byte budget: per image, the coding size (256 or 128) and the JPEG quality that spend at
-    most ``ratio`` x 65,536 bytes per frame (the seed's compression ratio) and store the best
-    image (PSNR of the stored frame in the mapped [0, 1] space)."""
+    """A byte budget: per image, the coding size (codec.CODING_SIZES) and the JPEG quality that
+    spend at most ``ratio`` x 65,536 bytes per frame (the seed's compression ratio) and store the
+    best image (PSNR of the stored frame in the mapped [0, 1] space)."""
 
     ratio: float
 
@@ -349,14 +349,14 @@ class Pipeline:
 
     def key(self, setting: int | Target | RatioTarget) -> str:
         r = self.reconstructor
-        weights = r.for_quality(setting).sha256 if isinstance(setting, int) else r.identity
+        weights = r.for_quality(setting, self.mapping).sha256 if isinstance(setting, int) else r.identity
         return key(r.name, weights, setting, self.mapping)
 
     def prepare_for_ratio(self, ds: Dataset, source: str, target: RatioTarget) -> Prepared:
         """Like prepare, at the coding size and quality that fit ``target``'s byte budget and
         store the best image: for each size the highest quality within the budget (a
         bisection), then the size whose stored frames are closest to the original (PSNR in the
-        mapped space). When nothing fits, 128x128 at quality 1 and a warning.
+        mapped space). When nothing fits, the smallest size at quality 1 and a warning.
 
         Raises: as prepare.
         """
@@ -364,12 +364,14 @@ class Pipeline:
         img = image.prepare(ds, source, mapping=self.mapping)
 
         def stored(jpeg: np.ndarray, quality: int, size: int) -> np.ndarray:
-            recon = jpeg if size != codec.SIZE else self.reconstructor(jpeg, quality, batch_size=self.batch_size)
+            recon = jpeg if size != codec.SIZE else self.reconstructor(jpeg, quality, batch_size=self.batch_size,
+                                                                       mapping=self.mapping)
             return image.from_stored(image.to_stored(recon, img.norm), img.norm)
 
         size, quality = choose_coding(img.unit, target.budget, stored)
         if size is None:
-            LOGGER.warning("%s: not even 128x128 at quality 1 fits compression ratio %s", source, target.ratio)
+            LOGGER.warning("%s: not even %dx%d at quality 1 fits compression ratio %s", source,
+                           codec.CODING_SIZES[-1], codec.CODING_SIZES[-1], target.ratio)
             size, quality = codec.CODING_SIZES[-1], 1
         return _compress(ds, source, img, quality, None, warnings, coding_size=size, ratio_target=target)
 
@@ -399,7 +401,7 @@ class Pipeline:
     def _meets(self, img: image.Prepared, quality: int, target: Target) -> bool:
         """Whether the stored reconstruction at ``quality`` reaches ``target`` in every frame."""
         jpeg = np.stack([codec.jpeg_roundtrip(f, quality)[0] for f in img.unit])
-        recon = self.reconstructor(jpeg, quality, batch_size=self.batch_size)
+        recon = self.reconstructor(jpeg, quality, batch_size=self.batch_size, mapping=self.mapping)
         stored = image.stored_to_modality(image.to_stored(recon, img.norm), img.norm)
         return all(target.met_in(img.modality[i], stored[i], img.norm, i, list(img.windows))
                    for i in range(len(stored)))
@@ -413,7 +415,7 @@ class Pipeline:
         full = np.concatenate([np.full(p.frames, p.coding_size == codec.SIZE) for p in preps])
         out = jpeg.copy()  # the model knows 256x256 JPEG only: other coding sizes pass through
         if full.any():
-            out[full] = self.reconstructor(jpeg[full], quality[full], batch_size=self.batch_size)
+            out[full] = self.reconstructor(jpeg[full], quality[full], batch_size=self.batch_size, mapping=self.mapping)
         splits = np.cumsum([p.frames for p in preps])[:-1]
         return np.split(out, splits)
 
@@ -423,7 +425,7 @@ class Pipeline:
         return [self.finish(p, r) for p, r in zip(preps, recon)]
 
     def finish(self, prep: Prepared, reconstruction: np.ndarray) -> Derived:
-        r = self.reconstructor.for_quality(prep.quality)
+        r = self.reconstructor.for_quality(prep.quality, self.mapping)
         # A targeted output depends on the whole set of weights, not only the band that served it.
         return finish(
             prep, reconstruction, model_name=r.name, weights_sha256=r.sha256, max_quality=r.max_quality,

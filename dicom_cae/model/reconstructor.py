@@ -61,12 +61,19 @@ class Reconstructor:
     bands: list[Reconstructor] = field(default_factory=list)  # weights for a band of qualities
     _fn: Any = None
 
-    def for_quality(self, quality: int) -> Reconstructor:
-        """The weights that serve ``quality``: a band's, when one covers it, else these."""
-        for band in self.bands:
-            lo, hi = band.card["serves"]
-            if lo <= quality <= hi:
-                return band
+    @property
+    def value_mapping(self) -> str:
+        """The value mapping these weights were trained on (cards before mappings: minmax)."""
+        return (self.card.get("data") or {}).get("value_mapping", "minmax")
+
+    def for_quality(self, quality: int, mapping: str = "minmax") -> Reconstructor:
+        """The weights that serve ``quality`` for images mapped by ``mapping``: a band trained
+        on that mapping when one covers the quality, else a band trained on minmax, else these."""
+        for wanted in dict.fromkeys((mapping, "minmax")):
+            for band in self.bands:
+                lo, hi = band.card["serves"]
+                if lo <= quality <= hi and band.value_mapping == wanted:
+                    return band
         return self
 
     @property
@@ -104,7 +111,8 @@ class Reconstructor:
             )
         return self._fn
 
-    def __call__(self, jpeg: np.ndarray, quality: int | np.ndarray, *, batch_size: int = 16) -> np.ndarray:
+    def __call__(self, jpeg: np.ndarray, quality: int | np.ndarray, *, batch_size: int = 16,
+                 mapping: str = "minmax") -> np.ndarray:
         """Reconstruct images (n, 256, 256) in [0, 1] from their JPEG decodes; float32 out.
 
         ``quality`` is one JPEG quality for all, or one per image; images of a quality above
@@ -120,7 +128,7 @@ class Reconstructor:
             out = np.empty_like(x)
             groups: dict[int, tuple[Reconstructor, list[int]]] = {}
             for i, q in enumerate(qualities):
-                owner = self.for_quality(int(q))
+                owner = self.for_quality(int(q), mapping)
                 groups.setdefault(id(owner), (owner, []))[1].append(i)
             for owner, idx in groups.values():
                 out[idx] = owner._run(x[idx], qualities[idx], batch_size)
