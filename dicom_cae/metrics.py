@@ -123,5 +123,7 @@ def regression(x: list[float] | np.ndarray, y: list[float] | np.ndarray) -> Regr
     pred = slope * xa + intercept
     ss_res = float(np.sum((ya - pred) ** 2))
     ss_tot = float(np.sum((ya - ya.mean()) ** 2))
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)
+    # Constant y: the fit is perfect when the residuals are rounding noise only.
+    exact = ss_res <= 1e-12 * max(float(np.sum(ya**2)), 1e-300)
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if exact else 0.0)
     return Regression(float(slope), float(intercept), float(r2), n)

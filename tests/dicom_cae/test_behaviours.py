@@ -54,7 +54,7 @@ def test_reconstruction_uses_the_weights_the_tags_name(pipe):
     ds = io.read(SAMPLES / "ct_phantom_1.dcm")
     prep = pipe.prepare(ds, "ct", quality=3)
     derived = pipe.run([prep])[0]
-    band = pipe.reconstructor.for_quality(3)
+    band = pipe.reconstructor.for_quality(3, pipe.mapping)
     assert private_tags.read(derived.dataset)["WeightsSHA256"] == band.sha256 != pipe.reconstructor.sha256
     by_band = band(prep.jpeg, 3)
     by_general = pipe.reconstructor._run(prep.jpeg, np.full(1, 3, np.float32), 8)  # the general weights alone

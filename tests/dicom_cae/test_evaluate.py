@@ -83,8 +83,13 @@ def test_a_display_target_is_met_in_the_worst_window(pipe):
 
 
 def test_quality_bands_and_pass_through_above_the_models_range(model):
-    assert sorted(b.card["serves"] for b in model.bands) == [[1, 5], [6, 15]]
+    assert sorted((b.card["serves"], b.value_mapping) for b in model.bands) == [
+        ([1, 5], "minmax"), ([1, 5], "window"), ([6, 15], "minmax")]
     assert model.for_quality(3).card["serves"] == [1, 5] and model.for_quality(8).card["serves"] == [6, 15]
+    # Weights trained on the window mapping serve it where they exist; elsewhere the minmax ones.
+    assert model.for_quality(3, "window").value_mapping == "window"
+    assert model.for_quality(3).value_mapping == "minmax"
+    assert model.for_quality(8, "window") is model.for_quality(8)
     assert model.for_quality(16) is model
     rng = np.random.default_rng(2)
     jpeg = np.stack([codec.jpeg_roundtrip(rng.random((256, 256)), 60)[0] for _ in range(2)])

@@ -69,3 +69,45 @@ def test_regression_recovers_a_line_and_handles_degenerate_input():
 
 def test_sample_dir_exists():
     assert any(SAMPLES.glob("*.dcm"))
+
+
+def test_ssim_is_wangs_with_an_11x11_window_and_its_constants():
+    """Tighter than the scikit-image comparison: the window, K1, K2 and the data range each move
+    the value in the fourth decimal or more."""
+    rng = np.random.default_rng(5)
+    ref = rng.random((64, 64))
+    test = np.clip(ref + rng.normal(0, 0.2, ref.shape), 0, 1)
+    theirs = structural_similarity(ref, test, data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                   use_sample_covariance=False, K1=0.01, K2=0.03, truncate=3.5)
+    assert metrics.ssim(ref, test) == pytest.approx(theirs, abs=2e-5)
+    dark = np.zeros((32, 32))
+    dark[8:24, 8:24] = 0.02  # low mean and contrast: the constants dominate
+    assert metrics.ssim(dark, np.zeros((32, 32))) == pytest.approx(
+        structural_similarity(dark, np.zeros((32, 32)), data_range=1.0, gaussian_weights=True, sigma=1.5,
+                              use_sample_covariance=False, K1=0.01, K2=0.03, truncate=3.5), abs=2e-5)
+
+
+def test_psnr_with_another_data_range_and_accuracy_on_signed_errors():
+    ref = np.full((10, 10), 100.0)
+    test = ref - 2.0
+    assert metrics.psnr(ref, test, data_range=255.0) == pytest.approx(10 * math.log10(255.0 ** 2 / 4.0))
+    a = np.full((4, 4), 0.5)
+    b = a.copy()
+    b[0, 0] -= 0.15  # an error below the reference counts too
+    assert metrics.pixel_accuracy(a, b) == pytest.approx(15 / 16)
+    assert metrics.PIXEL_TOLERANCE == 0.1
+
+
+def test_regression_r2_and_its_edges():
+    x = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    y = np.array([0.12, 0.19, 0.33, 0.38, 0.52])
+    fit = metrics.regression(x, y)
+    slope, intercept = np.polyfit(x, y, 1)
+    r2 = 1 - np.sum((y - (slope * x + intercept)) ** 2) / np.sum((y - y.mean()) ** 2)
+    assert (fit.slope, fit.intercept, fit.r2, fit.n) == pytest.approx((slope, intercept, r2, 5))
+    two = metrics.regression([0.0, 1.0], [1.0, 3.0])  # two points: a line through both
+    assert (two.slope, two.intercept, two.r2) == pytest.approx((2.0, 1.0, 1.0))
+    flat = metrics.regression([1.0, 2.0], [5.0, 5.0])  # constant y: a perfect flat fit
+    assert flat.r2 == 1.0 and flat.slope == pytest.approx(0.0)
+    assert math.isnan(metrics.regression([1.0, 1.0], [2.0, 3.0]).slope)  # constant x
+    assert metrics.regression([0.0, 1.0, float("nan")], [float("nan"), 1.0, 2.0]).n == 1
