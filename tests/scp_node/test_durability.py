@@ -115,9 +115,17 @@ def test_the_order_of_durable_steps_seen_by_strace(tmp_path):
                        timeout=60, what="the instance processed")
             time.sleep(0.5)
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)  # the node and strace alike
-            proc.wait(timeout=60)
-    calls = [x.split(" ", 1)[1] for x in trace.read_text().splitlines() if " " in x and "resumed>" not in x]
+            # SIGTERM the node only: strace then ends with it and writes out its whole trace.
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            for pid in children or [str(proc.pid)]:
+                os.kill(int(pid), signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                raise
+    # "PID  call(...)": strace pads the PID, so split on the first run of spaces.
+    calls = [x.split(None, 1)[1] for x in trace.read_text().splitlines() if " " in x and "resumed>" not in x]
     name = next(p.name for p in (data / "output").rglob("*.dcm"))
 
     def first(pattern: str, after: int = -1) -> int:
