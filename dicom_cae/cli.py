@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--target-psnr", type=float, metavar="DB", help="per image, the lowest JPEG quality whose reconstruction reaches this PSNR (instead of --quality)")
     c.add_argument("--target-ssim", type=float, metavar="S", help="the same for SSIM (with --target-psnr: both)")
     c.add_argument("--target-ratio", type=float, metavar="R",
-                   help="per image, the coding size (256 or 128) and JPEG quality that spend at most R x 65,536 bytes "
+                   help="per image, the coding size (256 down to 128) and JPEG quality that spend at most R x 65,536 bytes "
                         "per frame and store the best image (instead of --quality; 0.0093 is the seed's point)")
     c.add_argument("--target-on", choices=("display", "seed"), default="display",
                    help="measure the target in the worst display window (default) or on the seed's min/max image")
