@@ -200,7 +200,11 @@ def convert(
     bar.close()
 
     for study in sorted(summary.studies):
-        report.write(dst / study, sources=sources)
+        try:
+            report.write(dst / study, sources=sources)
+        except Exception as exc:  # noqa: BLE001 (one study's report must not stop the run)
+            LOGGER.exception("the report of study %s failed", study)
+            summary.failed.append(DicomInputError(str(dst / study), f"study report not written: {type(exc).__name__}: {exc}"))
     lines = ["file\tkind\treason"]
     for kind, errs in (
         ("failed", summary.failed),

@@ -298,6 +298,7 @@ def _regrid(ds: Dataset, source: Dataset, row_scale: float, col_scale: float) ->
         ratio = _floats(source, "PixelAspectRatio", 2)
         vertical, horizontal = (ratio if ratio is not None and (ratio > 0).all() else (1.0, 1.0))
         aspect = Fraction(vertical * row_scale / (horizontal * col_scale)).limit_denominator(1000)
+        aspect = min(max(aspect, Fraction(1, 1000)), Fraction(1000, 1))  # never 0\1: IS values of 1 or more
         if aspect != 1:
             ds.PixelAspectRatio = [aspect.numerator, aspect.denominator]
     return warnings

@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from dicom_cae import metrics
+from dicom_cae.identity import printable
 
 SOFT_TISSUE = (40.0, 400.0)  # CT window centre and width, HU
 #: Soft tissue for the CT error figures, HU (fat is about -100, contrast-enhanced organs below 200).
@@ -85,6 +86,7 @@ def source_windows(ds: Dataset) -> list[Window]:
     for i, (c, w) in enumerate(zip(centers, widths)):
         if math.isfinite(c) and math.isfinite(w) and w >= 1:
             label = explanations[i] if i < len(explanations) and explanations[i] else f"C{c:g}/W{w:g}"
+            label = printable(label, 64)  # a received string: one line, bounded
             out.append(Window(label, c, w, "source"))
     for i, item in enumerate(ds.get("VOILUTSequence") or []):
         try:
@@ -96,7 +98,7 @@ def source_windows(ds: Dataset) -> list[Window]:
         table = table[: n or 65536]
         if len(table) >= 2:
             lo, hi = first, first + len(table) - 1
-            out.append(Window(str(item.get("LUTExplanation") or f"VOI LUT {i + 1}"), (lo + hi) / 2, hi - lo + 1,
+            out.append(Window(printable(item.get("LUTExplanation") or f"VOI LUT {i + 1}", 64), (lo + hi) / 2, hi - lo + 1,
                               "source", lut=table, lut_first=float(first), lut_bits=bits))
     return out
 

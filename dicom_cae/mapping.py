@@ -85,6 +85,11 @@ def window_aware(lo: float, hi: float, spans: list[tuple[float, float]]) -> Valu
     if not widened:
         return minmax(lo, hi)
     edges = np.unique(np.array([lo, hi, *(v for span in widened for v in span)], np.float64))
+    # Edges closer than rounding (a window edge at the frame's minimum or maximum) would make a
+    # segment too thin to keep the mapping strictly increasing: drop them, keep lo and hi.
+    tol = 1e-9 * (hi - lo)
+    inner = [float(e) for e in edges[1:-1] if e - lo > tol and hi - e > tol]
+    edges = np.array([lo, *[e for i, e in enumerate(inner) if i == 0 or e - inner[i - 1] > tol], hi])
     mids = (edges[:-1] + edges[1:]) / 2
     density = np.full(mids.shape, FLOOR / (hi - lo))
     for a, b in widened:

@@ -133,7 +133,7 @@ def read(ds: Dataset) -> dict[str, Any] | None:
         elif el.vr == "FD":
             value = float(value)
         elif el.vr == "UT":
-            value = [line for line in str(value).splitlines() if line]
+            value = [line for line in str(value).split("\n") if line]  # as written: joined by "\n" only
         else:
             value = str(value)
         out[el.keyword] = value

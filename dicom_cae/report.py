@@ -37,6 +37,9 @@ def _display(tags: dict[str, Any], frame: int, prefix: str = "") -> list[dict[st
     n = len(names)
     if not n or f"{prefix}DisplayPSNR" not in tags:  # instances written before display metrics
         return []
+    if len(tags.get("DisplayWindowCenter") or []) != n or len(tags[f"{prefix}DisplayPSNR"]) < (frame + 1) * n:
+        LOGGER.warning("display metrics of an instance do not match its windows: left out of the report")
+        return []
     out = []
     for k, name in enumerate(names):
         i = frame * n + k

@@ -125,7 +125,7 @@ class State:
     def report_errors(self) -> list[tuple[str, str]]:
         """(study, error) of the studies whose last report failed."""
         with self._lock:
-            return list(self._db.execute("SELECT study_uid, report_error FROM studies WHERE report_error IS NOT NULL"))
+            return list(self._db.execute("SELECT study_uid, report_error FROM studies WHERE report_error IS NOT NULL ORDER BY reported_at"))
 
     def studies(self) -> list[tuple[str, float, int, float | None]]:
         with self._lock:

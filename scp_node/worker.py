@@ -27,6 +27,10 @@ from scp_node.state import State
 
 LOGGER = logging.getLogger(__name__)
 
+#: How often a batch whose every instance failed alike, not for its input, is tried again before
+#: each of its instances fails on its own (a model outage in a reconstruction is retried for ever).
+SYSTEMIC_TRIES = 3
+
 
 class Worker(threading.Thread):
     """Takes instances from the spool (across associations), up to a batch or a short wait,
@@ -43,6 +47,7 @@ class Worker(threading.Thread):
         self._stopping = threading.Event()
         self.idle = threading.Event()
         self.last_error: tuple[float, str] | None = None  # (since, what) while batches fail
+        self._tries: dict[Path, int] = {}  # spool file -> batches that failed alike with it
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="prepare")
         self.target = (
             pipeline.Target(cfg.target_psnr, cfg.target_ssim, cfg.target_on) if cfg.target_psnr or cfg.target_ssim
@@ -115,9 +120,11 @@ class Worker(threading.Thread):
                 prep = self.pipe.prepare_for_target(ds, source, self.target)
             else:
                 prep = self.pipe.prepare(ds, source, quality=self.cfg.quality)
-        except Exception as exc:  # noqa: BLE001 (one instance's problem, whatever its type)
-            return Loaded(path, ds, ident, _input_error(path, exc), _file_digest(path))
-        return Loaded(path, ds, ident, prep, hashlib.sha256(prep.reference.tobytes()).hexdigest())
+        except (DicomInputError, ValueError) as exc:  # this instance's own problem
+            return Loaded(path, ds, ident, _input_error(path, exc), _content_digest(ds, path))
+        except Exception as exc:  # noqa: BLE001 (the model in a target search, memory...: see process)
+            return Loaded(path, ds, ident, exc, _content_digest(ds, path))
+        return Loaded(path, ds, ident, prep, _content_digest(ds, path))
 
     def process(self, files: list[Path]) -> None:
         """Process one batch. An instance's own problem sends it to failed/ (or kept/); only a
@@ -125,7 +132,18 @@ class Worker(threading.Thread):
         batch spooled for a later try."""
         images: list[Loaded] = []
         digests: dict[str, str] = {}  # SOP Instance UID -> digest, in this batch
-        for item in self._pool.map(self._load, files):
+        loaded = list(self._pool.map(self._load, files))
+        unexpected = [i for i in loaded if isinstance(i.result, Exception) and not isinstance(i.result, DicomInputError)]
+        if unexpected and len(unexpected) == len(loaded):
+            # Every instance failed alike and not for its input (a model failing in a target
+            # search, memory): the batch stays spooled, a few times; then each fails on its own.
+            tries = max(self._tries.get(i.path, 0) for i in loaded) + 1
+            for i in loaded:
+                self._tries[i.path] = tries
+            if tries <= SYSTEMIC_TRIES:
+                raise unexpected[0].result
+        for item in loaded:
+            self._tries.pop(item.path, None)
             if item.identity is not None and item.digest:
                 sop = item.identity.sop_instance
                 earlier = digests.get(sop) or self.state.digest(sop, ("processed", "kept"))
@@ -141,7 +159,8 @@ class Worker(threading.Thread):
             elif isinstance(item.result, NotAnImageError) and item.ds is not None:
                 self._keep(item, item.result.reason)
             else:
-                self._fail(item, str(getattr(item.result, "reason", item.result)))
+                reason = getattr(item.result, "reason", None) or f"{type(item.result).__name__}: {item.result}"
+                self._fail(item, reason)
         if not images:
             return
         preps = [item.result for item in images]
@@ -264,9 +283,25 @@ def _input_error(path: Path, exc: Exception) -> DicomInputError:
     return DicomInputError(path.name, f"{type(exc).__name__}: {exc}")
 
 
-def _file_digest(path: Path) -> str:
+#: What, besides the pixel bytes, decides the pixels an instance holds (a corrected Rescale
+#: Slope is another image, however alike its stored values).
+_PIXEL_KEYWORDS = ("Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated", "BitsStored",
+                   "HighBit", "PixelRepresentation", "PhotometricInterpretation", "RescaleSlope", "RescaleIntercept")
+
+
+def _content_digest(ds: Dataset | None, path: Path) -> str:
+    """A digest of what was received for the image: the Pixel Data bytes as sent and the
+    attributes that give them meaning; the whole file when it cannot be read that far."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    try:
+        if ds is None:
+            raise KeyError("no dataset")
+        for kw in _PIXEL_KEYWORDS:
+            h.update(f"{kw}={ds.get(kw)!s};".encode())
+        h.update(bytes(ds["PixelData"].value) if "PixelData" in ds else b"no pixel data")
+    except Exception:  # noqa: BLE001 (undecodable attributes: the bytes of the file decide)
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()

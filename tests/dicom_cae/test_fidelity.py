@@ -126,3 +126,23 @@ def test_convert_says_what_the_output_is(tmp_path):
     html = next(out.glob("*/report.html")).read_text()
     assert html.index("PSNR in the worst display window") < html.index("PSNR, min/max image (seed's, dB)")
     assert "not for primary diagnosis" in html
+
+
+def test_a_window_name_with_a_line_break_does_not_stop_the_report(tmp_path):
+    """Regression: window names written joined by newlines were read back with splitlines(),
+    which also splits on \\x85 (a cp1252 ellipsis read as ISO_IR 100): the report failed."""
+    src = tmp_path / "src"
+    src.mkdir()
+    ds = pydicom.dcmread(SAMPLES / "ct_phantom_1.dcm")
+    ds.WindowCenter, ds.WindowWidth = ["40", "500"], ["80", "2000"]
+    ds.WindowCenterWidthExplanation = ["BRAIN\x85X", "BONE\nY"]
+    ds.save_as(src / "ct.dcm")
+    out = tmp_path / "out"
+    assert cli.main(["convert", "--no-progress", str(src), str(out)]) == 0
+    report = json.loads(next(out.glob("*/report.json")).read_text())
+    assert sorted(report["display_windows"]) == ["BONE\\nY", "BRAIN\\x85X"]
+
+
+def test_a_window_edge_at_the_frames_maximum_keeps_the_mapping_increasing():
+    m = mapping.make("window", -1024, 3071, [(2995.7 - 50.2, 2995.7 + 50.2), (-100.0, 200.0)])
+    assert (np.diff(m.x) > 0).all() and (np.diff(m.y) > 0).all()

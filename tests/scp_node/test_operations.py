@@ -133,8 +133,11 @@ def test_health_is_degraded_while_forwarding_fails(tmp_path, pipe):
         assert "association with the destination failed" in fwd["last_error"]
 
 
-def test_health_is_degraded_while_processing_fails(tmp_path, pipe):
-    with running_node(tmp_path, pipe, http_port=0) as node:
+@pytest.mark.parametrize("setting", [{}, {"target_psnr": 30.0}], ids=["quality", "fidelity target"])
+def test_health_is_degraded_while_processing_fails(tmp_path, pipe, setting):
+    """Also when the model runs inside the fidelity search (regression: there a model failure
+    sent every instance to failed/ at once)."""
+    with running_node(tmp_path, pipe, http_port=0, **setting) as node:
         port = node._http.server_address[1]
         # A model that fails for every instance alike (not any instance's fault): the batch stays
         # spooled and /health says so.

@@ -4,6 +4,7 @@ must be processed and reported, and a C-ECHO (issue 10, items 1-6 and 9)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -409,3 +410,26 @@ def test_a_study_is_reported_while_another_waits_in_the_spool(tmp_path, pipe):
         assert (cfg.output_dir / study_a / "report.json").exists()
     finally:
         node.stop()
+
+
+def test_a_corrected_rescale_under_the_same_uid_is_not_taken_for_a_resend(tmp_path, pipe):
+    """Regression: the resend check hashed the min/max-mapped image, the same for any linear
+    change of the values, so a corrected Rescale Intercept was dropped as "identical"."""
+    first = pydicom.dcmread(SAMPLES / "mr_nonsquare.dcm")
+    for kw in ("WindowCenter", "WindowWidth"):  # no window: the mapping follows the values' range
+        if kw in first:
+            del first[kw]
+    pixels = np.zeros((256, 256), np.uint16)
+    pixels[:192, :160] = first.pixel_array  # on the 256 grid: nothing resampled
+    first.Rows, first.Columns, first.PixelData = 256, 256, pixels.tobytes()
+    first.RescaleSlope, first.RescaleIntercept = "1", "0"
+    second = copy.deepcopy(first)
+    second.RescaleSlope = "2"  # every value doubled: the same image once mapped by its range
+    with running_node(tmp_path, pipe) as node:
+        assoc = _associate(node)
+        assert assoc.send_c_store(first).Status == 0x0000
+        wait_until(lambda: node.counters.snapshot()["processed"] == 1, what="the first processed")
+        assert assoc.send_c_store(second).Status == 0x0000
+        assoc.release()
+        wait_until(lambda: node.counters.snapshot()["conflicts"] == 1, what="the second seen as another image")
+        assert node.counters.snapshot()["resent"] == 0
