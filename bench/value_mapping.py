@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dicom_cae import codec, display, image, io, mapping, metrics  # noqa: E402
+from dicom_cae import codec, dataset, evaluation, image, io, mapping, metrics  # noqa: E402
 
 QUALITIES = (2, 5, 10, 20, 30, 50, 75)
 RATES = (0.1, 0.2, 0.3, 0.5)
@@ -46,16 +46,13 @@ def measure(files: list[Path], label: str, name: str, floor: float, widen: float
         for q in QUALITIES:
             for i, frame in enumerate(img.unit):
                 dec, nbytes = codec.jpeg_roundtrip(frame, q)
-                test = image.unit_to_modality(dec[None], image.one_frame(img.norm, i))[0]
-                ref = img.modality[i]
-                worst = display.worst(display.measure(ref, test, list(img.windows), invert=img.norm.invert))
-                seed_r = image.seed_unit(ref[None], image.one_frame(img.norm, i), clip=True)[0]
-                seed_t = image.seed_unit(test[None], image.one_frame(img.norm, i))[0]
+                view = dataset.View(image.one_frame(img.norm, i), img.windows)
+                m = evaluation.measure_view(img.modality[i], dec, view, "CT" if is_ct else "")
                 rec = out[q]
                 rec["bpp"].append(metrics.bits_per_pixel(nbytes))
-                rec["display"].append(worst.quality.psnr)
-                rec["seed"].append(metrics.psnr(seed_r, seed_t))
-                rec["hu"].append(display.hu_error(ref, test).mae if is_ct else np.nan)
+                rec["display"].append(m["display_psnr"])
+                rec["seed"].append(m["psnr"])
+                rec["hu"].append(m["hu_mae"])
                 rec["modality"].append(str(ds.get("Modality", "")))
     return out
 

@@ -27,11 +27,11 @@ ERRORS_FILE = "errors.tsv"
 #: A file with one of these suffixes that is not DICOM counts as failed; other non-DICOM files
 #: (READMEs, scripts, thumbnails) are listed but do not make the run fail.
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima", "")
-safe_uid_name = identity.safe_name
 
 
 def output_path(dst: Path, study_uid: object, series_uid: str, sop_uid: str) -> Path:
-    return dst / safe_uid_name(study_uid) / safe_uid_name(series_uid) / f"{safe_uid_name(sop_uid)}.dcm"
+    name = identity.safe_name
+    return dst / name(study_uid) / name(series_uid) / f"{name(sop_uid)}.dcm"
 
 
 @dataclass

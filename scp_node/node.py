@@ -11,7 +11,7 @@ from hashlib import sha1
 from pathlib import Path
 
 from dicom_cae import io, report
-from dicom_cae.convert import safe_uid_name
+from dicom_cae.identity import safe_name
 from dicom_cae.pipeline import Pipeline
 from scp_node import server
 from scp_node.config import Config
@@ -201,7 +201,7 @@ class Node:
         return done
 
     def _complete(self, study_uid: str) -> None:
-        folder = self.cfg.output_dir / safe_uid_name(study_uid)
+        folder = self.cfg.output_dir / safe_name(study_uid)
         if not (study_uid and folder.is_dir() and any(folder.rglob("*.dcm"))):
             return
         path = report.write(folder)

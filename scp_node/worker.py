@@ -15,9 +15,9 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from dicom_cae import io, pipeline
-from dicom_cae.convert import output_path, safe_uid_name
+from dicom_cae.convert import output_path
 from dicom_cae.errors import DicomInputError, NotAnImageError
-from dicom_cae.identity import Identity, identify, printable
+from dicom_cae.identity import Identity, identify, printable, safe_name
 from dicom_cae.pipeline import Pipeline, Prepared
 from scp_node.config import Config
 from scp_node.monitor import Counters
@@ -203,8 +203,8 @@ class Worker(threading.Thread):
         list(self._pool.map(finish, zip(images, recon)))
 
     def _copy_aside(self, item: Loaded, folder: Path, suffix: str = "") -> Path:
-        study = safe_uid_name(item.identity.study) if item.identity else "unidentified"
-        dest = folder / study / f"{safe_uid_name(item.name)}{suffix}.dcm"
+        study = safe_name(item.identity.study) if item.identity else "unidentified"
+        dest = folder / study / f"{safe_name(item.name)}{suffix}.dcm"
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = io.temporary(dest)
         shutil.copyfile(item.path, tmp)
