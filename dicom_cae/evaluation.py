@@ -96,6 +96,17 @@ def measure_view(reference: np.ndarray, test_unit: np.ndarray, view: dataset.Vie
     }
 
 
+def guarded(score: Callable[[float], dict[str, float]], jpeg: dict[str, float]) -> dict[str, float]:
+    """What the pipeline stores (pipeline.finish): JPEG decode + w x (model - JPEG decode) with
+    the first of metrics.MODEL_WEIGHTS not below the JPEG decode; ``score(w)`` measures it.
+    The result's ``model_weight`` says which."""
+    for w in metrics.MODEL_WEIGHTS[:-1]:
+        scores = score(w)
+        if metrics.not_below(scores, jpeg):
+            return {**scores, "model_weight": w}
+    return {**jpeg, "model_weight": 0.0}
+
+
 def rd_rows(images: dataset.ImageSet, qualities: list[int], reconstruct: Reconstruct, model_name: str) -> list[dict[str, object]]:
     """One row per image, quality and codec: plain JPEG, JPEG + model, and JPEG 2000 given the
     bytes of that JPEG (at most), each coding the same mapped image."""
@@ -106,15 +117,18 @@ def rd_rows(images: dataset.ImageSet, qualities: list[int], reconstruct: Reconst
         for i, img in enumerate(images.images):
             j2k = codec.j2k_encode(img, int(nbytes[i]))
             modality = images.modalities[i]
-            for name, test, size in (
-                ("JPEG", dec[i], int(nbytes[i])),
-                (f"JPEG+{model_name}", rec[i], int(nbytes[i])),
-                ("JPEG 2000", codec.j2k_decode(j2k), len(j2k)),
+            jpeg_scores = measure_view(images.modality[i], dec[i], images.views[i], modality)
+            model_scores = guarded(lambda w: measure_view(images.modality[i], dec[i] + w * (rec[i] - dec[i]), images.views[i],
+                                                          modality), jpeg_scores)
+            for name, size, scores in (
+                ("JPEG", int(nbytes[i]), jpeg_scores),
+                (f"JPEG+{model_name}", int(nbytes[i]), model_scores),
+                ("JPEG 2000", len(j2k), measure_view(images.modality[i], codec.j2k_decode(j2k), images.views[i], modality)),
             ):
                 rows.append({
                     "image": i, "modality": modality, "quality": q, "codec": name, "bytes": size,
                     "bpp": metrics.bits_per_pixel(size), "compression_ratio": metrics.compression_ratio(size),
-                    **measure_view(images.modality[i], test, images.views[i], modality),
+                    "model_weight": float("nan"), **scores,
                 })
     return rows
 
@@ -141,15 +155,23 @@ def ratio_rows(images: dataset.ImageSet, ratios: list[float], reconstruct: Recon
             size, quality = choose_coding(img[None], budget, stored)
             size, quality = (size, quality) if size is not None else (codec.CODING_SIZES[-1], 1)
             data = codec.encode_at(img, quality, size)
-            test = stored(codec.decode_to(data)[None], quality, size)[0]
+            jpeg = codec.decode_to(data)
+            scores = measure_view(images.modality[i], jpeg, images.views[i], images.modalities[i])
+            if size == codec.SIZE:
+                rec = reconstruct(jpeg[None], quality)[0]
+                scores = guarded(lambda w: measure_view(images.modality[i], jpeg + w * (rec - jpeg), images.views[i],
+                                                        images.modalities[i]), scores)
             j2k = codec.j2k_encode(img, len(data))
             modality = images.modalities[i]
-            for name, out, nbytes in ((f"JPEG+{model_name} adaptive", test, len(data)), ("JPEG 2000", codec.j2k_decode(j2k), len(j2k))):
+            for name, nbytes, measured in (
+                (f"JPEG+{model_name} adaptive", len(data), scores),
+                ("JPEG 2000", len(j2k), measure_view(images.modality[i], codec.j2k_decode(j2k), images.views[i], modality)),
+            ):
                 rows.append({
                     "image": i, "modality": modality, "quality": k, "ratio_target": ratio, "codec": name,
                     "coding_size": size if name != "JPEG 2000" else codec.SIZE, "jpeg_quality": quality,
                     "bytes": nbytes, "bpp": metrics.bits_per_pixel(nbytes), "compression_ratio": metrics.compression_ratio(nbytes),
-                    **measure_view(images.modality[i], out, images.views[i], modality),
+                    "model_weight": 0.0 if name != "JPEG 2000" else float("nan"), **measured,
                 })
     return rows
 

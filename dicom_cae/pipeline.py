@@ -132,6 +132,14 @@ class FrameMetrics:
     hu_model: display.HUError | None = None
     hu_jpeg: display.HUError | None = None
 
+    def scores(self, which: str) -> dict[str, float]:
+        """The metrics.GUARDED figures of the stored frame (``model``) or of plain JPEG (``jpeg``)."""
+        seed = self.model if which == "model" else self.jpeg
+        shown = self.display_model if which == "model" else self.display_jpeg
+        return {"psnr": seed.psnr, "ssim": seed.ssim,
+                "display_psnr": min((q.quality.psnr for q in shown), default=seed.psnr),
+                "display_ssim": min((q.quality.ssim for q in shown), default=seed.ssim)}
+
 
 @dataclass(frozen=True)
 class Derived:
@@ -175,6 +183,54 @@ def _compress(ds: Dataset, source: str, img: image.Prepared, quality: int,
                     img.modality, img.windows, coding_size, ratio_target)
 
 
+def store(reference_modality: np.ndarray, jpeg: np.ndarray, reconstruction: np.ndarray, norm: image.Normalization,
+          windows: list[display.Window], *, is_ct: bool, jpeg_bytes: tuple[int, ...] = ()
+          ) -> tuple[np.ndarray, tuple[FrameMetrics, ...], list[float]]:
+    """What to store of each frame, its stored values and metrics, and the model's weight in it.
+
+    The encoder has the original, so it can choose: JPEG decode + w x (reconstruction - JPEG
+    decode) with the first weight w of metrics.MODEL_WEIGHTS (1 first) whose image is not below
+    the plain JPEG decode in the seed's PSNR and SSIM and the worst display window's
+    (metrics.not_below); w = 0 stores the JPEG decode (as does a reconstruction equal to it).
+    """
+    jpeg_modality = image.unit_to_modality(jpeg, norm)
+    seed_reference = image.seed_unit(reference_modality, norm, clip=True)
+    seed_jpeg = image.seed_unit(jpeg_modality, norm)
+    reconstruction = np.array(reconstruction, np.float32, copy=True)
+
+    def measured(i: int, unit: np.ndarray, known: FrameMetrics | None = None) -> tuple[np.ndarray, FrameMetrics]:
+        """Frame i stored from ``unit`` ([0, 1]): its stored values and their metrics."""
+        one = image.one_frame(norm, i)
+        stored = image.to_stored(unit[None], one)
+        # The metrics describe the stored pixels, read back in modality units.
+        stored_modality = image.stored_to_modality(stored, one)[0]
+        return stored[0], FrameMetrics(
+            jpeg_bytes=jpeg_bytes[i] if jpeg_bytes else 0,
+            model=metrics.measure(seed_reference[i], image.seed_unit(stored_modality[None], one)[0]),
+            jpeg=known.jpeg if known else metrics.measure(seed_reference[i], seed_jpeg[i]),
+            display_model=tuple(display.measure(reference_modality[i], stored_modality, windows, invert=norm.invert)),
+            display_jpeg=known.display_jpeg if known else tuple(
+                display.measure(reference_modality[i], jpeg_modality[i], windows, invert=norm.invert)),
+            hu_model=display.hu_error(reference_modality[i], stored_modality) if is_ct else None,
+            hu_jpeg=(known.hu_jpeg if known else display.hu_error(reference_modality[i], jpeg_modality[i])) if is_ct else None,
+        )
+
+    stored_frames, frame_list, weights = [], [], []
+    for i in range(len(jpeg)):
+        stored_i, fm = measured(i, reconstruction[i])
+        weight = 1.0 if not np.array_equal(reconstruction[i], jpeg[i]) else 0.0
+        if weight:
+            for w in metrics.MODEL_WEIGHTS[1:]:
+                if metrics.not_below(fm.scores("model"), fm.scores("jpeg")):
+                    break
+                weight = w
+                stored_i, fm = measured(i, jpeg[i] + w * (reconstruction[i] - jpeg[i]), known=fm)
+        stored_frames.append(stored_i)
+        frame_list.append(fm)
+        weights.append(weight)
+    return np.stack(stored_frames), tuple(frame_list), weights
+
+
 def finish(
     prep: Prepared,
     reconstruction: np.ndarray,
@@ -184,29 +240,16 @@ def finish(
     max_quality: int = 100,
     uid_key: str | None = None,
 ) -> Derived:
-    """Map the reconstruction back to stored values, measure what is stored, build the instance."""
-    stored = image.to_stored(reconstruction, prep.norm)
-    # The metrics describe the stored pixels, read back in modality units.
-    stored_modality = image.stored_to_modality(stored, prep.norm)
-    jpeg_modality = image.unit_to_modality(prep.jpeg, prep.norm)
+    """Map the reconstruction back to stored values (as ``store`` chooses: never below the
+    plain JPEG decode; the private block's ModelWeight says how), measure, build the instance."""
     reference_modality = prep.modality if prep.modality is not None else image.unit_to_modality(prep.reference, prep.norm)
-    seed_reference = image.seed_unit(reference_modality, prep.norm, clip=True)
-    seed_stored = image.seed_unit(stored_modality, prep.norm)
-    seed_jpeg = image.seed_unit(jpeg_modality, prep.norm)
     is_ct = str(prep.dataset.get("Modality", "")).upper() == "CT"
     windows = list(prep.windows)
-    frames = tuple(
-        FrameMetrics(
-            jpeg_bytes=prep.jpeg_bytes[i],
-            model=metrics.measure(seed_reference[i], seed_stored[i]),
-            jpeg=metrics.measure(seed_reference[i], seed_jpeg[i]),
-            display_model=tuple(display.measure(reference_modality[i], stored_modality[i], windows, invert=prep.norm.invert)),
-            display_jpeg=tuple(display.measure(reference_modality[i], jpeg_modality[i], windows, invert=prep.norm.invert)),
-            hu_model=display.hu_error(reference_modality[i], stored_modality[i]) if is_ct else None,
-            hu_jpeg=display.hu_error(reference_modality[i], jpeg_modality[i]) if is_ct else None,
-        )
-        for i in range(prep.frames)
-    )
+    stored, frames, weights = store(reference_modality, prep.jpeg, reconstruction, prep.norm, windows,
+                                    is_ct=is_ct, jpeg_bytes=prep.jpeg_bytes)
+    stored_modality = image.stored_to_modality(stored, prep.norm)
+    seed_stored = image.seed_unit(stored_modality, prep.norm)
+    seed_reference = image.seed_unit(reference_modality, prep.norm, clip=True)
     percentiles, histograms = [], []
     edges = np.asarray(private_tags.ERROR_BIN_EDGES)
     for i in range(prep.frames):
@@ -264,6 +307,7 @@ def finish(
         "Warnings": list(prep.warnings) or None,
         "CodingSize": prep.coding_size,
         "TargetRatio": prep.ratio_target.ratio if prep.ratio_target else None,
+        "ModelWeight": weights,
     }
     resampled = (
         f"; resampled from {prep.norm.src_rows}x{prep.norm.src_cols} to 256x256" if prep.norm.resampled else ""
@@ -275,10 +319,16 @@ def finish(
         aim = f" (lowest quality reaching {' and '.join(a for a in aims if a)})"
     if prep.coding_size != codec.SIZE:
         how = f"JPEG decode kept: {model_name} is trained on {codec.SIZE}x{codec.SIZE} JPEG only"
-    elif prep.quality <= max_quality:
-        how = f"reconstructed by convolutional autoencoder {model_name} (weights sha256 {weights_sha256[:12]})"
-    else:
+    elif prep.quality > max_quality:
         how = f"JPEG decode kept: above quality {max_quality} {model_name} does not improve on it"
+    elif not any(weights):
+        how = (f"JPEG decode kept: the reconstruction by {model_name} was below it in PSNR or SSIM "
+               "(min/max image or display window)")
+    else:
+        how = f"reconstructed by convolutional autoencoder {model_name} (weights sha256 {weights_sha256[:12]})"
+        if any(w < 1 for w in weights):
+            shown = ", ".join(f"{w:g}" for w in weights) if prep.frames <= 4 else f"{min(weights):g}-{max(weights):g}"
+            how += f", stored as JPEG decode + {shown} x its correction (not below plain JPEG)"
     mapped = {
         value_mapping.MINMAX: "values mapped linearly from each frame's minimum and maximum",
         value_mapping.WINDOW: "values mapped window-aware (half of the 8-bit codes to the display windows)",
@@ -390,22 +440,24 @@ class Pipeline:
         """
         warnings = _identify(ds, source)
         img = image.prepare(ds, source, mapping=self.mapping)
+        is_ct = str(ds.get("Modality", "")).upper() == "CT"
         lo, hi = 1, 95
         while lo < hi:  # the metrics rise with the quality, closely enough for a bisection
             mid = (lo + hi) // 2
-            if self._meets(img, mid, target):
+            if self._meets(img, mid, target, is_ct):
                 hi = mid
             else:
                 lo = mid + 1
-        if lo == 95 and not self._meets(img, 95, target):
+        if lo == 95 and not self._meets(img, 95, target, is_ct):
             LOGGER.warning("%s: fidelity target not reached even at quality 95", source)
         return _compress(ds, source, img, lo, target, warnings)
 
-    def _meets(self, img: image.Prepared, quality: int, target: Target) -> bool:
+    def _meets(self, img: image.Prepared, quality: int, target: Target, is_ct: bool) -> bool:
         """Whether the stored reconstruction at ``quality`` reaches ``target`` in every frame."""
         jpeg = np.stack([codec.jpeg_roundtrip(f, quality)[0] for f in img.unit])
         recon = self.reconstructor(jpeg, quality, batch_size=self.batch_size, mapping=self.mapping)
-        stored = image.stored_to_modality(image.to_stored(recon, img.norm), img.norm)
+        stored, _, _ = store(img.modality, jpeg, recon, img.norm, list(img.windows), is_ct=is_ct)
+        stored = image.stored_to_modality(stored, img.norm)
         return all(target.met_in(img.modality[i], stored[i], img.norm, i, list(img.windows))
                    for i in range(len(stored)))
 

@@ -23,7 +23,7 @@ M = [
  ("6 band weights ignored", "dicom_cae/model/reconstructor.py", "owner = self.for_quality(int(q), mapping)", "owner = self", "tests/dicom_cae/test_behaviours.py::test_reconstruction_uses_the_weights_the_tags_name"),
  ("7 target ignores SSIM", "dicom_cae/pipeline.py", "self.ssim is None or metrics.ssim(reference, test) >= self.ssim", "True", "tests/dicom_cae/test_behaviours.py::test_an_ssim_target_is_met_and_the_quality_below_misses_it"),
  ("8 bisection limited to 1-50", "dicom_cae/pipeline.py", "        lo, hi = 1, 95\n", "        lo, hi = 1, 50\n", "tests/dicom_cae/test_behaviours.py::test_the_fidelity_search_reaches_high_qualities"),
- ("9 search measures the JPEG", "dicom_cae/pipeline.py", "recon = self.reconstructor(jpeg, quality, batch_size=self.batch_size, mapping=self.mapping)\n        stored = image.stored_to_modality", "recon = jpeg\n        stored = image.stored_to_modality", "tests/dicom_cae/test_behaviours.py::test_the_fidelity_search_measures_the_models_output"),
+ ("9 search measures the JPEG", "dicom_cae/pipeline.py", "recon = self.reconstructor(jpeg, quality, batch_size=self.batch_size, mapping=self.mapping)\n", "recon = jpeg\n", "tests/dicom_cae/test_behaviours.py::test_the_fidelity_search_measures_the_models_output"),
  ("10 errors.tsv without duplicates", "dicom_cae/convert.py", '        ("duplicate", summary.duplicates),\n', "", "tests/dicom_cae/test_behaviours.py::test_errors_tsv_lists_each_kind"),
  ("11 not-DICOM suffix rule ignored", "dicom_cae/convert.py", "if isinstance(exc, NotDicomError) and path.suffix.lower() not in DICOM_SUFFIXES:", "if isinstance(exc, NotDicomError):", "tests/dicom_cae/test_behaviours.py::test_errors_tsv_lists_each_kind"),
  ("12 duplicate detection off", "dicom_cae/convert.py", "            if out in claimed:", "            if False:", "tests/dicom_cae/test_behaviours.py::test_errors_tsv_lists_each_kind"),
@@ -35,6 +35,8 @@ M = [
  ("18 stale spool temp files kept", "scp_node/spool.py", "        for stale in self.tmp.iterdir():\n            stale.unlink()", "        pass", "tests/scp_node/test_operations.py::test_stale_spool_temp_files_are_dropped_at_start"),
  ("19 outputs written without durable", "scp_node/worker.py", "io.write(d, out, durable=True)", "io.write(d, out)", "tests/scp_node/test_durability.py::test_the_order_of_durable_steps_seen_by_strace"),
  ("20 reported although an instance arrived", "scp_node/state.py", "WHERE study_uid = ? AND last_received <= ?\",", "WHERE study_uid = ? AND ? IS NOT NULL\",", "tests/scp_node/test_operations.py::test_a_study_is_not_marked_reported_when_an_instance_arrived_during_its_report"),
+ ("21 a reconstruction below JPEG is stored", "dicom_cae/metrics.py", "return all(test[k] >= jpeg[k] for k in GUARDED)", "return True", "tests/dicom_cae/test_fidelity.py::test_a_reconstruction_below_plain_jpeg_is_not_stored"),
+ ("22 only all or nothing of the correction", "dicom_cae/metrics.py", "MODEL_WEIGHTS = (1.0, 0.75, 0.5, 0.25, 0.0)", "MODEL_WEIGHTS = (1.0, 0.0)", "tests/dicom_cae/test_fidelity.py::test_part_of_a_correction_is_stored_where_all_of_it_would_be_below_jpeg"),
 ]
 only = sys.argv[1:]
 for name, path, old, new, test in M:

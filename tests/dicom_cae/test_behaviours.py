@@ -51,13 +51,15 @@ def test_quality_bands_route_at_their_edges(model, quality, band):
 
 
 def test_reconstruction_uses_the_weights_the_tags_name(pipe):
-    ds = io.read(SAMPLES / "ct_phantom_1.dcm")
-    prep = pipe.prepare(ds, "ct", quality=3)
+    ds = io.read(SAMPLES / "ct_phantom_2.dcm")
+    prep = pipe.prepare(ds, "ct", quality=5)
     derived = pipe.run([prep])[0]
-    band = pipe.reconstructor.for_quality(3, pipe.mapping)
-    assert private_tags.read(derived.dataset)["WeightsSHA256"] == band.sha256 != pipe.reconstructor.sha256
-    by_band = band(prep.jpeg, 3)
-    by_general = pipe.reconstructor._run(prep.jpeg, np.full(1, 3, np.float32), 8)  # the general weights alone
+    band = pipe.reconstructor.for_quality(5, pipe.mapping)
+    tags = private_tags.read(derived.dataset)
+    assert tags["WeightsSHA256"] == band.sha256 != pipe.reconstructor.sha256
+    assert tags["ModelWeight"] == [1.0]  # the whole reconstruction is stored (not below JPEG)
+    by_band = band(prep.jpeg, 5)
+    by_general = pipe.reconstructor._run(prep.jpeg, np.full(1, 5, np.float32), 8)  # the general weights alone
     assert not np.allclose(by_band, by_general, atol=1e-4)
     stored = image.to_stored(by_band, prep.norm)
     assert np.array_equal(derived.dataset.pixel_array, stored[0])
@@ -87,12 +89,11 @@ def test_the_fidelity_search_measures_the_models_output(pipe):
     """A target the model reaches at a low quality where plain JPEG does not: the search must
     stop there (it would go higher if it measured the JPEG)."""
     path = SAMPLES / "ct_phantom_2.dcm"
-    seed = pipeline.Pipeline(pipe.reconstructor, batch_size=4, mapping="minmax")
-    model_psnr, _, jpeg_psnr = _seed_psnr_ssim(seed, path, 4)
-    assert model_psnr > jpeg_psnr + 0.3  # the model helps at quality 4
-    prep = seed.prepare_for_target(io.read(path), "ct", pipeline.Target(psnr=model_psnr - 0.01))
-    assert prep.quality <= 4
-    assert _seed_psnr_ssim(seed, path, prep.quality)[2] < model_psnr - 0.01  # JPEG alone misses it there
+    model_psnr, _, jpeg_psnr = _seed_psnr_ssim(pipe, path, 5)
+    assert model_psnr > jpeg_psnr + 0.3  # what the model stores is better at quality 5
+    prep = pipe.prepare_for_target(io.read(path), "ct", pipeline.Target(psnr=model_psnr - 0.01))
+    assert prep.quality <= 5
+    assert _seed_psnr_ssim(pipe, path, prep.quality)[2] < model_psnr - 0.01  # JPEG alone misses it there
 
 
 @pytest.fixture

@@ -146,3 +146,37 @@ def test_a_window_name_with_a_line_break_does_not_stop_the_report(tmp_path):
 def test_a_window_edge_at_the_frames_maximum_keeps_the_mapping_increasing():
     m = mapping.make("window", -1024, 3071, [(2995.7 - 50.2, 2995.7 + 50.2), (-100.0, 200.0)])
     assert (np.diff(m.x) > 0).all() and (np.diff(m.y) > 0).all()
+
+
+def test_a_reconstruction_below_plain_jpeg_is_not_stored():
+    """Issue 8: never below plain JPEG at the same bytes. A frame whose reconstruction is worse
+    than the JPEG decode (here: the decode with noise added) stores the JPEG decode, says so,
+    and its metrics are those of what is stored; a better one (the original itself) is kept."""
+    ds = io.read(SAMPLES / "ct_phantom_1.dcm")
+    prep = pipeline.prepare(ds, "ct_phantom_1.dcm", quality=10)
+    noisy = np.clip(prep.jpeg + np.random.default_rng(0).normal(0, 0.05, prep.jpeg.shape), 0, 1).astype(np.float32)
+    worse = pipeline.finish(prep, noisy, model_name="test", weights_sha256="0" * 64)
+    tags = private_tags.read(worse.dataset)
+    assert tags["ModelWeight"] == [0.0]
+    assert worse.frames[0].model.psnr == pytest.approx(worse.frames[0].jpeg.psnr, abs=0.05)
+    assert np.array_equal(worse.dataset.pixel_array, image.to_stored(prep.jpeg, prep.norm)[0])
+    assert "JPEG decode kept: the reconstruction by test was below it" in worse.dataset.DerivationDescription
+
+    better = pipeline.finish(prep, prep.reference, model_name="test", weights_sha256="0" * 64)
+    assert private_tags.read(better.dataset)["ModelWeight"] == [1.0]
+    assert better.frames[0].model.psnr > better.frames[0].jpeg.psnr + 3
+    assert metrics.not_below(better.frames[0].scores("model"), better.frames[0].scores("jpeg"))
+
+
+def test_part_of_a_correction_is_stored_where_all_of_it_would_be_below_jpeg():
+    """A correction that overshoots (three times the way to the original) is
+    below JPEG at full weight and at 0.75 (2x and 1.25x JPEG's error), not at half: the half is
+    stored, and the tags say 0.5."""
+    ds = io.read(SAMPLES / "ct_phantom_1.dcm")
+    prep = pipeline.prepare(ds, "ct_phantom_1.dcm", quality=10)
+    overshoot = prep.jpeg + 3.0 * (prep.reference - prep.jpeg)
+    derived = pipeline.finish(prep, overshoot.astype(np.float32), model_name="test", weights_sha256="0" * 64)
+    assert private_tags.read(derived.dataset)["ModelWeight"] == [0.5]
+    half = prep.jpeg + 0.5 * (overshoot - prep.jpeg)
+    assert np.array_equal(derived.dataset.pixel_array, image.to_stored(half.astype(np.float32), prep.norm)[0])
+    assert "JPEG decode + 0.5 x its correction" in derived.dataset.DerivationDescription
