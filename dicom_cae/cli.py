@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(c)
     c.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE, metavar="N", help=f"images per model batch (default {DEFAULT_BATCH_SIZE})")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.add_argument("--workers", type=_positive, metavar="N",
+                   help="run the batches in N local processes, each with the model loaded once (default: this process)")
+    c.add_argument("--dask", metavar="tcp://HOST:PORT",
+                   help="run the batches and reports on this Dask scheduler's workers (they need dicom-cae and the "
+                        "same paths to SRC and DST)")
 
     t = sub.add_parser("train", help="train a model through the same normalize and JPEG path")
     t.add_argument("data", nargs="+", metavar="DATA", help="training folders")
@@ -172,13 +177,25 @@ def cmd_convert(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"dicom-cae convert: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.workers and args.dask:
+        print("dicom-cae convert: error: --workers and --dask exclude each other", file=sys.stderr)
+        return EXIT_USAGE
     recon = _load_model(args)
     pipe = Pipeline(recon, batch_size=args.batch_size, mapping=args.value_mapping)
-    s = convert(src, args.dst, pipe, quality=args.quality, target=target, progress=not args.no_progress)
+    from dicom_cae import runner
+
+    settings = runner.Settings.of(pipe, quality=args.quality, target=target)
+    try:
+        engine = runner.engine_for(settings, workers=args.workers or 0, dask=args.dask)
+    except (OSError, TimeoutError) as exc:
+        print(f"dicom-cae convert: error: cannot reach the Dask scheduler at {args.dask}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    with engine:
+        s = convert(src, args.dst, pipe, quality=args.quality, target=target, progress=not args.no_progress, engine=engine)
     rate = s.frames / s.seconds if s.seconds else 0.0
     print(
         f"converted {s.converted} instance(s) ({s.frames} image(s)) in {s.seconds:.1f} s ({rate:.1f} images/s) "
-        f"with {recon.short_id}, value mapping {args.value_mapping}, at "
+        f"with {recon.short_id}, value mapping {args.value_mapping}, on {engine.name}, at "
         + (f"fidelity target {target.key}; " if target else f"JPEG quality {args.quality}; ") +
         f"{s.skipped_done} already done, {len(s.duplicates)} duplicate(s), {len(s.not_images)} not image(s), "
         f"{len(s.not_dicom)} not DICOM, "

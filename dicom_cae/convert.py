@@ -1,25 +1,21 @@
-"""Batch conversion of DICOM folders: read, prepare (in threads), reconstruct in batches, write.
-
-Memory stays bounded: at most a few batches are in flight, whatever the number of files.
-"""
+"""Batch conversion of DICOM folders on the runner (dicom_cae.runner): batches of files on an
+engine (this process, local processes or a Dask cluster), the outputs in a store with its index,
+then one report per study and the errors file."""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
-import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
-from dicom_cae import identity, io, pipeline, report
-from dicom_cae.derive import derived_uids
+from dicom_cae import identity, io, pipeline, report, runner
 from dicom_cae.errors import DicomInputError, NotAnImageError, NotDicomError
-from dicom_cae.pipeline import Derived, Pipeline, Prepared, RatioTarget, Target
+from dicom_cae.pipeline import Pipeline, RatioTarget, Target
+from dicom_cae.store import Entry, Store
 
 LOGGER = logging.getLogger(__name__)
 
@@ -30,8 +26,7 @@ DICOM_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima", "")
 
 
 def output_path(dst: Path, study_uid: object, series_uid: str, sop_uid: str) -> Path:
-    name = identity.safe_name
-    return dst / name(study_uid) / name(series_uid) / f"{name(sop_uid)}.dcm"
+    return Store(dst).path_of(study_uid, series_uid, sop_uid)
 
 
 @dataclass
@@ -52,44 +47,6 @@ class Summary:
     @property
     def exit_code(self) -> int:
         return 1 if self.failed else 0
-
-
-def _prepare_one(
-    path: Path, dst: Path, pipe: Pipeline, quality: int, target: Target | RatioTarget | None
-) -> tuple[Path, Prepared | None, str]:
-    """Read and prepare one file: its output path, the prepared instance (None when the output
-    exists already) and its SOP Instance UID."""
-    ds = io.read(path, pixels=False)  # enough to know whether it was converted before
-    ident = identity.identify(ds, str(path))
-    identity.apply(ds, ident)
-    uids = derived_uids(ds, key=pipe.key(target or quality))
-    out = output_path(dst, ident.study, uids.series, uids.instance)
-    if out.exists():
-        return out, None, ident.sop_instance
-    ds = io.read(path)
-    if isinstance(target, RatioTarget):
-        return out, pipe.prepare_for_ratio(ds, str(path), target), str(ds.SOPInstanceUID)
-    if target is not None:
-        return out, pipe.prepare_for_target(ds, str(path), target), str(ds.SOPInstanceUID)
-    return out, pipe.prepare(ds, str(path), quality=quality), str(ds.SOPInstanceUID)
-
-
-def _write(derived: Derived, dst: Path) -> Path:
-    ds = derived.dataset
-    out = output_path(dst, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-    io.write(ds, out)
-    return out
-
-
-def _bounded(executor: ThreadPoolExecutor, fn, items: Iterable, window: int) -> Iterator[tuple[object, Future]]:
-    """Like executor.map, but keeps at most ``window`` tasks in flight and yields (item, future)."""
-    pending: deque[tuple[object, Future]] = deque()
-    for item in items:
-        pending.append((item, executor.submit(fn, item)))
-        if len(pending) >= window:
-            yield pending.popleft()
-    while pending:
-        yield pending.popleft()
 
 
 def _record_failure(summary: Summary, path: Path, exc: Exception) -> None:
@@ -117,94 +74,87 @@ def convert(
     target: Target | RatioTarget | None = None,
     progress: bool = True,
     workers: int = 2,
+    engine: runner.Engine | None = None,
 ) -> Summary:
     """Convert every DICOM image under ``src`` into ``dst``; write reports and the errors file.
 
     Files that fail are listed in ``dst/errors.tsv`` with their reason; the rest go on. With
     a ``target``, each image gets the lowest JPEG quality that reaches it instead of ``quality``.
+    The batches run on ``engine`` (runner.engine_for: processes, a Dask cluster), else in this
+    process with ``workers`` threads per stage; the study reports too. Memory stays bounded: a
+    few batches in flight, whatever the number of files.
     """
     from tqdm import tqdm
 
     started = time.perf_counter()
     src, dst = Path(src), Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
+    settings = runner.Settings.of(pipe, quality=quality, target=target)
+    own = engine is None
+    engine = engine or runner.InProcess(threads=workers)
+    store = Store(dst)
     files = io.walk(src)
     summary = Summary()
     bar = tqdm(total=len(files), unit="file", disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    batch: list[Prepared] = []
-    batch_frames = 0
-    writes: deque[Future] = deque()
-    counting = threading.Lock()
-    claimed: dict[Path, Path] = {}  # output -> the source file that produces it in this run
-    sources: dict[str, Path] = {}  # source SOP Instance UID -> file, for the reports' pictures
+    claimed: dict[str, str] = {}  # output -> the source file that produces it in this run
+    sources: dict[str, dict[str, Path]] = {}  # study -> source SOP Instance UID -> file, for the reports' pictures
+    per_batch = max(1, pipe.batch_size)
+    batches = [[str(p) for p in files[i : i + per_batch]] for i in range(0, len(files), per_batch)]
+    root = str(dst.resolve())
 
-    def drain_writes(keep: int) -> None:
-        while len(writes) > keep:
-            out = writes.popleft().result()
-            if out is not None:
-                summary.studies.add(out.parent.parent.name)
-
-    def finish_and_write(prep: Prepared, recon: object) -> Path | None:
+    def take(paths: list[str], fut) -> None:
         try:
-            d = pipe.finish(prep, recon)
-            out = _write(d, dst)
-        except Exception as exc:  # e.g. a full disk: this instance fails, the rest go on
-            _record_failure(summary, Path(prep.source), exc)
-            out = None
-        else:
-            with counting:
-                summary.converted += 1
-                summary.frames += prep.frames
-        bar.update(1)
-        return out
-
-    def flush() -> None:
-        nonlocal batch, batch_frames
-        if not batch:
-            return
-        for prep, r in zip(batch, pipe.reconstruct(batch)):
-            writes.append(writer.submit(finish_and_write, prep, r))
-        batch, batch_frames = [], 0
-        drain_writes(keep=pipe.batch_size)  # at most about one batch being finished while the next runs
-
-    with ThreadPoolExecutor(workers, thread_name_prefix="prepare") as readers, ThreadPoolExecutor(
-        workers, thread_name_prefix="write"
-    ) as writer:
-        for path, fut in _bounded(readers, lambda p: _prepare_one(p, dst, pipe, quality, target), files, 2 * pipe.batch_size):
-            try:
-                out, result, sop_uid = fut.result()
-            except Exception as exc:  # one bad file must never stop the batch
-                _record_failure(summary, path, exc)
-                bar.update(1)
+            outcomes = fut.result()
+        except Exception as exc:  # noqa: BLE001 (a batch that failed as a whole: each of its files fails)
+            LOGGER.error("a batch of %d file(s) failed: %s", len(paths), exc)
+            reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+            outcomes = [runner.Outcome(p, runner.FAILED, error=DicomInputError(p, reason)) for p in paths]
+        written = []
+        for o in outcomes:
+            bar.update(1)
+            path = Path(o.source)
+            if o.kind in (runner.NOT_IMAGE, runner.FAILED):
+                _record_failure(summary, path, o.error or DicomInputError(o.source, "failed"))
                 continue
-            if out in claimed:
-                summary.duplicates.append(
-                    DicomInputError(str(path), f"same SOP Instance UID as {claimed[out]}, converted once")
-                )
-                bar.update(1)
+            if o.output in claimed and claimed[o.output] != o.source:
+                summary.duplicates.append(DicomInputError(o.source, f"same SOP Instance UID as {claimed[o.output]}, converted once"))
                 continue
-            claimed[out] = path
-            sources[sop_uid] = path
-            if result is None:
+            claimed[o.output] = o.source
+            summary.studies.add(o.study)
+            sources.setdefault(o.study, {})[o.sop_instance] = path
+            if o.kind == runner.DONE:
                 summary.skipped_done += 1
-                summary.studies.add(out.parent.parent.name)
-                bar.update(1)
                 continue
-            summary.warnings += [DicomInputError(str(path), w) for w in result.warnings]
-            batch.append(result)
-            batch_frames += result.frames
-            if batch_frames >= pipe.batch_size:
-                flush()
-        flush()
-        drain_writes(keep=0)
-    bar.close()
+            summary.converted += 1
+            summary.frames += o.frames
+            summary.warnings += [DicomInputError(o.source, w) for w in o.warnings]
+            written.append(Entry(o.derived[1], o.derived[0], o.study, o.sop_instance, o.source, o.output))
+        store.add(written)
 
-    for study in sorted(summary.studies):
-        try:
-            report.write(dst / study, sources=sources)
-        except Exception as exc:  # noqa: BLE001 (one study's report must not stop the run)
-            LOGGER.exception("the report of study %s failed", study)
-            summary.failed.append(DicomInputError(str(dst / study), f"study report not written: {type(exc).__name__}: {exc}"))
+    try:
+        pending: deque[tuple[list[str], object]] = deque()
+        for paths in batches:
+            pending.append((paths, engine.submit(runner.run_batch, settings, paths, root, threads=engine.threads)))
+            while len(pending) >= engine.slots:
+                take(*pending.popleft())
+        while pending:
+            take(*pending.popleft())
+        bar.close()
+
+        reports = [(study, engine.submit(_report, root, study, [str(p) for p in store.study_files(study)], sources.get(study, {})))
+                   for study in sorted(s for s in summary.studies if s)]
+        for study, fut in reports:
+            try:
+                fut.result()
+            except Exception as exc:  # noqa: BLE001 (one study's report must not stop the run)
+                LOGGER.error("the report of study %s failed: %s", study, exc)
+                summary.failed.append(DicomInputError(str(store.study_dir(study)),
+                                                      f"study report not written: {type(exc).__name__}: {exc}"))
+    finally:
+        if own:
+            engine.close()
+        store.close()
+    summary.studies = {identity.safe_name(s) for s in summary.studies if s}
     lines = ["file\tkind\treason"]
     for kind, errs in (
         ("failed", summary.failed),
@@ -217,3 +167,9 @@ def convert(
     io.write_text("\n".join(lines) + "\n", dst / ERRORS_FILE)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _report(root: str, study: str, files: list[str], sources: dict[str, Path]) -> str:
+    """One study's report (a task an engine runs)."""
+    store = Store(root)
+    return str(report.write(store.study_dir(study), sources=sources, files=[Path(f) for f in files]))

@@ -19,6 +19,9 @@ class DicomInputError(DicomCaeError):
         self.source = source
         self.reason = reason
 
+    def __reduce__(self):  # so that it crosses process boundaries intact (a pool, a Dask worker)
+        return (type(self), (self.source, self.reason))
+
 
 class NotAnImageError(DicomInputError):
     """A valid DICOM object that holds no grayscale image (SR, presentation state, colour...)."""

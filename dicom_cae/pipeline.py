@@ -179,7 +179,7 @@ def _compress(ds: Dataset, source: str, img: image.Prepared, quality: int,
               ratio_target: RatioTarget | None = None) -> Prepared:
     streams = tuple(codec.encode_at(frame, quality, coding_size) for frame in img.unit)
     jpeg = np.stack([codec.decode_to(s) for s in streams])
-    return Prepared(source, ds, img.unit, img.norm, jpeg, streams, quality, target, warnings,
+    return Prepared(source, header(ds), img.unit, img.norm, jpeg, streams, quality, target, warnings,
                     img.modality, img.windows, coding_size, ratio_target)
 
 
@@ -229,6 +229,24 @@ def store(reference_modality: np.ndarray, jpeg: np.ndarray, reconstruction: np.n
         frame_list.append(fm)
         weights.append(weight)
     return np.stack(stored_frames), tuple(frame_list), weights
+
+
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+
+
+def header(ds: Dataset) -> Dataset:
+    """``ds`` without its pixel data (what a prepared instance keeps of its source: the pixels
+    are in its arrays), ``ds`` itself left whole."""
+    if not _PIXEL_TAGS & set(ds._dict):
+        return ds
+    import copy
+
+    out = copy.copy(ds)
+    out._dict = {tag: el for tag, el in ds._dict.items() if tag not in _PIXEL_TAGS}
+    for cached in ("_pixel_array", "_pixel_id"):
+        if hasattr(out, cached):
+            setattr(out, cached, None if cached == "_pixel_array" else {})
+    return out
 
 
 def finish(

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +74,17 @@ def _finite(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else round(float(x), 6)
 
 
-def image_rows(study_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """One row per derived frame under ``study_dir``, from the private tags (pixels not read)."""
+def study_files(study_dir: str | os.PathLike[str], files: list[Path] | None = None) -> list[Path]:
+    """The derived instances of a study: ``files`` (from the store's index) or, without them,
+    every DICOM file under ``study_dir``."""
+    return sorted(Path(p) for p in files) if files is not None else sorted(Path(study_dir).rglob("*.dcm"))
+
+
+def image_rows(study_dir: str | os.PathLike[str], files: list[Path] | None = None) -> list[dict[str, Any]]:
+    """One row per derived frame under ``study_dir`` (or in ``files``), from the private tags
+    (pixels not read)."""
     rows = []
-    for path in sorted(Path(study_dir).rglob("*.dcm")):
+    for path in study_files(study_dir, files):
         try:
             ds = io.read(path, pixels=False)
             tags = private_tags.read(ds)
@@ -152,10 +160,10 @@ def _worst_kind(metric: str) -> str:
     return "min" if metric in HIGHER_BETTER else ("absmax" if metric == "hu_bias" else "max")
 
 
-def build(study_dir: str | os.PathLike[str]) -> dict[str, Any]:
+def build(study_dir: str | os.PathLike[str], files: list[Path] | None = None) -> dict[str, Any]:
     """The report of one study folder (``<out>/<StudyInstanceUID>``) as a JSON-ready dict."""
     study_dir = Path(study_dir)
-    rows = image_rows(study_dir)
+    rows = image_rows(study_dir, files)
     fit = metrics.regression([r["mean_original"] for r in rows], [r["mean_reconstructed"] for r in rows])
     diffs = np.asarray([r["mean_reconstructed"] - r["mean_original"] for r in rows], np.float64)
     bias = float(diffs.mean()) if len(diffs) else math.nan
@@ -224,21 +232,34 @@ def build(study_dir: str | os.PathLike[str]) -> dict[str, Any]:
 REPORT_HTML = "report.html"
 
 
+#: Reports rendered in threads of one process take turns (matplotlib keeps global state).
+_RENDER = threading.Lock()
+
+
+def document_series(study: str) -> str:
+    """The Series Instance UID of a study's report document (``study``: its folder's name)."""
+    from dicom_cae import derive
+
+    return generate_uid(derive.UID_PREFIX, entropy_srcs=["report series", study])
+
+
 def write(
     study_dir: str | os.PathLike[str],
     *,
     sources: dict[str, Path] | None = None,
     identifiers: bool = False,
     document: bool = True,
+    files: list[Path] | None = None,
 ) -> Path:
     """Write the study's report.json, report.html and (with ``document``) its DICOM form, an
     Encapsulated PDF in a series of its own in the study folder; returns report.json's path.
 
     ``sources`` maps source SOP Instance UIDs to their files, to show the originals beside the
-    reconstructions; ``identifiers`` puts the patient's name and ID in the HTML and PDF.
+    reconstructions; ``identifiers`` puts the patient's name and ID in the HTML and PDF;
+    ``files``: the study's derived instances (the store's index), else every file in the folder.
     """
     study_dir = Path(study_dir)
-    report = build(study_dir)
+    report = build(study_dir, files)
     path = study_dir / REPORT_JSON
     io.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n", path)
     if not report["per_image"]:
@@ -247,7 +268,7 @@ def write(
     from dicom_cae import derive, report_html
 
     uids = {r["sop_instance_uid"] for r in report["per_image"]}
-    template = io.read(next(p for p in sorted(study_dir.rglob("*.dcm")) if p.stem in uids), pixels=False)
+    template = io.read(next(p for p in study_files(study_dir, files) if p.stem in uids), pixels=False)
     now = dt.datetime.now()
     header = {
         "Study Instance UID": report["study_instance_uid"],
@@ -266,27 +287,28 @@ def write(
         header["Warnings"] = "; ".join(report["warnings"])
     if identifiers:
         header = {"Patient": str(template.get("PatientName", "")), "Patient ID": str(template.get("PatientID", "")), **header}
-    panels = report_html.worst_panels(study_dir, report["per_image"], sources)
-    figs = report_html.figures(report, panels)
-    try:
-        io.write_text(report_html.render_html(report, figs, header), study_dir / REPORT_HTML)
-        if document:
-            pdf = report_html.render_pdf(report, figs, header)
-            refs = sorted({(r["sop_class_uid"], r["sop_instance_uid"]) for r in report["per_image"]})
-            series_uid = generate_uid(derive.UID_PREFIX, entropy_srcs=["report series", report["study_instance_uid"]])
-            instance_uid = generate_uid(derive.UID_PREFIX, entropy_srcs=["report", report["study_instance_uid"], *(u for _, u in refs)])
-            doc = derive.report_document(
-                template, pdf, refs, series_uid=series_uid, instance_uid=instance_uid,
-                title="JPEG + CAE quality report", identifies_patient=identifiers, now=now,
-            )
-            folder = study_dir / series_uid
-            for old in folder.glob("*.dcm"):  # an earlier version, about fewer instances
-                if old.stem != instance_uid:
-                    old.unlink()
-            io.write(doc, folder / f"{instance_uid}.dcm")
-    finally:
-        import matplotlib.pyplot as plt
+    with _RENDER:  # matplotlib is not thread-safe: one study renders at a time per process
+        panels = report_html.worst_panels(study_files(study_dir, files), report["per_image"], sources)
+        figs = report_html.figures(report, panels)
+        try:
+            io.write_text(report_html.render_html(report, figs, header), study_dir / REPORT_HTML)
+            if document:
+                pdf = report_html.render_pdf(report, figs, header)
+                refs = sorted({(r["sop_class_uid"], r["sop_instance_uid"]) for r in report["per_image"]})
+                series_uid = document_series(report["study_instance_uid"])
+                instance_uid = generate_uid(derive.UID_PREFIX, entropy_srcs=["report", report["study_instance_uid"], *(u for _, u in refs)])
+                doc = derive.report_document(
+                    template, pdf, refs, series_uid=series_uid, instance_uid=instance_uid,
+                    title="JPEG + CAE quality report", identifies_patient=identifiers, now=now,
+                )
+                folder = study_dir / series_uid
+                for old in folder.glob("*.dcm"):  # an earlier version, about fewer instances
+                    if old.stem != instance_uid:
+                        old.unlink()
+                io.write(doc, folder / f"{instance_uid}.dcm")
+        finally:
+            import matplotlib.pyplot as plt
 
-        for f in figs.values():
-            plt.close(f)
+            for f in figs.values():
+                plt.close(f)
     return path

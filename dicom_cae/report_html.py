@@ -62,15 +62,13 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return html.escape(str(v))
 
 
-def worst_panels(study_dir: Path, rows: list[dict[str, Any]], sources: dict[str, Path] | None, n: int = WORST) -> list[Panel]:
+def worst_panels(study_files: list[Path], rows: list[dict[str, Any]], sources: dict[str, Path] | None, n: int = WORST) -> list[Panel]:
     """The ``n`` frames shown worst in their worst display window (lowest PSNR there; the
     seed's PSNR for instances without display metrics), read back from the derived files (and
     their sources) and shown through that window, as a viewer shows them."""
     key = lambda r: r["display_psnr"] if r.get("display_psnr") is not None else r["psnr"]  # noqa: E731
     worst = sorted((r for r in rows if key(r) is not None), key=key)[:n]
-    files = {}
-    for path in study_dir.rglob("*.dcm"):
-        files[path.stem] = path
+    files = {path.stem: path for path in study_files}
     panels = []
     for r in worst:
         path = files.get(r["sop_instance_uid"])

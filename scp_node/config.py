@@ -56,6 +56,8 @@ class Config:
     batch_size: int = 16
     batch_wait_s: float = 1.0
     study_quiet_s: float = 30.0
+    workers: int = 0  # N > 0: process in N local processes (each loads the model once); 0: in the node's process
+    dask: str | None = None  # tcp://HOST:PORT: process on this Dask cluster's workers (same paths to data_dir)
     # access and limits
     allowed_aets: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
@@ -119,6 +121,12 @@ def validate(cfg: Config) -> Config:
     for name in ("batch_wait_s", "study_quiet_s"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name}: must not be negative")
+    if cfg.workers < 0:
+        raise ConfigError(f"workers: 0 (in the node) or more, got {cfg.workers}")
+    if cfg.workers and cfg.dask:
+        raise ConfigError("workers and dask exclude each other")
+    if cfg.dask is not None and "://" not in cfg.dask:
+        raise ConfigError(f"dask: a scheduler address such as tcp://HOST:8786, got {cfg.dask!r}")
     if cfg.value_mapping not in ("minmax", "window"):
         raise ConfigError(f"value_mapping: 'minmax' or 'window', got {cfg.value_mapping!r}")
     if cfg.target_ratio is not None and not 0 < cfg.target_ratio <= 1:
@@ -198,6 +206,8 @@ value_mapping = "window"    # how values become the image JPEG codes: window, or
 batch_size = 16
 batch_wait_s = 1.0          # wait this long for a batch to fill
 study_quiet_s = 30.0        # a study is complete after this long without new instances
+# workers = 2               # process in 2 local processes, each with the model (default: in the node)
+# dask = "tcp://127.0.0.1:8786"  # or on a Dask cluster whose workers see data_dir at the same path
 
 allowed_aets = []           # calling AE titles allowed; empty: any
 allowed_hosts = []          # peer IP addresses allowed; empty: any

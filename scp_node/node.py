@@ -11,8 +11,8 @@ from hashlib import sha1
 from pathlib import Path
 
 from dicom_cae import io, report
-from dicom_cae.identity import safe_name
 from dicom_cae.pipeline import Pipeline
+from dicom_cae.store import Store
 from scp_node import server
 from scp_node.config import Config
 from scp_node.forward import Forwarder
@@ -68,7 +68,11 @@ class Node:
         self.counters = Counters()
         self.spool = Spool(cfg.spool_dir)
         self.state = State(cfg.state_path)
-        self.worker = Worker(cfg, self.spool, self.state, pipe, self.counters)
+        self.store = Store(cfg.output_dir)
+        try:
+            self.worker = Worker(cfg, self.spool, self.state, pipe, self.counters, self.store)
+        except (OSError, TimeoutError) as exc:  # a Dask scheduler that cannot be reached
+            raise NodeError(f"cannot reach the Dask scheduler at {cfg.dask}: {exc}") from exc
         self.forwarder = Forwarder(cfg, self.state, self.counters) if cfg.forward else None
         self._stop = threading.Event()
         self._studies = threading.Thread(target=self._watch_studies, name="studies", daemon=True)
@@ -201,13 +205,14 @@ class Node:
         return done
 
     def _complete(self, study_uid: str) -> None:
-        folder = self.cfg.output_dir / safe_name(study_uid)
-        if not (study_uid and folder.is_dir() and any(folder.rglob("*.dcm"))):
+        folder = self.store.study_dir(study_uid)
+        derived = self.store.study_files(study_uid) if study_uid else []
+        if not derived:
             return
-        path = report.write(folder)
+        path = report.write(folder, files=derived)
         LOGGER.info("study %s complete: report %s", study_uid, path)
-        if self.forwarder:
-            files = sorted(str(p) for p in folder.rglob("*.dcm"))
+        if self.forwarder:  # the derived instances and the report's document
+            files = sorted({str(p) for p in derived} | {str(p) for p in folder.glob("*/*.dcm") if p.parent.name == report.document_series(folder.name)})
             added = self.state.enqueue(files, study_uid)
             if added:
                 LOGGER.info("study %s: %d instance(s) queued for forwarding", study_uid, added)

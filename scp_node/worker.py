@@ -14,11 +14,11 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from dicom_cae import io, pipeline
-from dicom_cae.convert import output_path
-from dicom_cae.errors import DicomInputError, NotAnImageError
+from dicom_cae import io, pipeline, runner
+from dicom_cae.errors import DicomInputError
 from dicom_cae.identity import Identity, identify, printable, safe_name
-from dicom_cae.pipeline import Pipeline, Prepared
+from dicom_cae.pipeline import Pipeline
+from dicom_cae.store import Entry, Store
 from scp_node.config import Config
 from scp_node.monitor import Counters
 from dicom_cae.io import fsync_dir
@@ -40,9 +40,11 @@ class Worker(threading.Thread):
     means it is processed again at the next start, into the same (deterministic) output file.
     """
 
-    def __init__(self, cfg: Config, spool: Spool, state: State, pipe: Pipeline, counters: Counters) -> None:
+    def __init__(self, cfg: Config, spool: Spool, state: State, pipe: Pipeline, counters: Counters,
+                 store: Store | None = None, engine: runner.Engine | None = None) -> None:
         super().__init__(name="worker", daemon=True)
         self.cfg, self.spool, self.state, self.pipe, self.counters = cfg, spool, state, pipe, counters
+        self.store = store or Store(cfg.output_dir)
         self.wake = threading.Event()
         self._stopping = threading.Event()
         self.idle = threading.Event()
@@ -53,6 +55,8 @@ class Worker(threading.Thread):
             pipeline.Target(cfg.target_psnr, cfg.target_ssim, cfg.target_on) if cfg.target_psnr or cfg.target_ssim
             else pipeline.RatioTarget(cfg.target_ratio) if cfg.target_ratio else None
         )
+        self.settings = runner.Settings.of(pipe, quality=cfg.quality, target=self.target)
+        self.engine = engine or runner.engine_for(self.settings, workers=cfg.workers, dask=cfg.dask)
 
     def stop(self) -> None:
         """Finish the batch in hand, then return from run()."""
@@ -81,6 +85,7 @@ class Worker(threading.Thread):
                     LOGGER.exception("batch of %d failed; retrying in 5 s", len(batch))
                     self._stopping.wait(5)
         self._pool.shutdown()
+        self.engine.close()
 
     def _next_batch(self) -> list[Path]:
         while not self._stopping.is_set():
@@ -98,8 +103,9 @@ class Worker(threading.Thread):
             self.wake.clear()
         return []
 
-    def _load(self, path: Path) -> Loaded:
-        """Read, name and prepare one spooled instance; never raises (what fails is the result)."""
+    def _screen(self, path: Path) -> Loaded:
+        """Read and name one spooled instance and digest what it holds; never raises (what
+        fails is the result). The pixels are prepared by the runner, not here."""
         try:
             ds = io.read(path)
         except Exception as exc:  # noqa: BLE001 (read it again without pixels, to name it at least)
@@ -112,38 +118,15 @@ class Worker(threading.Thread):
             ident = identify(ds, f"SOP Instance in {path.name}")
         except DicomInputError as exc:
             return Loaded(path, ds, None, exc, "")
-        source = f"SOP Instance {ident.sop_instance}"
-        try:
-            if isinstance(self.target, pipeline.RatioTarget):
-                prep = self.pipe.prepare_for_ratio(ds, source, self.target)
-            elif self.target is not None:
-                prep = self.pipe.prepare_for_target(ds, source, self.target)
-            else:
-                prep = self.pipe.prepare(ds, source, quality=self.cfg.quality)
-        except (DicomInputError, ValueError) as exc:  # this instance's own problem
-            return Loaded(path, ds, ident, _input_error(path, exc), _content_digest(ds, path))
-        except Exception as exc:  # noqa: BLE001 (the model in a target search, memory...: see process)
-            return Loaded(path, ds, ident, exc, _content_digest(ds, path))
-        return Loaded(path, ds, ident, prep, _content_digest(ds, path))
+        return Loaded(path, None, ident, None, _content_digest(ds, path))
 
     def process(self, files: list[Path]) -> None:
-        """Process one batch. An instance's own problem sends it to failed/ (or kept/); only a
-        failure that hits every instance alike (the model, the disk) propagates, leaving the
-        batch spooled for a later try."""
-        images: list[Loaded] = []
+        """Process one batch on the runner. An instance's own problem sends it to failed/ (or
+        kept/); only a failure that hits every instance alike (the model, the disk) propagates,
+        leaving the batch spooled for a later try."""
         digests: dict[str, str] = {}  # SOP Instance UID -> digest, in this batch
-        loaded = list(self._pool.map(self._load, files))
-        unexpected = [i for i in loaded if isinstance(i.result, Exception) and not isinstance(i.result, DicomInputError)]
-        if unexpected and len(unexpected) == len(loaded):
-            # Every instance failed alike and not for its input (a model failing in a target
-            # search, memory): the batch stays spooled, a few times; then each fails on its own.
-            tries = max(self._tries.get(i.path, 0) for i in loaded) + 1
-            for i in loaded:
-                self._tries[i.path] = tries
-            if tries <= SYSTEMIC_TRIES:
-                raise unexpected[0].result
-        for item in loaded:
-            self._tries.pop(item.path, None)
+        todo: list[Loaded] = []
+        for item in self._pool.map(self._screen, files):
             if item.identity is not None and item.digest:
                 sop = item.identity.sop_instance
                 earlier = digests.get(sop) or self.state.digest(sop, ("processed", "kept"))
@@ -154,53 +137,49 @@ class Worker(threading.Thread):
                     self._conflict(item)
                     continue
                 digests[sop] = item.digest
-            if isinstance(item.result, Prepared):
-                images.append(item)
-            elif isinstance(item.result, NotAnImageError) and item.ds is not None:
-                self._keep(item, item.result.reason)
-            else:
+            if item.result is not None:
                 reason = getattr(item.result, "reason", None) or f"{type(item.result).__name__}: {item.result}"
                 self._fail(item, reason)
-        if not images:
+            else:
+                todo.append(item)
+        if not todo:
             return
-        preps = [item.result for item in images]
+        paths = [str(i.path) for i in todo]
         try:
-            recon = self.pipe.reconstruct(preps)
-        except Exception:  # noqa: BLE001 (find out whether one instance is the cause)
-            LOGGER.exception("reconstructing a batch of %d failed; trying each instance alone", len(images))
-            recon = []
-            for item in images:
-                try:
-                    recon.append(self.pipe.reconstruct([item.result])[0])
-                except Exception as exc:  # noqa: BLE001
-                    recon.append(exc)
-            if all(isinstance(r, Exception) for r in recon):
-                raise recon[0]  # every instance alike: not theirs; the batch stays spooled
-
-        def finish(pair: tuple[Loaded, object]) -> None:
-            item, r = pair
-            if isinstance(r, Exception):
-                self._fail(item, f"reconstruction failed: {type(r).__name__}: {r}")
-                return
-            try:
-                derived = self.pipe.finish(item.result, r)
-                d = derived.dataset
-                out = output_path(self.cfg.output_dir, d.StudyInstanceUID, d.SeriesInstanceUID, d.SOPInstanceUID)
-                io.write(d, out, durable=True)  # the spool copy goes once this returns
-            except Exception as exc:  # noqa: BLE001 (an instance we cannot build must not block the others)
-                LOGGER.exception("processing SOP Instance %s failed", printable(item.name))
-                self._fail(item, f"{type(exc).__name__}: {exc}")
-                return
-            self.state.record(item.name, item.identity.study, "processed", output=str(out), digest=item.digest)
-            self.counters.add("processed")
-            self.counters.observe_latency(time.time() - Spool.received_at(item.path))
-            for warning in item.result.warnings:
-                self.counters.add("warnings")
-                LOGGER.warning("SOP Instance %s: %s", printable(item.name), warning)
-            LOGGER.info("processed SOP Instance %s -> %s", printable(item.name), d.SOPInstanceUID)
-            self.spool.remove(item.path)
-
-        list(self._pool.map(finish, zip(images, recon)))
+            outcomes = self.engine.submit(runner.run_batch, self.settings, paths, str(self.store.root.resolve()),
+                                          skip_done=False, durable=True, threads=self.engine.threads, by_sop=True).result()
+        except runner.SystemicError as exc:
+            if exc.stage != "prepare":
+                raise  # the model: retried for ever, the batch stays spooled
+            # Every instance failed alike and not for its input (a model failing in a target
+            # search, memory): the batch stays spooled, a few times; then each fails on its own.
+            tries = max(self._tries.get(i.path, 0) for i in todo) + 1
+            for i in todo:
+                self._tries[i.path] = tries
+            if tries <= SYSTEMIC_TRIES:
+                raise
+            outcomes = [runner.Outcome(p, runner.FAILED, error=DicomInputError(p, exc.reason)) for p in paths]
+        entries = []
+        for item, o in zip(todo, outcomes):
+            self._tries.pop(item.path, None)
+            if o.kind == runner.WRITTEN:
+                out = self.store.root / o.output
+                self.state.record(item.name, item.identity.study, "processed", output=str(out), digest=item.digest)
+                entries.append(Entry(o.derived[1], o.derived[0], item.identity.study, item.name, item.path.name, o.output))
+                self.counters.add("processed")
+                self.counters.observe_latency(time.time() - Spool.received_at(item.path))
+                for warning in o.warnings:
+                    self.counters.add("warnings")
+                    LOGGER.warning("SOP Instance %s: %s", printable(item.name), warning)
+                LOGGER.info("processed SOP Instance %s -> %s", printable(item.name), o.derived[1])
+                self.spool.remove(item.path)
+            elif o.kind == runner.NOT_IMAGE:
+                self._keep(item, o.error.reason if o.error else "not an image")
+            elif o.kind == runner.FAILED:
+                self._fail(item, o.error.reason if o.error else "failed")
+            else:  # the same instance twice in the batch: done once
+                self._resent(item)
+        self.store.add(entries)
 
     def _copy_aside(self, item: Loaded, folder: Path, suffix: str = "") -> Path:
         study = safe_name(item.identity.study) if item.identity else "unidentified"
@@ -249,13 +228,14 @@ class Worker(threading.Thread):
 
 @dataclass(frozen=True)
 class Loaded:
-    """One spooled instance after reading: its dataset (None when unreadable), identity (None
-    when it cannot be named), the prepared image or the error, and a digest of its content."""
+    """One spooled instance after reading: its dataset when it cannot be processed (None when
+    unreadable), identity (None when it cannot be named), the error (None: to be processed),
+    and a digest of its content."""
 
     path: Path
     ds: Dataset | None
     identity: Identity | None
-    result: Prepared | Exception
+    result: Exception | None
     digest: str
 
     @property
