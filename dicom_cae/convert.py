@@ -4,6 +4,7 @@ then one report per study and the errors file."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -99,7 +100,9 @@ def convert(
     claimed: dict[str, str] = {}  # output -> the source file that produces it in this run
     sources: dict[str, dict[str, Path]] = {}  # study -> source SOP Instance UID -> file, for the reports' pictures
     per_batch = max(1, pipe.batch_size)
-    batches = [[str(p) for p in files[i : i + per_batch]] for i in range(0, len(files), per_batch)]
+    given = {str(Path(p).resolve()): p for p in files}  # workers may run elsewhere: absolute paths
+    absolute = list(given)
+    batches = [absolute[i : i + per_batch] for i in range(0, len(absolute), per_batch)]
     root = str(dst.resolve())
 
     def take(paths: list[str], fut) -> None:
@@ -108,18 +111,20 @@ def convert(
         except Exception as exc:  # noqa: BLE001 (a batch that failed as a whole: each of its files fails)
             LOGGER.error("a batch of %d file(s) failed: %s", len(paths), exc)
             reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
-            outcomes = [runner.Outcome(p, runner.FAILED, error=DicomInputError(p, reason)) for p in paths]
+            outcomes = [runner.Outcome(p, runner.FAILED, error=DicomInputError(str(given[p]), reason)) for p in paths]
         written = []
         for o in outcomes:
             bar.update(1)
-            path = Path(o.source)
+            path = given.get(o.source, Path(o.source))
+            if o.error is not None and o.error.source == o.source:  # named as the user gave it
+                o = dataclasses.replace(o, error=type(o.error)(str(path), o.error.reason))
             if o.kind in (runner.NOT_IMAGE, runner.FAILED):
                 _record_failure(summary, path, o.error or DicomInputError(o.source, "failed"))
                 continue
-            if o.output in claimed and claimed[o.output] != o.source:
-                summary.duplicates.append(DicomInputError(o.source, f"same SOP Instance UID as {claimed[o.output]}, converted once"))
+            if o.output in claimed and claimed[o.output] != str(path):
+                summary.duplicates.append(DicomInputError(str(path), f"same SOP Instance UID as {claimed[o.output]}, converted once"))
                 continue
-            claimed[o.output] = o.source
+            claimed[o.output] = str(path)
             summary.studies.add(o.study)
             sources.setdefault(o.study, {})[o.sop_instance] = path
             if o.kind == runner.DONE:
@@ -127,8 +132,8 @@ def convert(
                 continue
             summary.converted += 1
             summary.frames += o.frames
-            summary.warnings += [DicomInputError(o.source, w) for w in o.warnings]
-            written.append(Entry(o.derived[1], o.derived[0], o.study, o.sop_instance, o.source, o.output))
+            summary.warnings += [DicomInputError(str(path), w) for w in o.warnings]
+            written.append(Entry(o.derived[1], o.derived[0], o.study, o.sop_instance, str(path), o.output))
         store.add(written)
 
     try:

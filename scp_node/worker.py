@@ -144,7 +144,7 @@ class Worker(threading.Thread):
                 todo.append(item)
         if not todo:
             return
-        paths = [str(i.path) for i in todo]
+        paths = [str(i.path.resolve()) for i in todo]  # a Dask worker may run in another folder
         try:
             outcomes = self.engine.submit(runner.run_batch, self.settings, paths, str(self.store.root.resolve()),
                                           skip_done=False, durable=True, threads=self.engine.threads, by_sop=True).result()

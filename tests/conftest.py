@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -124,3 +125,40 @@ def derived_images(folder):
         f for f in Path(folder).rglob("*.dcm")
         if "SourceImageSequence" in pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SourceImageSequence"])
     )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(tmp_path_factory):
+    """`dask scheduler` and two `dask worker` processes (one thread each) on 127.0.0.1."""
+    dask = shutil.which("dask")
+    if dask is None:
+        pytest.fail("the dask command is missing: dask[distributed] is a dependency (pip install -e .)")
+    logs = tmp_path_factory.mktemp("dask")
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                              stdout=open(logs / "scheduler.log", "w"), stderr=subprocess.STDOUT)]
+    try:
+        for i in range(2):
+            procs.append(subprocess.Popen(
+                [dask, "worker", address, "--host", "127.0.0.1", "--nthreads", "1", "--no-dashboard", "--name", f"w{i}"],
+                stdout=open(logs / f"worker{i}.log", "w"), stderr=subprocess.STDOUT, cwd=logs))
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
