@@ -133,16 +133,25 @@ class HUError:
     bias: float  # mean signed error (reconstruction - original)
 
 
+class Shown:
+    """A reference image as shown through each window, kept to measure several test images."""
+
+    def __init__(self, reference: np.ndarray, wins: list[Window], *, invert: bool = False) -> None:
+        self.wins, self.invert = list(wins), invert
+        self.references = [metrics.Reference(self._show(w, reference)) for w in self.wins]
+
+    def _show(self, w: Window, values: np.ndarray) -> np.ndarray:
+        shown = w.apply(values)
+        return (1.0 - shown if self.invert else shown).astype(np.float32)
+
+    def measure(self, test: np.ndarray) -> list[WindowQuality]:
+        return [WindowQuality(w, metrics.measure(r, self._show(w, test))) for w, r in zip(self.wins, self.references)]
+
+
 def measure(reference: np.ndarray, test: np.ndarray, wins: list[Window], *, invert: bool = False) -> list[WindowQuality]:
     """PSNR, SSIM and pixel accuracy of ``test`` against ``reference`` (both modality units)
     as shown through each window (inverted for MONOCHROME1, as a viewer shows it)."""
-    out = []
-    for w in wins:
-        r, t = w.apply(reference), w.apply(test)
-        if invert:
-            r, t = 1.0 - r, 1.0 - t
-        out.append(WindowQuality(w, metrics.measure(r.astype(np.float32), t.astype(np.float32))))
-    return out
+    return Shown(reference, wins, invert=invert).measure(test)
 
 
 def worst(qualities: list[WindowQuality]) -> WindowQuality:

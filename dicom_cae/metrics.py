@@ -33,21 +33,35 @@ def psnr(reference: np.ndarray, test: np.ndarray, *, data_range: float = 1.0) ->
     return math.inf if m == 0 else 10.0 * math.log10(data_range * data_range / m)
 
 
-def ssim(reference: np.ndarray, test: np.ndarray, *, data_range: float = 1.0) -> float:
+class Reference:
+    """An SSIM reference image with its local statistics computed once, for measuring several
+    test images against it (the model's, plain JPEG's, a blend's): same result as ``ssim``."""
+
+    def __init__(self, reference: np.ndarray) -> None:
+        x = np.asarray(reference, np.float64)
+        if x.ndim != 2:
+            raise ValueError(f"ssim needs a 2-D image, got shape {x.shape}")
+        self.image = x
+        self.mean = _blur(x)
+        self.var = _blur(x * x) - self.mean * self.mean
+
+
+def _blur(a: np.ndarray) -> np.ndarray:
+    return gaussian_filter(a, sigma=SSIM_SIGMA, truncate=SSIM_TRUNCATE, mode="reflect")
+
+
+def ssim(reference: np.ndarray | Reference, test: np.ndarray, *, data_range: float = 1.0) -> float:
     """Mean structural similarity of two 2-D images (Wang et al. 2004, Gaussian window)."""
-    x = np.asarray(reference, np.float64)
+    ref = reference if isinstance(reference, Reference) else Reference(reference)
+    x = ref.image
     y = np.asarray(test, np.float64)
-    if x.shape != y.shape or x.ndim != 2:
+    if x.shape != y.shape or y.ndim != 2:
         raise ValueError(f"ssim needs two 2-D images of one shape, got {x.shape} and {y.shape}")
-
-    def blur(a: np.ndarray) -> np.ndarray:
-        return gaussian_filter(a, sigma=SSIM_SIGMA, truncate=SSIM_TRUNCATE, mode="reflect")
-
-    mx, my = blur(x), blur(y)
+    mx, my = ref.mean, _blur(y)
     # Population (not sample) covariance, as in the paper.
-    vx = blur(x * x) - mx * mx
-    vy = blur(y * y) - my * my
-    cxy = blur(x * y) - mx * my
+    vx = ref.var
+    vy = _blur(y * y) - my * my
+    cxy = _blur(x * y) - mx * my
     c1 = (SSIM_K1 * data_range) ** 2
     c2 = (SSIM_K2 * data_range) ** 2
     s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
@@ -84,14 +98,16 @@ class Quality:
         return asdict(self)
 
 
-def measure(reference: np.ndarray, test: np.ndarray) -> Quality:
-    """All per-image metrics of ``test`` against ``reference`` (2-D, [0, 1])."""
+def measure(reference: np.ndarray | Reference, test: np.ndarray) -> Quality:
+    """All per-image metrics of ``test`` against ``reference`` (2-D, [0, 1]; a Reference to
+    reuse its SSIM statistics)."""
+    ref = reference if isinstance(reference, Reference) else Reference(reference)
     return Quality(
-        mse=mse(reference, test),
-        psnr=psnr(reference, test),
-        ssim=ssim(reference, test),
-        pixel_accuracy=pixel_accuracy(reference, test),
-        mean_reference=float(np.mean(reference)),
+        mse=mse(ref.image, test),
+        psnr=psnr(ref.image, test),
+        ssim=ssim(ref, test),
+        pixel_accuracy=pixel_accuracy(ref.image, test),
+        mean_reference=float(np.mean(ref.image)),
         mean_test=float(np.mean(test)),
     )
 

@@ -191,44 +191,63 @@ def store(reference_modality: np.ndarray, jpeg: np.ndarray, reconstruction: np.n
     The encoder has the original, so it can choose: JPEG decode + w x (reconstruction - JPEG
     decode) with the first weight w of metrics.MODEL_WEIGHTS (1 first) whose image is not below
     the plain JPEG decode in the seed's PSNR and SSIM and the worst display window's
-    (metrics.not_below); w = 0 stores the JPEG decode (as does a reconstruction equal to it).
+    (metrics.not_below); w = 0 stores the JPEG decode (as does a reconstruction equal to it,
+    whose JPEG-only metrics are then those of the stored image: one measurement, not two).
     """
     jpeg_modality = image.unit_to_modality(jpeg, norm)
     seed_reference = image.seed_unit(reference_modality, norm, clip=True)
     seed_jpeg = image.seed_unit(jpeg_modality, norm)
     reconstruction = np.array(reconstruction, np.float32, copy=True)
 
-    def measured(i: int, unit: np.ndarray, known: FrameMetrics | None = None) -> tuple[np.ndarray, FrameMetrics]:
-        """Frame i stored from ``unit`` ([0, 1]): its stored values and their metrics."""
+    def measured(i: int, unit: np.ndarray, known: FrameMetrics | None, seed_ref: metrics.Reference,
+                 shown: display.Shown, is_jpeg: bool = False) -> tuple[np.ndarray, FrameMetrics]:
+        """Frame i stored from ``unit`` ([0, 1]): its stored values and their metrics; plain
+        JPEG's from ``known``, else measured (``unit`` itself when ``unit`` is the JPEG decode:
+        what is stored then is plain JPEG's image at the source's bit depth)."""
         one = image.one_frame(norm, i)
         stored = image.to_stored(unit[None], one)
         # The metrics describe the stored pixels, read back in modality units.
         stored_modality = image.stored_to_modality(stored, one)[0]
+        model = metrics.measure(seed_ref, image.seed_unit(stored_modality[None], one)[0])
+        display_model = tuple(shown.measure(stored_modality))
+        hu_model = display.hu_error(reference_modality[i], stored_modality) if is_ct else None
+        if known is None and is_jpeg:
+            known = FrameMetrics(0, model, model, display_jpeg=display_model, hu_jpeg=hu_model)
         return stored[0], FrameMetrics(
             jpeg_bytes=jpeg_bytes[i] if jpeg_bytes else 0,
-            model=metrics.measure(seed_reference[i], image.seed_unit(stored_modality[None], one)[0]),
-            jpeg=known.jpeg if known else metrics.measure(seed_reference[i], seed_jpeg[i]),
-            display_model=tuple(display.measure(reference_modality[i], stored_modality, windows, invert=norm.invert)),
-            display_jpeg=known.display_jpeg if known else tuple(
-                display.measure(reference_modality[i], jpeg_modality[i], windows, invert=norm.invert)),
-            hu_model=display.hu_error(reference_modality[i], stored_modality) if is_ct else None,
+            model=model,
+            jpeg=known.jpeg if known else metrics.measure(seed_ref, seed_jpeg[i]),
+            display_model=display_model,
+            display_jpeg=known.display_jpeg if known else tuple(shown.measure(jpeg_modality[i])),
+            hu_model=hu_model,
             hu_jpeg=(known.hu_jpeg if known else display.hu_error(reference_modality[i], jpeg_modality[i])) if is_ct else None,
         )
 
     stored_frames, frame_list, weights = [], [], []
     for i in range(len(jpeg)):
-        stored_i, fm = measured(i, reconstruction[i])
-        weight = 1.0 if not np.array_equal(reconstruction[i], jpeg[i]) else 0.0
+        seed_ref = metrics.Reference(seed_reference[i])
+        shown = display.Shown(reference_modality[i], windows, invert=norm.invert)
+        passed_through = np.array_equal(reconstruction[i], jpeg[i])
+        stored_i, fm = measured(i, reconstruction[i], None, seed_ref, shown, is_jpeg=passed_through)
+        weight = 0.0 if passed_through else 1.0
         if weight:
             for w in metrics.MODEL_WEIGHTS[1:]:
                 if metrics.not_below(fm.scores("model"), fm.scores("jpeg")):
                     break
                 weight = w
-                stored_i, fm = measured(i, jpeg[i] + w * (reconstruction[i] - jpeg[i]), known=fm)
+                stored_i, fm = measured(i, jpeg[i] + w * (reconstruction[i] - jpeg[i]), fm, seed_ref, shown)
         stored_frames.append(stored_i)
         frame_list.append(fm)
         weights.append(weight)
     return np.stack(stored_frames), tuple(frame_list), weights
+
+
+def error_histogram(err: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Counts below edges[0], in each bin as numpy.histogram makes them ([e_k, e_k+1), the last
+    closed), and above edges[-1]: one pass without sorting the pixels."""
+    k = np.searchsorted(edges, err.ravel(), side="right")  # 0: below; len(edges): at or above the last edge
+    k[err.ravel() == edges[-1]] = len(edges) - 1  # the last bin is closed on the right
+    return np.bincount(k, minlength=len(edges) + 1)
 
 
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
@@ -274,8 +293,7 @@ def finish(
         abs_modality = np.abs(stored_modality[i] - reference_modality[i])
         percentiles += [float(v) for v in np.percentile(abs_modality, [50, 95, 99])] + [float(abs_modality.max())]
         err = seed_stored[i] - seed_reference[i]
-        inner, _ = np.histogram(err, bins=edges)
-        histograms += [int((err < edges[0]).sum()), *map(int, inner), int((err > edges[-1]).sum())]
+        histograms += [int(v) for v in error_histogram(err, edges)]
     total_bytes = sum(prep.jpeg_bytes)
     original_bytes = prep.frames * image.SIZE * image.SIZE
     private: dict[str, Any] = {

@@ -111,3 +111,31 @@ def test_regression_r2_and_its_edges():
     assert flat.r2 == 1.0 and flat.slope == pytest.approx(0.0)
     assert math.isnan(metrics.regression([1.0, 1.0], [2.0, 3.0]).slope)  # constant x
     assert metrics.regression([0.0, 1.0, float("nan")], [float("nan"), 1.0, 2.0]).n == 1
+
+
+def test_the_error_histogram_counts_as_numpy_histogram_does():
+    """Issue 9 (no full sorts per image): the one-pass histogram gives numpy's counts, values on
+    the edges included (the last bin closed)."""
+    import numpy as np
+
+    from dicom_cae import private_tags
+    from dicom_cae.pipeline import error_histogram
+
+    edges = np.asarray(private_tags.ERROR_BIN_EDGES)
+    err = np.random.default_rng(3).normal(0, 0.1, (256, 256)).astype(np.float32)
+    err.ravel()[:41] = edges
+    inner, _ = np.histogram(err, bins=edges)
+    assert error_histogram(err, edges).tolist() == [int((err < edges[0]).sum()), *inner.tolist(), int((err > edges[-1]).sum())]
+
+
+def test_a_reference_reused_gives_the_same_ssim():
+    import numpy as np
+
+    from dicom_cae import metrics
+
+    rng = np.random.default_rng(4)
+    x = rng.random((64, 64))
+    ref = metrics.Reference(x)
+    for _ in range(3):
+        y = np.clip(x + rng.normal(0, 0.05, x.shape), 0, 1)
+        assert metrics.ssim(ref, y) == metrics.ssim(x, y)
