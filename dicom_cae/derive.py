@@ -117,7 +117,7 @@ def derive(
     norm: image.Normalization,
     *,
     uids: DerivedUIDs,
-    private: dict[str, Any],
+    private: private_tags.PrivateBlock,
     derivation: str,
     compression_ratio: float,
     now: dt.datetime | None = None,
@@ -125,7 +125,7 @@ def derive(
     """A new image instance holding ``stored`` (frames, 256, 256) in the source's pixel format.
 
     ``compression_ratio`` is original/compressed, as Lossy Image Compression Ratio defines it.
-    ``private`` holds every value of the private block (see private_tags).
+    ``private``: the values of the private block.
 
     Raises:
         ValueError: ``stored`` does not match the source's frame count or the normalization.
@@ -158,7 +158,7 @@ def derive(
     ds.SOPInstanceUID = uids.instance
     ds.SeriesInstanceUID = uids.series
     ds.SeriesNumber = (int(source.get("SeriesNumber") or 0) + SERIES_NUMBER_OFFSET) % 2**31
-    what = f"CAE {private['ModelName']} q{private['JPEGQuality']}"
+    what = f"CAE {private.ModelName} q{private.JPEGQuality}"
     source_description = str(source.get("SeriesDescription") or "").strip()
     ds.SeriesDescription = (f"{what} of {source_description}" if source_description else f"{what} reconstruction")[:64]
     ds.InstanceCreationDate = now.strftime("%Y%m%d")
@@ -203,14 +203,14 @@ def derive(
     ds.PixelRepresentation = norm.pixel_representation
     row_scale = norm.src_rows / image.SIZE
     col_scale = norm.src_cols / image.SIZE
-    warnings = list(private.get("Warnings") or [])
+    warnings = list(private.Warnings or [])
     warnings += [f"{kw} in the source cannot be decoded: left out" for kw in unreadable]
     warnings += _regrid(ds, source, row_scale, col_scale)
     warnings += _drop_invalid_uids(ds)
     ds.PixelData = np.ascontiguousarray(stored).astype(norm.dtype.newbyteorder("<")).tobytes()
     ds["PixelData"].VR = "OW" if norm.bits_allocated > 8 else "OB"
 
-    private_tags.write(ds, {**private, "Warnings": warnings or None})
+    private.replace(Warnings=tuple(warnings) or None).to_dataset(ds)
 
     ds.file_meta = _file_meta(ds)
     return ds

@@ -7,7 +7,7 @@ hold one value per frame, in frame order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -80,6 +80,89 @@ ELEMENTS: tuple[PrivateElement, ...] = (
     PrivateElement(0x33, "TargetRatio", "FD", False, "ratio", "Byte budget asked for (compressed/original, per frame): the coding size and quality are the ones that fit it and store the best image (absent when not asked for)", True),
     PrivateElement(0x34, "ModelWeight", "FD", True, "", "What each frame stores: JPEG decode + w x (model reconstruction - JPEG decode). 1: the model's reconstruction; 0: the JPEG decode (above the model's validated qualities, at a coding size it does not serve, or where every weight tried was below plain JPEG); the first of 1, 0.75, 0.5, 0.25 whose image is not below the JPEG decode in the seed's or the worst display window's PSNR or SSIM", True),
 )
+@dataclass(frozen=True)
+class PrivateBlock:
+    """The block's values, typed: one field per element of ELEMENTS (same names, same order;
+    per-frame values as tuples, in frame order). ``to_dataset`` writes it, ``from_dataset``
+    reads it back; the element offsets live in ELEMENTS alone."""
+
+    ModelName: str
+    WeightsSHA256: str
+    SoftwareVersion: str
+    JPEGQuality: int
+    JPEGBytes: tuple[int, ...]
+    CompressionRatio: tuple[float, ...]
+    BitsPerPixel: tuple[float, ...]
+    MSE: tuple[float, ...]
+    PSNR: tuple[float, ...]
+    SSIM: tuple[float, ...]
+    PixelAccuracy: tuple[float, ...]
+    PixelAccuracyTolerance: float
+    MeanIntensityOriginal: tuple[float, ...]
+    MeanIntensityReconstructed: tuple[float, ...]
+    JPEGOnlyPSNR: tuple[float, ...]
+    JPEGOnlySSIM: tuple[float, ...]
+    JPEGOnlyPixelAccuracy: tuple[float, ...]
+    JPEGOnlyMSE: tuple[float, ...]
+    NormalizationLow: tuple[float, ...]
+    NormalizationHigh: tuple[float, ...]
+    AbsErrorPercentiles: tuple[float, ...]
+    ErrorHistogram: tuple[int, ...]
+    JPEGStreams: bytes
+    TargetPSNR: float | None = None
+    TargetSSIM: float | None = None
+    Warnings: tuple[str, ...] | None = None
+    ValueMapping: str | None = None
+    MappingKnotCount: tuple[int, ...] | None = None
+    MappingKnots: tuple[float, ...] | None = None
+    DisplayWindowName: tuple[str, ...] | None = None
+    DisplayWindowCenter: tuple[float, ...] | None = None
+    DisplayWindowWidth: tuple[float, ...] | None = None
+    DisplayWindowOrigin: tuple[str, ...] | None = None
+    DisplayPSNR: tuple[float, ...] | None = None
+    DisplaySSIM: tuple[float, ...] | None = None
+    DisplayPixelAccuracy: tuple[float, ...] | None = None
+    JPEGOnlyDisplayPSNR: tuple[float, ...] | None = None
+    JPEGOnlyDisplaySSIM: tuple[float, ...] | None = None
+    JPEGOnlyDisplayPixelAccuracy: tuple[float, ...] | None = None
+    HUErrorRange: tuple[float, ...] | None = None
+    HUMeanAbsoluteError: tuple[float, ...] | None = None
+    HUBias: tuple[float, ...] | None = None
+    JPEGOnlyHUMeanAbsoluteError: tuple[float, ...] | None = None
+    JPEGOnlyHUBias: tuple[float, ...] | None = None
+    CodingSize: int | None = None
+    TargetRatio: float | None = None
+    ModelWeight: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # lists given for per-frame values are kept as tuples
+            if isinstance(getattr(self, f.name), list):
+                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset) -> PrivateBlock | None:
+        """The block of ``ds`` (None when it has none)."""
+        values = read(ds)
+        if values is None:
+            return None
+        # An instance of an older version may lack elements that are required now: None.
+        return cls(**{f.name: values.get(f.name) for f in fields(cls)})
+
+    def to_dataset(self, ds: Dataset) -> None:
+        write(ds, self.as_dict())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def replace(self, **changes: Any) -> PrivateBlock:
+        return replace(self, **changes)
+
+    def per_window(self, keyword: str, frame: int) -> tuple[float, ...]:
+        """A frames x windows value (DisplayPSNR...) of one frame: one value per window."""
+        values, n = getattr(self, keyword) or (), len(self.DisplayWindowName or ())
+        return tuple(values[frame * n : (frame + 1) * n])
+
+
 ERROR_BIN_EDGES = tuple(round(-0.2 + 0.01 * i, 2) for i in range(41))
 BY_KEYWORD = {e.keyword: e for e in ELEMENTS}
 
@@ -141,22 +224,22 @@ def read(ds: Dataset) -> dict[str, Any] | None:
     return out
 
 
-def normalization(ds: Dataset, tags: dict[str, Any] | None = None) -> image.Normalization:
+def normalization(ds: Dataset, tags: PrivateBlock | None = None) -> image.Normalization:
     """How a derived instance's stored values map to the normalized [0, 1] image its metrics
     were computed on (its pixels are on the 256x256 grid already).
 
     Raises KeyError when ``ds`` has no dicom-cae block.
     """
-    tags = tags if tags is not None else read(ds)
+    tags = tags if tags is not None else PrivateBlock.from_dataset(ds)
     if tags is None:
         raise KeyError(f"no {PRIVATE_CREATOR} block")
     mappings: tuple[mapping.ValueMapping, ...] = ()
-    if "MappingKnots" in tags:  # absent from instances written before value mappings existed
-        flat, counts, name = tags["MappingKnots"], tags["MappingKnotCount"], tags["ValueMapping"]
+    if tags.MappingKnots is not None:  # absent from instances written before value mappings existed
+        flat, counts, name = tags.MappingKnots, tags.MappingKnotCount, tags.ValueMapping
         starts = [2 * sum(counts[:i]) for i in range(len(counts))]
         mappings = tuple(mapping.from_knots(name, flat[a : a + 2 * n]) for a, n in zip(starts, counts))
     return image.Normalization(
-        lo=tuple(tags["NormalizationLow"]), hi=tuple(tags["NormalizationHigh"]),
+        lo=tuple(tags.NormalizationLow), hi=tuple(tags.NormalizationHigh),
         invert=str(ds.PhotometricInterpretation) == "MONOCHROME1", src_rows=image.SIZE, src_cols=image.SIZE,
         slope=float(ds.get("RescaleSlope", 1) or 1), intercept=float(ds.get("RescaleIntercept", 0) or 0),
         bits_allocated=int(ds.BitsAllocated), bits_stored=int(ds.BitsStored),

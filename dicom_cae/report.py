@@ -32,22 +32,22 @@ WITH_JPEG = {"psnr", "ssim", "pixel_accuracy", "mse", "display_psnr", "display_s
 USE = NOT_FOR_DIAGNOSIS
 
 
-def _display(tags: dict[str, Any], frame: int, prefix: str = "") -> list[dict[str, Any]]:
+def _display(tags: private_tags.PrivateBlock, frame: int, prefix: str = "") -> list[dict[str, Any]]:
     """Per window, the display measures of one frame (``prefix`` "JPEGOnly" for plain JPEG)."""
-    names = tags.get("DisplayWindowName") or []
+    names = tags.DisplayWindowName or []
     n = len(names)
-    if not n or f"{prefix}DisplayPSNR" not in tags:  # instances written before display metrics
+    if not n or getattr(tags, f"{prefix}DisplayPSNR") is None:  # instances written before display metrics
         return []
-    if len(tags.get("DisplayWindowCenter") or []) != n or len(tags[f"{prefix}DisplayPSNR"]) < (frame + 1) * n:
+    if len(tags.DisplayWindowCenter or []) != n or len(getattr(tags, f"{prefix}DisplayPSNR")) < (frame + 1) * n:
         LOGGER.warning("display metrics of an instance do not match its windows: left out of the report")
         return []
     out = []
     for k, name in enumerate(names):
         i = frame * n + k
         out.append({
-            "window": name, "center": tags["DisplayWindowCenter"][k], "width": tags["DisplayWindowWidth"][k],
-            "psnr": tags[f"{prefix}DisplayPSNR"][i], "ssim": tags[f"{prefix}DisplaySSIM"][i],
-            "pixel_accuracy": tags[f"{prefix}DisplayPixelAccuracy"][i],
+            "window": name, "center": tags.DisplayWindowCenter[k], "width": tags.DisplayWindowWidth[k],
+            "psnr": getattr(tags, f"{prefix}DisplayPSNR")[i], "ssim": getattr(tags, f"{prefix}DisplaySSIM")[i],
+            "pixel_accuracy": getattr(tags, f"{prefix}DisplayPixelAccuracy")[i],
         })
     return out
 
@@ -65,8 +65,8 @@ def _worst_window(per_window: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _hu(tags: dict[str, Any], frame: int, prefix: str = "") -> dict[str, Any]:
-    mae, bias = tags.get(f"{prefix}HUMeanAbsoluteError"), tags.get(f"{prefix}HUBias")
+def _hu(tags: private_tags.PrivateBlock, frame: int, prefix: str = "") -> dict[str, Any]:
+    mae, bias = getattr(tags, f"{prefix}HUMeanAbsoluteError"), getattr(tags, f"{prefix}HUBias")
     return {"hu_mae": mae[frame] if mae else None, "hu_bias": bias[frame] if bias else None}
 
 
@@ -87,7 +87,7 @@ def image_rows(study_dir: str | os.PathLike[str], files: list[Path] | None = Non
     for path in study_files(study_dir, files):
         try:
             ds = io.read(path, pixels=False)
-            tags = private_tags.read(ds)
+            tags = private_tags.PrivateBlock.from_dataset(ds)
         except DicomInputError as exc:
             LOGGER.warning("report skips %s", exc)
             continue
@@ -97,7 +97,7 @@ def image_rows(study_dir: str | os.PathLike[str], files: list[Path] | None = Non
         if tags is None:
             continue
         src = ds.SourceImageSequence[0].ReferencedSOPInstanceUID if "SourceImageSequence" in ds else ""
-        for i, nbytes in enumerate(tags["JPEGBytes"]):
+        for i, nbytes in enumerate(tags.JPEGBytes):
             display_model, display_jpeg = _display(tags, i), _display(tags, i, "JPEGOnly")
             rows.append(
                 {
@@ -108,36 +108,36 @@ def image_rows(study_dir: str | os.PathLike[str], files: list[Path] | None = Non
                     "instance_number": int(ds.InstanceNumber) if ds.get("InstanceNumber") not in (None, "") else None,
                     "frame": i + 1,
                     "modality": str(ds.get("Modality", "")),
-                    "model": tags["ModelName"],
-                    "weights_sha256": tags["WeightsSHA256"],
-                    "jpeg_quality": tags["JPEGQuality"],
+                    "model": tags.ModelName,
+                    "weights_sha256": tags.WeightsSHA256,
+                    "jpeg_quality": tags.JPEGQuality,
                     "jpeg_bytes": nbytes,
-                    "compression_ratio": tags["CompressionRatio"][i],
-                    "bpp": tags["BitsPerPixel"][i],
-                    "mse": tags["MSE"][i],
-                    "psnr": tags["PSNR"][i],
-                    "ssim": tags["SSIM"][i],
-                    "pixel_accuracy": tags["PixelAccuracy"][i],
-                    "mean_original": tags["MeanIntensityOriginal"][i],
-                    "mean_reconstructed": tags["MeanIntensityReconstructed"][i],
-                    "value_mapping": tags.get("ValueMapping", "minmax"),
+                    "compression_ratio": tags.CompressionRatio[i],
+                    "bpp": tags.BitsPerPixel[i],
+                    "mse": tags.MSE[i],
+                    "psnr": tags.PSNR[i],
+                    "ssim": tags.SSIM[i],
+                    "pixel_accuracy": tags.PixelAccuracy[i],
+                    "mean_original": tags.MeanIntensityOriginal[i],
+                    "mean_reconstructed": tags.MeanIntensityReconstructed[i],
+                    "value_mapping": tags.ValueMapping or "minmax",
                     "display": display_model,
                     **_worst_window(display_model),
                     **_hu(tags, i),
                     "jpeg_only": {
-                        "mse": tags["JPEGOnlyMSE"][i],
-                        "psnr": tags["JPEGOnlyPSNR"][i],
-                        "ssim": tags["JPEGOnlySSIM"][i],
-                        "pixel_accuracy": tags["JPEGOnlyPixelAccuracy"][i],
+                        "mse": tags.JPEGOnlyMSE[i],
+                        "psnr": tags.JPEGOnlyPSNR[i],
+                        "ssim": tags.JPEGOnlySSIM[i],
+                        "pixel_accuracy": tags.JPEGOnlyPixelAccuracy[i],
                         "display": display_jpeg,
                         **{k: v for k, v in _worst_window(display_jpeg).items() if k != "worst_window"},
                         **_hu(tags, i, "JPEGOnly"),
                     },
-                    "pixel_accuracy_tolerance": tags["PixelAccuracyTolerance"],
-                    "warnings": tags.get("Warnings", []),
+                    "pixel_accuracy_tolerance": tags.PixelAccuracyTolerance,
+                    "warnings": list(tags.Warnings or []),
                     # Absent from instances written before these elements existed.
-                    "abs_error_percentiles": tags.get("AbsErrorPercentiles", [math.nan] * 4 * (i + 1))[4 * i : 4 * i + 4],
-                    "error_histogram": tags.get("ErrorHistogram", [0] * 42 * (i + 1))[42 * i : 42 * i + 42],
+                    "abs_error_percentiles": (tags.AbsErrorPercentiles if tags.AbsErrorPercentiles is not None else [math.nan] * 4 * (i + 1))[4 * i : 4 * i + 4],
+                    "error_histogram": (tags.ErrorHistogram if tags.ErrorHistogram is not None else [0] * 42 * (i + 1))[42 * i : 42 * i + 42],
                 }
             )
     rows.sort(key=lambda r: (r["series_instance_uid"], r["instance_number"] or 0, r["sop_instance_uid"], r["frame"]))
@@ -289,26 +289,20 @@ def write(
         header = {"Patient": str(template.get("PatientName", "")), "Patient ID": str(template.get("PatientID", "")), **header}
     with _RENDER:  # matplotlib is not thread-safe: one study renders at a time per process
         panels = report_html.worst_panels(study_files(study_dir, files), report["per_image"], sources)
-        figs = report_html.figures(report, panels)
-        try:
-            io.write_text(report_html.render_html(report, figs, header), study_dir / REPORT_HTML)
-            if document:
-                pdf = report_html.render_pdf(report, figs, header)
-                refs = sorted({(r["sop_class_uid"], r["sop_instance_uid"]) for r in report["per_image"]})
-                series_uid = document_series(report["study_instance_uid"])
-                instance_uid = generate_uid(derive.UID_PREFIX, entropy_srcs=["report", report["study_instance_uid"], *(u for _, u in refs)])
-                doc = derive.report_document(
-                    template, pdf, refs, series_uid=series_uid, instance_uid=instance_uid,
-                    title="JPEG + CAE quality report", identifies_patient=identifiers, now=now,
-                )
-                folder = study_dir / series_uid
-                for old in folder.glob("*.dcm"):  # an earlier version, about fewer instances
-                    if old.stem != instance_uid:
-                        old.unlink()
-                io.write(doc, folder / f"{instance_uid}.dcm")
-        finally:
-            import matplotlib.pyplot as plt
-
-            for f in figs.values():
-                plt.close(f)
+        figs = report_html.rasterize(report_html.figures(report, panels))
+        io.write_text(report_html.render_html(report, figs, header), study_dir / REPORT_HTML)
+        if document:
+            pdf = report_html.render_pdf(report, figs, header)
+            refs = sorted({(r["sop_class_uid"], r["sop_instance_uid"]) for r in report["per_image"]})
+            series_uid = document_series(report["study_instance_uid"])
+            instance_uid = generate_uid(derive.UID_PREFIX, entropy_srcs=["report", report["study_instance_uid"], *(u for _, u in refs)])
+            doc = derive.report_document(
+                template, pdf, refs, series_uid=series_uid, instance_uid=instance_uid,
+                title="JPEG + CAE quality report", identifies_patient=identifiers, now=now,
+            )
+            folder = study_dir / series_uid
+            for old in folder.glob("*.dcm"):  # an earlier version, about fewer instances
+                if old.stem != instance_uid:
+                    old.unlink()
+            io.write(doc, folder / f"{instance_uid}.dcm")
     return path

@@ -48,9 +48,26 @@ class Panel:
     reconstruction: np.ndarray
 
 
-def _png(fig: plt.Figure) -> str:
+DPI = 100
+
+
+def rasterize(figs: dict[str, plt.Figure]) -> dict[str, np.ndarray]:
+    """Each figure drawn once, as RGB pixels at DPI: the HTML and the PDF show the same pixels
+    (drawing a figure is most of a report's cost; it is done once per figure, then closed)."""
+    out = {}
+    for key, fig in figs.items():
+        fig.set_dpi(DPI)
+        fig.canvas.draw()
+        out[key] = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+        plt.close(fig)
+    return out
+
+
+def _png(pixels: np.ndarray) -> str:
+    from PIL import Image
+
     buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=3)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -75,13 +92,13 @@ def worst_panels(study_files: list[Path], rows: list[dict[str, Any]], sources: d
         if path is None:
             continue
         ds = io.read(path)
-        tags = private_tags.read(ds)
+        tags = private_tags.PrivateBlock.from_dataset(ds)
         frame = r["frame"] - 1
         norm = private_tags.normalization(ds, tags)
         stored = ds.pixel_array.reshape(-1, image.SIZE, image.SIZE)
         recon = image.stored_to_modality(stored, norm)[frame]
-        offset = sum(tags["JPEGBytes"][:frame])
-        jpeg_unit = codec.decode_to(tags["JPEGStreams"][offset : offset + tags["JPEGBytes"][frame]])
+        offset = sum(tags.JPEGBytes[:frame])
+        jpeg_unit = codec.decode_to(tags.JPEGStreams[offset : offset + tags.JPEGBytes[frame]])
         jpeg = norm.mapping(frame).inverse(1.0 - jpeg_unit if norm.invert else jpeg_unit)
         original = None
         src = (sources or {}).get(r["source_sop_instance_uid"])
@@ -139,7 +156,7 @@ def figures(report: dict[str, Any], panels: list[Panel]) -> dict[str, plt.Figure
     a2.set_xlabel("mean of original and reconstructed")
     a2.set_ylabel("reconstructed - original")
     a2.set_title("Bland-Altman of mean intensity")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.07, right=0.985, bottom=0.13, top=0.92, wspace=0.25)  # fixed: no layout search
     figs["regression"] = fig
 
     fig, (h1, h2) = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -161,12 +178,12 @@ def figures(report: dict[str, Any], panels: list[Panel]) -> dict[str, plt.Figure
     h2.set_ylabel("PSNR (dB)")
     h2.set_title("PSNR per image" + (", worst display window" if shown else ""))
     h2.legend(fontsize=8)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.07, right=0.985, bottom=0.14, top=0.91, wspace=0.22)
     figs["error"] = fig
 
     if panels:
         with_original = any(p.original is not None for p in panels)
-        cols = ["original", "JPEG", "reconstruction", "|error| x4"] if with_original else ["JPEG", "reconstruction", "model correction (reconstruction - JPEG) x4"]
+        cols = ["original", "JPEG", "reconstruction", "|error| x4"] if with_original else ["JPEG", "reconstruction", "correction (recon. - JPEG) x4"]
         fig, axes = plt.subplots(len(panels), len(cols), figsize=(3.1 * len(cols), 3.2 * len(panels)), squeeze=False)
         for r, p in enumerate(panels):
             if with_original and p.original is not None:
@@ -182,7 +199,7 @@ def figures(report: dict[str, Any], panels: list[Panel]) -> dict[str, plt.Figure
                 if r == 0:
                     ax.set_title(cols[c], fontsize=10)
             axes[r][0].set_ylabel(p.label, fontsize=8)
-        fig.tight_layout()
+        fig.subplots_adjust(left=0.07, right=0.99, bottom=0.01, top=1 - 0.35 / (3.2 * len(panels)), wspace=0.04, hspace=0.12)
         figs["worst"] = fig
     return figs
 
@@ -227,7 +244,7 @@ window.addEventListener('load', function () {
 """
 
 
-def render_html(report: dict[str, Any], figs: dict[str, plt.Figure], header: dict[str, str]) -> str:
+def render_html(report: dict[str, Any], figs: dict[str, np.ndarray], header: dict[str, str]) -> str:
     meta = "".join(f"<tr><td>{html.escape(k)}</td><td class='mono'>{html.escape(v)}</td></tr>" for k, v in header.items())
     summary = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in _summary_rows(report))
     reg = report["regression"]
@@ -286,7 +303,7 @@ original resampled to 256x256 before any 8-bit quantization; see docs/private-ta
 """
 
 
-def render_pdf(report: dict[str, Any], figs: dict[str, plt.Figure], header: dict[str, str]) -> bytes:
+def render_pdf(report: dict[str, Any], figs: dict[str, np.ndarray], header: dict[str, str]) -> bytes:
     buf = _io.BytesIO()
     with PdfPages(buf, metadata={"Title": f"dicom-cae report {report['study_instance_uid']}", "Creator": f"dicom-cae {dicom_cae.__version__}"}) as pdf:
         page = plt.figure(figsize=(8.27, 11.69))
@@ -308,8 +325,12 @@ def render_pdf(report: dict[str, Any], figs: dict[str, plt.Figure], header: dict
         pdf.savefig(page)
         plt.close(page)
         for key in ("regression", "error", "worst"):
-            if key in figs:
-                pdf.savefig(figs[key], bbox_inches="tight")
+            if key in figs:  # the HTML's pixels, one page each
+                h, w = figs[key].shape[:2]
+                page = plt.figure(figsize=(w / DPI, h / DPI), dpi=DPI)
+                page.figimage(figs[key], 0, 0)
+                pdf.savefig(page, dpi=DPI)
+                plt.close(page)
         _pdf_per_image(pdf, report)
     return buf.getvalue()
 

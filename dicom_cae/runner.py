@@ -295,6 +295,9 @@ class Processes(Engine):
         self._pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
                                          initializer=_start_process, initargs=(settings, intra))
         self.n = n
+        # Start every process now (each loads the model): the work that follows does not wait for it.
+        for f in [self._pool.submit(os.getpid) for _ in range(n)]:
+            f.result()
 
     def submit(self, fn, *args, **kwargs):
         return self._pool.submit(fn, *args, **kwargs)

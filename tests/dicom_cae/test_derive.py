@@ -62,7 +62,7 @@ def test_written_file_reads_back_with_its_private_block(ct_derived, tmp_path):
     assert tags["JPEGOnlyPSNR"][0] == pytest.approx(d.frames[0].jpeg.psnr)
     assert not any(e.tag.is_private and e.tag.group != private_tags.PRIVATE_GROUP for e in back)
     np.testing.assert_array_equal(back.pixel_array, image.to_stored(
-        image.from_stored(back.pixel_array[None], private_tags.normalization(back, tags)), private_tags.normalization(back, tags))[0])
+        image.from_stored(back.pixel_array[None], private_tags.normalization(back)), private_tags.normalization(back))[0])
 
 
 def _lanczos(frame: np.ndarray) -> np.ndarray:
