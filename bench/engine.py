@@ -51,6 +51,8 @@ def small_studies(files: list[Path], folder: Path, per_study: int = 3) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for i, f in enumerate(files):
         ds = pydicom.dcmread(f)
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            ds.decompress()
         k = i // per_study
         ds.StudyInstanceUID = generate_uid(entropy_srcs=["bench study", str(k)])
         ds.SeriesInstanceUID = generate_uid(entropy_srcs=["bench series", str(k)])
@@ -59,9 +61,15 @@ def small_studies(files: list[Path], folder: Path, per_study: int = 3) -> None:
 
 
 def one_study(files: list[Path], folder: Path) -> None:
+    """The files as they are, but uncompressed (dcmcjpeg cannot read a JPEG 2000 source)."""
+    import pydicom
+
     folder.mkdir(parents=True, exist_ok=True)
     for i, f in enumerate(files):
-        shutil.copyfile(f, folder / f"{i:04d}.dcm")
+        ds = pydicom.dcmread(f)
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            ds.decompress()
+        ds.save_as(folder / f"{i:04d}.dcm")
 
 
 def dcmcjpeg(folder: Path, out: Path) -> float:

@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-augment", action="store_true", help="no flips or transposes")
     t.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPU)")
     t.add_argument("--init-weights", metavar="FILE", help="start from these weights")
+    t.add_argument("--coding-size", type=int, choices=(256, 224, 192, 160, 128), default=256,
+                   help="train to restore JPEG of the image reduced to this size and upsampled (default 256: JPEG artefacts only)")
     _add_mapping_arg(t)
     t.add_argument("--out", default="runs/train", metavar="DIR", help="output folder (default runs/train)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -237,6 +239,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         mixed_precision=args.mixed_precision,
         value_mapping=args.value_mapping,
         init_weights=args.init_weights,
+        coding_size=args.coding_size,
         ssim_weight=args.ssim_weight,
         repeats=args.passes,
         loss=args.loss,
@@ -266,7 +269,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     codec_name = f"JPEG+{recon.name}"
     reconstruct = lambda x, q: recon(x, q, batch_size=args.batch_size, mapping=args.value_mapping)  # noqa: E731
     rows = evaluation.rd_rows(images, list(args.qualities), reconstruct, recon.name)
-    ratio_rows = evaluation.ratio_rows(images, list(args.ratios), reconstruct, recon.name) if args.ratios else None
+    coded = lambda x, q, size: recon(x, q, batch_size=args.batch_size, mapping=args.value_mapping, coding_size=size)  # noqa: E731
+    ratio_rows = evaluation.ratio_rows(images, list(args.ratios), coded, recon.name) if args.ratios else None
     summary = rd_report.write(rows, Path(args.out), model_codec=codec_name,
                               description=f"JPEG + {recon.name} reconstruction (weights sha256 {recon.sha256[:16]})",
                               value_mapping=args.value_mapping, ratio_rows=ratio_rows)
@@ -317,6 +321,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         for card in mine:
             band = f"JPEG qualities {card['serves'][0]}-{card['serves'][1]}" if "serves" in card else "every JPEG quality"
             band += f", value mapping {card['data'].get('value_mapping', 'minmax')}"
+            if card.get("coding_size", 256) != 256:
+                band = f"JPEG of a {card['coding_size']}x{card['coding_size']} coding (upsampled), " + band
             print(f"  weights {card['weights_file']} (sha256 {card['sha256'][:16]}...) for {band}; "
                   f"trained {card['training']['epochs']} epochs on {card['data']['train_images']} images")
             for q, v in card["validation"]["by_quality"].items():

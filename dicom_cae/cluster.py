@@ -8,6 +8,8 @@ runs there. Each worker loads the model once, when it joins (``ModelPlugin``), a
 
 from __future__ import annotations
 
+import hashlib
+
 from distributed import Client, WorkerPlugin
 
 from dicom_cae.runner import Engine, Settings, pipeline_for
@@ -31,7 +33,8 @@ class DaskEngine(Engine):
 
     def __init__(self, address: str, settings: Settings, *, timeout: float = 30) -> None:
         self.client = Client(address, timeout=timeout, set_as_default=False)
-        self.client.register_plugin(ModelPlugin(settings), name=f"dicom-cae-model-{hash(settings.model_key) & 0xFFFFFFFF:08x}")
+        key = hashlib.sha256(repr(settings.model_key).encode()).hexdigest()[:12]
+        self.client.register_plugin(ModelPlugin(settings), name=f"dicom-cae-model-{key}")  # once per model
         workers = self.client.scheduler_info().get("workers", {})
         threads = sum(int(w.get("nthreads", 1)) for w in workers.values()) or 1
         self.slots = 2 * threads

@@ -93,25 +93,35 @@ def convert(
     settings = runner.Settings.of(pipe, quality=quality, target=target)
     own = engine is None
     engine = engine or runner.InProcess(threads=workers)
-    store = Store(dst)
     files = io.walk(src)
     summary = Summary()
     bar = tqdm(total=len(files), unit="file", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     claimed: dict[str, str] = {}  # output -> the source file that produces it in this run
     sources: dict[str, dict[str, Path]] = {}  # study -> source SOP Instance UID -> file, for the reports' pictures
     per_batch = max(1, pipe.batch_size)
+    root = str(dst.resolve())
+    store = Store(root)  # absolute: report tasks may run on other machines
+    files = _first_of_each(files, summary, bar, workers)
     given = {str(Path(p).resolve()): p for p in files}  # workers may run elsewhere: absolute paths
     absolute = list(given)
     batches = [absolute[i : i + per_batch] for i in range(0, len(absolute), per_batch)]
-    root = str(dst.resolve())
 
     def take(paths: list[str], fut) -> None:
         try:
             outcomes = fut.result()
-        except Exception as exc:  # noqa: BLE001 (a batch that failed as a whole: each of its files fails)
+        except runner.SystemicError as exc:  # every file of the batch failed alike: each fails with the reason
             LOGGER.error("a batch of %d file(s) failed: %s", len(paths), exc)
-            reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
-            outcomes = [runner.Outcome(p, runner.FAILED, error=DicomInputError(str(given[p]), reason)) for p in paths]
+            outcomes = [runner.Outcome(p, runner.FAILED, error=DicomInputError(str(given[p]), exc.reason)) for p in paths]
+        except Exception as exc:  # noqa: BLE001 (the engine: a process that died...): one file at a time
+            LOGGER.error("a batch of %d file(s) failed (%s: %s); running its files one by one", len(paths),
+                         type(exc).__name__, exc)
+            outcomes = []
+            for p in paths:
+                try:
+                    outcomes += engine.submit(runner.run_batch, settings, [p], root, threads=1).result()
+                except Exception as one:  # noqa: BLE001
+                    outcomes.append(runner.Outcome(p, runner.FAILED, error=DicomInputError(
+                        str(given[p]), getattr(one, "reason", None) or f"{type(one).__name__}: {one}")))
         written = []
         for o in outcomes:
             bar.update(1)
@@ -126,14 +136,15 @@ def convert(
                 continue
             claimed[o.output] = str(path)
             summary.studies.add(o.study)
-            sources.setdefault(o.study, {})[o.sop_instance] = path
+            sources.setdefault(o.study, {})[o.sop_instance] = Path(o.source)  # absolute, for the report tasks
+            if o.derived:  # written now or in an earlier run: the index holds it either way
+                written.append(Entry(o.derived[1], o.derived[0], o.study, o.sop_instance, str(path), o.output))
             if o.kind == runner.DONE:
                 summary.skipped_done += 1
                 continue
             summary.converted += 1
             summary.frames += o.frames
             summary.warnings += [DicomInputError(str(path), w) for w in o.warnings]
-            written.append(Entry(o.derived[1], o.derived[0], o.study, o.sop_instance, str(path), o.output))
         store.add(written)
 
     try:
@@ -172,6 +183,33 @@ def convert(
     io.write_text("\n".join(lines) + "\n", dst / ERRORS_FILE)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _first_of_each(files: list[Path], summary: Summary, bar, workers: int) -> list[Path]:
+    """The files without second copies of an instance (same Study and SOP Instance UID), which
+    are listed as duplicates: the first in walking order is converted, whatever engine runs it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def key(path: Path) -> tuple[str, str] | None:
+        try:
+            ds = io.read(path, pixels=False)
+            return (str(ds.get("StudyInstanceUID", "")), str(ds["SOPInstanceUID"].value))
+        except Exception:  # noqa: BLE001 (its batch says what is wrong with it)
+            return None
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        keys = list(pool.map(key, files))
+    first: dict[tuple[str, str], Path] = {}
+    out = []
+    for path, k in zip(files, keys):
+        if k is not None and k in first:
+            summary.duplicates.append(DicomInputError(str(path), f"same SOP Instance UID as {first[k]}, converted once"))
+            bar.update(1)
+            continue
+        if k is not None:
+            first[k] = path
+        out.append(path)
+    return out
 
 
 def _report(root: str, study: str, files: list[str], sources: dict[str, Path]) -> str:

@@ -29,12 +29,17 @@ class Summary:
         return {k: round(float(v), 6) for k, v in self.__dict__.items()}
 
 
-def jpeg_set(images: np.ndarray, quality: int) -> tuple[np.ndarray, np.ndarray]:
-    """JPEG round trip of every image: decoded images and byte counts."""
+def jpeg_set(images: np.ndarray, quality: int, coding_size: int = codec.SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """JPEG round trip of every image (coded at ``coding_size``, decoded back to 256x256):
+    decoded images and byte counts."""
     dec = np.empty_like(images)
     nbytes = np.empty(images.shape[0], np.int64)
     for i, img in enumerate(images):
-        dec[i], nbytes[i] = codec.jpeg_roundtrip(img, quality)
+        if coding_size == codec.SIZE:
+            dec[i], nbytes[i] = codec.jpeg_roundtrip(img, quality)
+        else:
+            data = codec.encode_at(img, quality, coding_size)
+            dec[i], nbytes[i] = codec.decode_to(data), len(data)
     return dec, nbytes
 
 
@@ -53,7 +58,7 @@ def summarize(reference: np.ndarray, test: np.ndarray, nbytes: np.ndarray, quali
 
 
 def compare(
-    images: np.ndarray, qualities: list[int], reconstruct: Reconstruct
+    images: np.ndarray, qualities: list[int], reconstruct: Reconstruct, *, coding_size: int = codec.SIZE
 ) -> dict[int, dict[str, Summary]]:
     """For each quality: {'jpeg': Summary, 'model': Summary}.
 
@@ -62,7 +67,7 @@ def compare(
     """
     out: dict[int, dict[str, Summary]] = {}
     for q in qualities:
-        dec, nbytes = jpeg_set(images, q)
+        dec, nbytes = jpeg_set(images, q, coding_size)
         rec = reconstruct(dec, q)
         out[q] = {"jpeg": summarize(images, dec, nbytes, q), "model": summarize(images, rec, nbytes, q)}
     return out
@@ -138,27 +143,26 @@ def rd_rows(images: dataset.ImageSet, qualities: list[int], reconstruct: Reconst
 DEFAULT_RATIOS = (0.0093, 0.0125, 0.0175, 0.025, 0.035, 0.045, 0.0625)
 
 
-def ratio_rows(images: dataset.ImageSet, ratios: list[float], reconstruct: Reconstruct, model_name: str) -> list[dict[str, object]]:
+def ratio_rows(images: dataset.ImageSet, ratios: list[float], reconstruct: Callable[[np.ndarray, int, int], np.ndarray],
+               model_name: str) -> list[dict[str, object]]:
     """Adaptive coding at byte budgets: per image and budget, the coding size (codec.CODING_SIZES)
-    and quality that fit and store the best image (pipeline.choose_coding, the model on 256x256
-    JPEG), beside JPEG 2000 given the bytes that coding spent. The "quality" field holds the
-    budget's index, so that these rows make curves like rd_rows."""
+    and quality that fit and store the best image (pipeline.choose_coding; ``reconstruct(jpeg,
+    quality, coding_size)``: the model for that coding, or the decode itself), beside JPEG 2000
+    given the bytes that coding spent. The "quality" field holds the budget's index, so that
+    these rows make curves like rd_rows."""
     from dicom_cae.pipeline import choose_coding
 
     rows: list[dict[str, object]] = []
     for k, ratio in enumerate(ratios):
         budget = int(ratio * image.SIZE * image.SIZE)
         for i, img in enumerate(images.images):
-            def stored(jpeg: np.ndarray, quality: int, size: int) -> np.ndarray:
-                return jpeg if size != codec.SIZE else reconstruct(jpeg, quality)
-
-            size, quality = choose_coding(img[None], budget, stored)
+            size, quality = choose_coding(img[None], budget, reconstruct)
             size, quality = (size, quality) if size is not None else (codec.CODING_SIZES[-1], 1)
             data = codec.encode_at(img, quality, size)
             jpeg = codec.decode_to(data)
             scores = measure_view(images.modality[i], jpeg, images.views[i], images.modalities[i])
-            if size == codec.SIZE:
-                rec = reconstruct(jpeg[None], quality)[0]
+            rec = reconstruct(jpeg[None], quality, size)[0]
+            if not np.array_equal(rec, jpeg):
                 scores = guarded(lambda w: measure_view(images.modality[i], jpeg + w * (rec - jpeg), images.views[i],
                                                         images.modalities[i]), scores)
             j2k = codec.j2k_encode(img, len(data))

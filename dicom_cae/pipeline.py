@@ -235,7 +235,10 @@ def store(reference_modality: np.ndarray, jpeg: np.ndarray, reconstruction: np.n
                 if metrics.not_below(fm.scores("model"), fm.scores("jpeg")):
                     break
                 weight = w
-                stored_i, fm = measured(i, jpeg[i] + w * (reconstruction[i] - jpeg[i]), fm, seed_ref, shown)
+                if w == 0:  # the JPEG decode itself, measured once as what is stored and as plain JPEG
+                    stored_i, fm = measured(i, jpeg[i], None, seed_ref, shown, is_jpeg=True)
+                else:
+                    stored_i, fm = measured(i, jpeg[i] + w * (reconstruction[i] - jpeg[i]), fm, seed_ref, shown)
         stored_frames.append(stored_i)
         frame_list.append(fm)
         weights.append(weight)
@@ -276,6 +279,7 @@ def finish(
     weights_sha256: str,
     max_quality: int = 100,
     uid_key: str | None = None,
+    coding_served: bool = True,
 ) -> Derived:
     """Map the reconstruction back to stored values (as ``store`` chooses: never below the
     plain JPEG decode; the private block's ModelWeight says how), measure, build the instance."""
@@ -353,8 +357,8 @@ def finish(
         aims = [f"PSNR >= {prep.target.psnr} dB" if prep.target.psnr is not None else "",
                 f"SSIM >= {prep.target.ssim}" if prep.target.ssim is not None else ""]
         aim = f" (lowest quality reaching {' and '.join(a for a in aims if a)})"
-    if prep.coding_size != codec.SIZE:
-        how = f"JPEG decode kept: {model_name} is trained on {codec.SIZE}x{codec.SIZE} JPEG only"
+    if prep.coding_size != codec.SIZE and not coding_served:
+        how = f"JPEG decode kept: {model_name} has no weights for a {prep.coding_size}x{prep.coding_size} coding"
     elif prep.quality > max_quality:
         how = f"JPEG decode kept: above quality {max_quality} {model_name} does not improve on it"
     elif not any(weights):
@@ -453,8 +457,7 @@ class Pipeline:
         img = image.prepare(ds, source, mapping=self.mapping)
 
         def stored(jpeg: np.ndarray, quality: int, size: int) -> np.ndarray:
-            recon = jpeg if size != codec.SIZE else self.reconstructor(jpeg, quality, batch_size=self.batch_size,
-                                                                       mapping=self.mapping)
+            recon = self.reconstructor(jpeg, quality, batch_size=self.batch_size, mapping=self.mapping, coding_size=size)
             return image.from_stored(image.to_stored(recon, img.norm), img.norm)
 
         size, quality = choose_coding(img.unit, target.budget, stored)
@@ -503,10 +506,12 @@ class Pipeline:
             return []
         jpeg = np.concatenate([p.jpeg for p in preps])
         quality = np.concatenate([np.full(p.frames, p.quality, np.float32) for p in preps])
-        full = np.concatenate([np.full(p.frames, p.coding_size == codec.SIZE) for p in preps])
-        out = jpeg.copy()  # the model knows 256x256 JPEG only: other coding sizes pass through
-        if full.any():
-            out[full] = self.reconstructor(jpeg[full], quality[full], batch_size=self.batch_size, mapping=self.mapping)
+        size = np.concatenate([np.full(p.frames, p.coding_size) for p in preps])
+        out = jpeg.copy()
+        for s in np.unique(size):  # 256x256 JPEG to its bands; a smaller coding to a band trained on it, if any
+            idx = np.flatnonzero(size == s)
+            out[idx] = self.reconstructor(jpeg[idx], quality[idx], batch_size=self.batch_size, mapping=self.mapping,
+                                          coding_size=int(s))
         splits = np.cumsum([p.frames for p in preps])[:-1]
         return np.split(out, splits)
 
@@ -516,7 +521,11 @@ class Pipeline:
         return [self.finish(p, r) for p, r in zip(preps, recon)]
 
     def finish(self, prep: Prepared, reconstruction: np.ndarray) -> Derived:
-        r = self.reconstructor.for_quality(prep.quality, self.mapping)
+        r = self.reconstructor.for_coding(prep.quality, self.mapping, prep.coding_size)
+        if r is None:  # a smaller coding no band serves: the decode passed through
+            return finish(prep, reconstruction, model_name=self.reconstructor.name, weights_sha256=self.reconstructor.sha256,
+                          max_quality=self.reconstructor.max_quality, coding_served=False,
+                          uid_key=self.key(prep.target or prep.ratio_target or prep.quality))
         # A targeted output depends on the whole set of weights, not only the band that served it.
         return finish(
             prep, reconstruction, model_name=r.name, weights_sha256=r.sha256, max_quality=r.max_quality,

@@ -76,7 +76,7 @@ ELEMENTS: tuple[PrivateElement, ...] = (
     PrivateElement(0x2F, "HUBias", "FD", True, "HU", "CT only: mean signed error (stored - original) over the same pixels", True),
     PrivateElement(0x30, "JPEGOnlyHUMeanAbsoluteError", "FD", True, "HU", "CT only: HUMeanAbsoluteError of the plain JPEG decode", True),
     PrivateElement(0x31, "JPEGOnlyHUBias", "FD", True, "HU", "CT only: HUBias of the plain JPEG decode", True),
-    PrivateElement(0x32, "CodingSize", "IS", False, "pixels", "Side of the square image the JPEG streams code: 256, or 224, 192, 160 or 128 (decoded and upsampled bicubic to 256x256); the compression ratio stays against the 8-bit 256x256 image", True),
+    PrivateElement(0x32, "CodingSize", "IS", False, "pixels", "Side of the square image the JPEG streams code: 256, or 224, 192, 160 or 128 (decoded and upsampled bicubic to 256x256, then restored by weights trained for that coding where they exist: see ModelWeight); the compression ratio stays against the 8-bit 256x256 image", True),
     PrivateElement(0x33, "TargetRatio", "FD", False, "ratio", "Byte budget asked for (compressed/original, per frame): the coding size and quality are the ones that fit it and store the best image (absent when not asked for)", True),
     PrivateElement(0x34, "ModelWeight", "FD", True, "", "What each frame stores: JPEG decode + w x (model reconstruction - JPEG decode). 1: the model's reconstruction; 0: the JPEG decode (above the model's validated qualities, at a coding size it does not serve, or where every weight tried was below plain JPEG); the first of 1, 0.75, 0.5, 0.25 whose image is not below the JPEG decode in the seed's or the worst display window's PSNR or SSIM", True),
 )

@@ -40,6 +40,7 @@ class Settings:
     quality: int = DEFAULT_QUALITY
     target: Target | RatioTarget | None = None
     batch_size: int = DEFAULT_BATCH_SIZE  # images per model call
+    identity: str | None = None  # the digest of every weight file the model uses (checked where it runs)
 
     @classmethod
     def of(cls, pipe: Pipeline, *, quality: int = DEFAULT_QUALITY, target: Target | RatioTarget | None = None) -> Settings:
@@ -48,7 +49,8 @@ class Settings:
 
         r = pipe.reconstructor
         shipped = r.sha256 in {c["sha256"] for c in shipped_card_list()}
-        settings = cls(r.name, None if shipped else str(Path(r.weights_path).resolve()), pipe.mapping, quality, target, pipe.batch_size)
+        settings = cls(r.name, None if shipped else str(Path(r.weights_path).resolve()), pipe.mapping, quality, target,
+                       pipe.batch_size, r.identity)
         remember(settings, pipe)
         return settings
 
@@ -174,6 +176,9 @@ def run_batch(settings: Settings, paths: list[str], root: str, *, skip_done: boo
     meaningful names).
     """
     pipe = pipeline_for(settings)
+    if settings.identity and pipe.reconstructor.identity != settings.identity:
+        raise SystemicError("prepare", f"this worker's {pipe.reconstructor.name} weights ({pipe.reconstructor.identity[:12]}) "
+                            f"are not the ones asked for ({settings.identity[:12]}): install the same dicom-cae version")
     store = Store(root)
     with ThreadPoolExecutor(max(1, threads), thread_name_prefix="stage") as pool:
         items = list(pool.map(lambda p: _prepare(pipe, settings, store, p, skip_done, by_sop), paths))
@@ -271,7 +276,9 @@ class InProcess(Engine):
         self._pool.shutdown()
 
 
-def _start_process(settings: Settings, intra_threads: int) -> None:
+def _start_process(settings: Settings, intra_threads: int, nice: int = 0) -> None:
+    if nice:
+        os.nice(nice)  # the node's receiving comes first
     # Before TensorFlow starts: N processes on a few cores must not each start a thread per core.
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(intra_threads))
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
@@ -285,34 +292,48 @@ class Processes(Engine):
 
     name = "processes"
 
-    def __init__(self, n: int, settings: Settings) -> None:
-        import multiprocessing
-
+    def __init__(self, n: int, settings: Settings, *, nice: int = 0) -> None:
         if n < 1:
             raise ValueError(f"workers must be at least 1, got {n}")
         self.slots, self.threads = 2 * n, 1
-        intra = max(1, (os.cpu_count() or 1) // n)
-        self._pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_start_process, initargs=(settings, intra))
-        self.n = n
-        # Start every process now (each loads the model): the work that follows does not wait for it.
-        for f in [self._pool.submit(os.getpid) for _ in range(n)]:
+        self.n, self._settings, self._nice = n, settings, nice
+        self._pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        import multiprocessing
+
+        intra = max(1, (os.cpu_count() or 1) // self.n)
+        pool = ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_start_process, initargs=(self._settings, intra, self._nice))
+        # Start the processes now and load the model (the initializer): the work that follows
+        # does not wait for it (a task runs only once its process's initializer has returned).
+        for f in [pool.submit(os.getpid) for _ in range(self.n)]:
             f.result()
+        return pool
 
     def submit(self, fn, *args, **kwargs):
-        return self._pool.submit(fn, *args, **kwargs)
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return self._pool.submit(fn, *args, **kwargs)
+        except BrokenProcessPool:  # a process died (memory, a crashing decoder): a new pool
+            LOGGER.error("a worker process died; starting the pool again")
+            self._pool.shutdown(wait=False)
+            self._pool = self._start()
+            return self._pool.submit(fn, *args, **kwargs)
 
     def close(self) -> None:
         self._pool.shutdown()
 
 
-def engine_for(settings: Settings, *, workers: int = 0, dask: str | None = None) -> Engine:
-    """The engine a command asks for: a Dask scheduler's address, N local processes, or this one."""
+def engine_for(settings: Settings, *, workers: int = 0, dask: str | None = None, nice: int = 0) -> Engine:
+    """The engine a command asks for: a Dask scheduler's address, N local processes (at this
+    niceness), or this one."""
     if dask:
         from dicom_cae.cluster import DaskEngine
 
         return DaskEngine(dask, settings)
     if workers and workers > 0:
-        return Processes(workers, settings)
+        return Processes(workers, settings, nice=nice)
     return InProcess()
 

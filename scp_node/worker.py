@@ -56,7 +56,7 @@ class Worker(threading.Thread):
             else pipeline.RatioTarget(cfg.target_ratio) if cfg.target_ratio else None
         )
         self.settings = runner.Settings.of(pipe, quality=cfg.quality, target=self.target)
-        self.engine = engine or runner.engine_for(self.settings, workers=cfg.workers, dask=cfg.dask)
+        self.engine = engine or runner.engine_for(self.settings, workers=cfg.workers, dask=cfg.dask, nice=10)
 
     def stop(self) -> None:
         """Finish the batch in hand, then return from run()."""
@@ -145,27 +145,38 @@ class Worker(threading.Thread):
         if not todo:
             return
         paths = [str(i.path.resolve()) for i in todo]  # a Dask worker may run in another folder
+        tries = max(self._tries.get(i.path, 0) for i in todo) + 1
         try:
-            outcomes = self.engine.submit(runner.run_batch, self.settings, paths, str(self.store.root.resolve()),
-                                          skip_done=False, durable=True, threads=self.engine.threads, by_sop=True).result()
+            outcomes = self._run(paths)
         except runner.SystemicError as exc:
             if exc.stage != "prepare":
                 raise  # the model: retried for ever, the batch stays spooled
             # Every instance failed alike and not for its input (a model failing in a target
             # search, memory): the batch stays spooled, a few times; then each fails on its own.
-            tries = max(self._tries.get(i.path, 0) for i in todo) + 1
             for i in todo:
                 self._tries[i.path] = tries
             if tries <= SYSTEMIC_TRIES:
                 raise
             outcomes = [runner.Outcome(p, runner.FAILED, error=DicomInputError(p, exc.reason)) for p in paths]
-        entries = []
+        except Exception:  # noqa: BLE001 (the engine: a worker process that died, a lost Dask worker)
+            for i in todo:
+                self._tries[i.path] = tries
+            if tries <= SYSTEMIC_TRIES:
+                raise
+            # Then one instance at a time: one that kills its worker fails alone.
+            outcomes = []
+            for p in paths:
+                try:
+                    outcomes += self._run([p])
+                except Exception as exc:  # noqa: BLE001
+                    outcomes.append(runner.Outcome(p, runner.FAILED, error=DicomInputError(p, f"{type(exc).__name__}: {exc}")))
         for item, o in zip(todo, outcomes):
             self._tries.pop(item.path, None)
             if o.kind == runner.WRITTEN:
                 out = self.store.root / o.output
+                # Indexed and recorded before the spool copy goes: a crash in between processes it again.
+                self.store.add([Entry(o.derived[1], o.derived[0], item.identity.study, item.name, item.path.name, o.output)])
                 self.state.record(item.name, item.identity.study, "processed", output=str(out), digest=item.digest)
-                entries.append(Entry(o.derived[1], o.derived[0], item.identity.study, item.name, item.path.name, o.output))
                 self.counters.add("processed")
                 self.counters.observe_latency(time.time() - Spool.received_at(item.path))
                 for warning in o.warnings:
@@ -179,7 +190,10 @@ class Worker(threading.Thread):
                 self._fail(item, o.error.reason if o.error else "failed")
             else:  # the same instance twice in the batch: done once
                 self._resent(item)
-        self.store.add(entries)
+
+    def _run(self, paths: list[str]) -> list[runner.Outcome]:
+        return self.engine.submit(runner.run_batch, self.settings, paths, str(self.store.root.resolve()),
+                                  skip_done=False, durable=True, threads=self.engine.threads, by_sop=True).result()
 
     def _copy_aside(self, item: Loaded, folder: Path, suffix: str = "") -> Path:
         study = safe_name(item.identity.study) if item.identity else "unidentified"

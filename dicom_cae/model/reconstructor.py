@@ -66,15 +66,27 @@ class Reconstructor:
         """The value mapping these weights were trained on (cards before mappings: minmax)."""
         return (self.card.get("data") or {}).get("value_mapping", "minmax")
 
+    @property
+    def coding_size(self) -> int:
+        """The side of the JPEG-coded image these weights restore (256: JPEG artefacts only;
+        smaller: decoded, upsampled bicubic to 256, then restored)."""
+        return int(self.card.get("coding_size", SIZE))
+
     def for_quality(self, quality: int, mapping: str = "minmax") -> Reconstructor:
-        """The weights that serve ``quality`` for images mapped by ``mapping``: a band trained
-        on that mapping when one covers the quality, else a band trained on minmax, else these."""
+        """The weights that serve ``quality`` for 256x256 JPEG of images mapped by ``mapping``: a
+        band trained on that mapping when one covers the quality, else a band trained on minmax,
+        else these."""
+        return self.for_coding(quality, mapping, SIZE) or self  # (weights for a smaller coding alone: these)
+
+    def for_coding(self, quality: int, mapping: str, coding_size: int) -> Reconstructor | None:
+        """The weights for JPEG of a ``coding_size`` image at ``quality``: as for_quality for
+        256; for a smaller coding a band trained on it, or None (the decode passes through)."""
         for wanted in dict.fromkeys((mapping, "minmax")):
             for band in self.bands:
                 lo, hi = band.card["serves"]
-                if lo <= quality <= hi and band.value_mapping == wanted:
+                if lo <= quality <= hi and band.value_mapping == wanted and band.coding_size == coding_size:
                     return band
-        return self
+        return self if coding_size == self.coding_size else None
 
     @property
     def identity(self) -> str:
@@ -112,18 +124,31 @@ class Reconstructor:
         return self._fn
 
     def __call__(self, jpeg: np.ndarray, quality: int | np.ndarray, *, batch_size: int = 16,
-                 mapping: str = "minmax") -> np.ndarray:
+                 mapping: str = "minmax", coding_size: int = SIZE) -> np.ndarray:
         """Reconstruct images (n, 256, 256) in [0, 1] from their JPEG decodes; float32 out.
 
         ``quality`` is one JPEG quality for all, or one per image; images of a quality above
-        ``max_quality`` come back unchanged. The last partial batch is padded so that the
-        compiled graph keeps one shape.
+        ``max_quality`` come back unchanged, as do the decodes of a ``coding_size`` smaller
+        than 256 that no band serves. The last partial batch is padded so that the compiled
+        graph keeps one shape.
         """
         x = np.asarray(jpeg, dtype=np.float32)
         if x.ndim != 3 or x.shape[1:] != (SIZE, SIZE):
             raise ValueError(f"expected images of shape (n, {SIZE}, {SIZE}), got {x.shape}")
         n = x.shape[0]
         qualities = np.broadcast_to(np.asarray(quality, dtype=np.float32), (n,))
+        if coding_size != SIZE:
+            out = x.copy()
+            groups_c: dict[int, tuple[Reconstructor, list[int]]] = {}
+            for i, q in enumerate(qualities):
+                owner = self.for_coding(int(q), mapping, coding_size)
+                if owner is not None:
+                    groups_c.setdefault(id(owner), (owner, []))[1].append(i)
+            for owner, idx in groups_c.values():
+                out[idx] = owner._run(x[idx], qualities[idx], batch_size)
+            return out
+        if self.coding_size != SIZE:  # weights for a smaller coding alone: 256x256 JPEG passes through
+            return x.copy()
         if self.bands:
             out = np.empty_like(x)
             groups: dict[int, tuple[Reconstructor, list[int]]] = {}

@@ -48,6 +48,7 @@ class TrainConfig:
     repeats: int = 1
     loss: str | None = None  # "mse" or "bce"; default: "bce" for sigmoid outputs (seed), else "mse"
     value_mapping: str = "minmax"  # how modality values become the [0, 1] images (dicom_cae.mapping)
+    coding_size: int = codec.SIZE  # JPEG of the image reduced to this size, decoded and upsampled (bicubic) to 256
 
 
 def make_loss(ssim_weight: float, base: str = "mse") -> Any:
@@ -104,7 +105,7 @@ def _epoch_inputs(
     jpeg = np.empty_like(target)
     weight = np.empty(target.shape[0], np.float64)
     for i, (img, q) in enumerate(zip(target, qualities)):
-        jpeg[i] = codec.jpeg_roundtrip(img, int(q))[0]
+        jpeg[i] = codec.decode_to(codec.encode_at(img, int(q), cfg.coding_size))
         # The floor (40 dB) keeps near-blank slices, which JPEG codes almost perfectly, from
         # taking all the weight: with 1e-8 they drove the seed's sigmoid output to a constant.
         weight[i] = 1.0 / np.sqrt(max(metrics.mse(img, jpeg[i]), 1e-4))
@@ -205,7 +206,7 @@ def train(cfg: TrainConfig) -> Path:
             verbose=1 if sys.stdout.isatty() else 0,
         )
         train_loss = float(hist.history["loss"][-1])
-        val = evaluation.compare(val_set.images, list(cfg.val_qualities), reconstruct)
+        val = evaluation.compare(val_set.images, list(cfg.val_qualities), reconstruct, coding_size=cfg.coding_size)
         record = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -220,7 +221,7 @@ def train(cfg: TrainConfig) -> Path:
         _save_inference_weights(model, cfg.model, out / f"{cfg.model}.last.weights.h5")
 
     print("final validation at JPEG qualities " + ", ".join(map(str, CARD_QUALITIES)), flush=True)
-    final_val = evaluation.compare(val_set.images, list(CARD_QUALITIES), reconstruct)
+    final_val = evaluation.compare(val_set.images, list(CARD_QUALITIES), reconstruct, coding_size=cfg.coding_size)
     print(_table(final_val), flush=True)
     tmp = out / f"{cfg.model}.last.weights.h5"
     digest = sha256_of(tmp)
@@ -243,6 +244,7 @@ def train(cfg: TrainConfig) -> Path:
             "split": "patient level: no patient or series is in both sets (checked)",
             "value_mapping": cfg.value_mapping,
         },
+        **({"coding_size": cfg.coding_size} if cfg.coding_size != codec.SIZE else {}),
         "training": {
             "epochs": cfg.epochs,
             "passes_per_epoch": cfg.repeats,

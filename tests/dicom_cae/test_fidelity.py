@@ -180,3 +180,20 @@ def test_part_of_a_correction_is_stored_where_all_of_it_would_be_below_jpeg():
     half = prep.jpeg + 0.5 * (overshoot - prep.jpeg)
     assert np.array_equal(derived.dataset.pixel_array, image.to_stored(half.astype(np.float32), prep.norm)[0])
     assert "JPEG decode + 0.5 x its correction" in derived.dataset.DerivationDescription
+
+
+def test_a_128_coding_goes_to_the_weights_trained_for_it(pipe):
+    """Issue 8 (the CAE as super-resolver): a 128x128 coding is restored by the weights whose
+    card says coding_size 128; a coding no weights serve (160) passes the upsampled decode
+    through; weights for 128 alone never touch 256x256 JPEG."""
+    img = image.prepare(io.read(SAMPLES / "ct_phantom_1.dcm"), "ct", mapping=pipe.mapping)
+    band = pipe.reconstructor.for_coding(10, pipe.mapping, 128)
+    assert band is not None and band.coding_size == 128 and band is not pipe.reconstructor
+    assert pipe.reconstructor.for_coding(10, pipe.mapping, 160) is None
+    preps = {size: pipeline._compress(io.read(SAMPLES / "ct_phantom_1.dcm"), "ct", img, 10, coding_size=size)
+             for size in (128, 160)}
+    out128, out160 = pipe.reconstruct([preps[128], preps[160]])
+    assert not np.allclose(out128, preps[128].jpeg, atol=1e-3)
+    assert np.array_equal(out160, preps[160].jpeg)
+    assert np.array_equal(band(preps[128].jpeg, 10), preps[128].jpeg)  # asked for 256x256 JPEG: not its job
+    assert np.allclose(band(preps[128].jpeg, 10, coding_size=128), out128, atol=1e-6)

@@ -4,6 +4,8 @@ and list the same failures (the node on the cluster: tests/scp_node/test_node_on
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +78,43 @@ def test_an_unreachable_scheduler_is_one_line_and_exit_2(tmp_path):
     r = _convert(tmp_path, "--dask", f"tcp://127.0.0.1:{free_port()}")
     assert r.returncode == 2
     assert "cannot reach the Dask scheduler" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_first_of_two_different_files_with_one_uid_wins_on_any_engine(tmp_path):
+    """Two files with the same SOP Instance UID and other pixels, in different batches on two
+    processes: the first in walking order is converted, the second listed as a duplicate
+    (regression: both were written to one path and the last to finish won)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    first = pydicom.dcmread(SAMPLES / "ct_phantom_1.dcm")
+    second = pydicom.dcmread(SAMPLES / "ct_phantom_2.dcm")
+    second.SOPInstanceUID = first.SOPInstanceUID
+    second.StudyInstanceUID, second.SeriesInstanceUID = first.StudyInstanceUID, first.SeriesInstanceUID
+    first.save_as(src / "a.dcm")
+    second.save_as(src / "b.dcm")
+    local = tmp_path / "local"
+    r = subprocess.run([sys.executable, "-m", "dicom_cae", "convert", str(src / "a.dcm"), str(local), "--quality", "10",
+                        "--no-progress"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "dicom_cae", "convert", str(src), str(out), "--quality", "10", "--no-progress",
+                        "--batch-size", "1", "--workers", "2"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert [(Path(f).name, kind) for f, kind, _ in _errors(out)] == [("b.dcm", "duplicate")]
+    assert _outputs(out) == _outputs(local)
+
+
+def test_a_rerun_indexes_what_an_earlier_run_wrote(local_run, tmp_path):
+    """The index is rebuilt by a rerun (lost, or written by an older version): the reports
+    still cover every instance (regression: a rerun wrote empty reports)."""
+    out = tmp_path / "out"
+    shutil.copytree(local_run, out)
+    for f in out.glob(INDEX + "*"):
+        f.unlink()
+    r = _convert(out)
+    assert "6 already done" in r.stdout
+    index = Store(out)
+    assert len(index.entries()) == 6
+    for study in index.studies():
+        report = json.loads((index.study_dir(study) / "report.json").read_text())
+        assert report["images"] == len(index.study_files(study)) > 0

@@ -146,7 +146,8 @@ def test_health_is_degraded_while_processing_fails(tmp_path, pipe, setting):
         def fail(*args, **kwargs):
             raise MemoryError("out of accelerator memory")
 
-        node.worker.pipe.reconstructor = type("Broken", (), {"__call__": staticmethod(fail),
+        node.worker.pipe.reconstructor = type("Broken", (), {"__call__": staticmethod(fail), "name": broken.name,
+                                                             "identity": broken.identity,
                                                              "for_quality": broken.for_quality})()
         ae = AE(ae_title="MODALITY")
         ae.add_requested_context(CTImageStorage)
