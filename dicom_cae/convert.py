@@ -96,7 +96,6 @@ def convert(
     files = io.walk(src)
     summary = Summary()
     bar = tqdm(total=len(files), unit="file", disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    claimed: dict[str, str] = {}  # output -> the source file that produces it in this run
     sources: dict[str, dict[str, Path]] = {}  # study -> source SOP Instance UID -> file, for the reports' pictures
     per_batch = max(1, pipe.batch_size)
     root = str(dst.resolve())
@@ -131,10 +130,6 @@ def convert(
             if o.kind in (runner.NOT_IMAGE, runner.FAILED):
                 _record_failure(summary, path, o.error or DicomInputError(o.source, "failed"))
                 continue
-            if o.output in claimed and claimed[o.output] != str(path):
-                summary.duplicates.append(DicomInputError(str(path), f"same SOP Instance UID as {claimed[o.output]}, converted once"))
-                continue
-            claimed[o.output] = str(path)
             summary.studies.add(o.study)
             sources.setdefault(o.study, {})[o.sop_instance] = Path(o.source)  # absolute, for the report tasks
             if o.derived:  # written now or in an earlier run: the index holds it either way
