@@ -117,7 +117,8 @@ def convert(
             outcomes = []
             for p in paths:
                 try:
-                    outcomes += engine.submit(runner.run_batch, settings, [p], root, threads=1).result()
+                    # Not skip_done: what the failed batch wrote is this run's work.
+                    outcomes += engine.submit(runner.run_batch, settings, [p], root, skip_done=False, threads=1).result()
                 except Exception as one:  # noqa: BLE001
                     outcomes.append(runner.Outcome(p, runner.FAILED, error=DicomInputError(
                         str(given[p]), getattr(one, "reason", None) or f"{type(one).__name__}: {one}")))

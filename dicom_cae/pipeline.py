@@ -357,7 +357,7 @@ def finish(
         aims = [f"PSNR >= {prep.target.psnr} dB" if prep.target.psnr is not None else "",
                 f"SSIM >= {prep.target.ssim}" if prep.target.ssim is not None else ""]
         aim = f" (lowest quality reaching {' and '.join(a for a in aims if a)})"
-    if prep.coding_size != codec.SIZE and not coding_served:
+    if not coding_served:
         how = f"JPEG decode kept: {model_name} has no weights for a {prep.coding_size}x{prep.coding_size} coding"
     elif prep.quality > max_quality:
         how = f"JPEG decode kept: above quality {max_quality} {model_name} does not improve on it"

@@ -23,7 +23,7 @@ from typing import Any, Callable
 from dicom_cae import identity, io
 from dicom_cae import mapping as value_mapping
 from dicom_cae.derive import derived_uids
-from dicom_cae.errors import DicomCaeError, DicomInputError, NotAnImageError
+from dicom_cae.errors import DicomCaeError, DicomInputError, ModelError, NotAnImageError
 from dicom_cae.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_QUALITY, Pipeline, Prepared, RatioTarget, Target
 from dicom_cae.store import Store
 
@@ -45,10 +45,8 @@ class Settings:
     @classmethod
     def of(cls, pipe: Pipeline, *, quality: int = DEFAULT_QUALITY, target: Target | RatioTarget | None = None) -> Settings:
         """The settings of an already loaded pipeline (its weights by path unless they ship)."""
-        from dicom_cae.model.reconstructor import shipped_card_list
-
         r = pipe.reconstructor
-        shipped = r.sha256 in {c["sha256"] for c in shipped_card_list()}
+        shipped = r.identity == shipped_identity(r.name)  # else the workers load the same file by path
         settings = cls(r.name, None if shipped else str(Path(r.weights_path).resolve()), pipe.mapping, quality, target,
                        pipe.batch_size, r.identity)
         remember(settings, pipe)
@@ -57,6 +55,21 @@ class Settings:
     @property
     def model_key(self) -> tuple[Any, ...]:
         return (self.model, self.weights, self.mapping, self.batch_size)
+
+
+def shipped_identity(name: str) -> str | None:
+    """What Reconstructor.identity is for ``load(name)`` (the shipped weights and bands), from
+    the model cards alone; None when no weights ship for ``name``."""
+    import hashlib
+
+    from dicom_cae.model.reconstructor import shipped_card_list
+
+    cards = [c for c in shipped_card_list() if c["model"] == name]
+    general = [c["sha256"] for c in cards if "serves" not in c]
+    if not general:
+        return None
+    bands = [c["sha256"] for c in cards if "serves" in c]
+    return hashlib.sha256("".join([general[0], *bands]).encode()).hexdigest() if bands else general[0]
 
 
 class SystemicError(DicomCaeError):
@@ -176,9 +189,9 @@ def run_batch(settings: Settings, paths: list[str], root: str, *, skip_done: boo
     meaningful names).
     """
     pipe = pipeline_for(settings)
-    if settings.identity and pipe.reconstructor.identity != settings.identity:
-        raise SystemicError("prepare", f"this worker's {pipe.reconstructor.name} weights ({pipe.reconstructor.identity[:12]}) "
-                            f"are not the ones asked for ({settings.identity[:12]}): install the same dicom-cae version")
+    if settings.identity and pipe.reconstructor.identity != settings.identity:  # a deployment error, not the input's
+        raise ModelError(f"this worker's {pipe.reconstructor.name} weights ({pipe.reconstructor.identity[:12]}) are not the "
+                         f"ones asked for ({settings.identity[:12]}): install the same dicom-cae version and weights there")
     store = Store(root)
     with ThreadPoolExecutor(max(1, threads), thread_name_prefix="stage") as pool:
         items = list(pool.map(lambda p: _prepare(pipe, settings, store, p, skip_done, by_sop), paths))

@@ -158,7 +158,11 @@ class Worker(threading.Thread):
             if tries <= SYSTEMIC_TRIES:
                 raise
             outcomes = [runner.Outcome(p, runner.FAILED, error=DicomInputError(p, exc.reason)) for p in paths]
-        except Exception:  # noqa: BLE001 (the engine: a worker process that died, a lost Dask worker)
+        except Exception as exc:  # noqa: BLE001 (the engine)
+            if not _killed_a_worker(exc):
+                raise  # a scheduler outage, a model that fails to load...: the batch stays spooled, retried for ever
+            # A worker process died on this batch: a few tries, then one instance at a time, so that
+            # an instance that kills its worker fails alone.
             for i in todo:
                 self._tries[i.path] = tries
             if tries <= SYSTEMIC_TRIES:
@@ -260,6 +264,14 @@ class Loaded:
     @property
     def study(self) -> str | None:
         return self.identity.study if self.identity else None
+
+
+def _killed_a_worker(exc: BaseException) -> bool:
+    """A local worker process that died (BrokenProcessPool) or a Dask task that killed its
+    workers (KilledWorker)."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    return isinstance(exc, BrokenProcessPool) or type(exc).__name__ == "KilledWorker"
 
 
 def _identity(ds: Dataset | None, path: Path) -> Identity | None:

@@ -84,7 +84,7 @@ def test_a_display_target_is_met_in_the_worst_window(pipe):
 
 def test_quality_bands_and_pass_through_above_the_models_range(model):
     assert sorted((b.card["serves"], b.value_mapping, b.coding_size) for b in model.bands) == [
-        ([1, 5], "minmax", 256), ([1, 5], "window", 256), ([1, 100], "minmax", 128), ([6, 15], "minmax", 256)]
+        ([1, 5], "minmax", 256), ([1, 5], "window", 256), ([1, 50], "minmax", 128), ([6, 15], "minmax", 256)]
     assert model.for_quality(3).card["serves"] == [1, 5] and model.for_quality(8).card["serves"] == [6, 15]
     # Weights trained on the window mapping serve it where they exist; elsewhere the minmax ones.
     assert model.for_quality(3, "window").value_mapping == "window"

@@ -118,3 +118,17 @@ def test_a_rerun_indexes_what_an_earlier_run_wrote(local_run, tmp_path):
     for study in index.studies():
         report = json.loads((index.study_dir(study) / "report.json").read_text())
         assert report["images"] == len(index.study_files(study)) > 0
+
+
+def test_workers_load_the_weights_this_process_loaded():
+    """Regression (review): a shipped weights file given by path (--weights) was taken for the
+    shipped set with its bands, so every worker refused the batch as holding other weights."""
+    from dicom_cae import pipeline, runner
+    from dicom_cae.model import load
+
+    shipped = runner.Settings.of(pipeline.Pipeline(load()))
+    assert shipped.weights is None and shipped.identity == runner.shipped_identity("blockres")
+    one_file = load(weights=ROOT / "dicom_cae" / "weights" / "blockres-6d363b1b.weights.h5")
+    alone = runner.Settings.of(pipeline.Pipeline(one_file))
+    assert alone.weights == str((ROOT / "dicom_cae" / "weights" / "blockres-6d363b1b.weights.h5").resolve())
+    assert runner.pipeline_for(alone).reconstructor.identity == alone.identity == one_file.sha256

@@ -36,3 +36,19 @@ def test_the_node_processes_on_the_cluster(dask_cluster, tmp_path, pipe):
         assert len(node.store.entries()) == 2
     finally:
         node.stop()
+
+
+def test_only_a_dead_worker_sends_a_batch_one_instance_at_a_time():
+    """Review: a scheduler outage or a model that fails to load must leave the batch spooled
+    (retried for ever); only a worker process that died on it makes the node isolate the
+    instance that killed it."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from distributed import KilledWorker
+
+    from scp_node.worker import _killed_a_worker
+
+    assert _killed_a_worker(BrokenProcessPool("a process died"))
+    assert _killed_a_worker(KilledWorker("task", "worker", 3))
+    assert not _killed_a_worker(OSError("scheduler unreachable"))
+    assert not _killed_a_worker(TimeoutError())
