@@ -105,11 +105,8 @@ def guarded(score: Callable[[float], dict[str, float]], jpeg: dict[str, float]) 
     """What the pipeline stores (pipeline.finish): JPEG decode + w x (model - JPEG decode) with
     the first of metrics.MODEL_WEIGHTS not below the JPEG decode; ``score(w)`` measures it.
     The result's ``model_weight`` says which."""
-    for w in metrics.MODEL_WEIGHTS[:-1]:
-        scores = score(w)
-        if metrics.not_below(scores, jpeg):
-            return {**scores, "model_weight": w}
-    return {**jpeg, "model_weight": 0.0}
+    w, scores = metrics.first_not_below(score, lambda s: s, jpeg)
+    return {**(scores if scores is not None else jpeg), "model_weight": w}
 
 
 def rd_rows(images: dataset.ImageSet, qualities: list[int], reconstruct: Reconstruct, model_name: str) -> list[dict[str, object]]:

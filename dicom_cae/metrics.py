@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Callable, TypeVar
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
+
+T = TypeVar("T")
 
 #: Absolute error, in units of the normalized [0, 1] range, within which a pixel counts as accurate.
 PIXEL_TOLERANCE = 0.1
@@ -127,6 +130,18 @@ MODEL_WEIGHTS = (1.0, 0.75, 0.5, 0.25, 0.0)
 def not_below(test: dict[str, float], jpeg: dict[str, float]) -> bool:
     """Whether ``test`` is at least as good as ``jpeg`` in every GUARDED metric."""
     return all(test[k] >= jpeg[k] for k in GUARDED)
+
+
+def first_not_below(measure: Callable[[float], T], scores: Callable[[T], dict[str, float]],
+                    jpeg: dict[str, float]) -> tuple[float, T | None]:
+    """The first weight of MODEL_WEIGHTS (0 excluded) whose image, ``measure(w)``, is not below
+    plain JPEG's ``jpeg`` scores, with that measurement; (0.0, None) when none is: the JPEG
+    decode is stored. One search for the pipeline and for ``evaluate``."""
+    for w in MODEL_WEIGHTS[:-1]:
+        measured = measure(w)
+        if not_below(scores(measured), jpeg):
+            return w, measured
+    return 0.0, None
 
 
 @dataclass(frozen=True)

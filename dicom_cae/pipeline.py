@@ -227,18 +227,17 @@ def store(reference_modality: np.ndarray, jpeg: np.ndarray, reconstruction: np.n
     for i in range(len(jpeg)):
         seed_ref = metrics.Reference(seed_reference[i])
         shown = display.Shown(reference_modality[i], windows, invert=norm.invert)
-        passed_through = np.array_equal(reconstruction[i], jpeg[i])
-        stored_i, fm = measured(i, reconstruction[i], None, seed_ref, shown, is_jpeg=passed_through)
-        weight = 0.0 if passed_through else 1.0
-        if weight:
-            for w in metrics.MODEL_WEIGHTS[1:]:
-                if metrics.not_below(fm.scores("model"), fm.scores("jpeg")):
-                    break
-                weight = w
-                if w == 0:  # the JPEG decode itself, measured once as what is stored and as plain JPEG
-                    stored_i, fm = measured(i, jpeg[i], None, seed_ref, shown, is_jpeg=True)
-                else:
-                    stored_i, fm = measured(i, jpeg[i] + w * (reconstruction[i] - jpeg[i]), fm, seed_ref, shown)
+        if np.array_equal(reconstruction[i], jpeg[i]):  # passed through: measured once, as JPEG
+            weight, (stored_i, fm) = 0.0, measured(i, jpeg[i], None, seed_ref, shown, is_jpeg=True)
+        else:
+            full = measured(i, reconstruction[i], None, seed_ref, shown)
+
+            def at(w: float, i: int = i, full: tuple[np.ndarray, FrameMetrics] = full) -> tuple[np.ndarray, FrameMetrics]:
+                return full if w == 1 else measured(i, jpeg[i] + w * (reconstruction[i] - jpeg[i]), full[1], seed_ref, shown)
+
+            weight, found = metrics.first_not_below(at, lambda m: m[1].scores("model"), full[1].scores("jpeg"))
+            # None: the JPEG decode itself, measured once as what is stored and as plain JPEG.
+            stored_i, fm = found if found is not None else measured(i, jpeg[i], None, seed_ref, shown, is_jpeg=True)
         stored_frames.append(stored_i)
         frame_list.append(fm)
         weights.append(weight)

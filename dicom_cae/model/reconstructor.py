@@ -137,28 +137,15 @@ class Reconstructor:
             raise ValueError(f"expected images of shape (n, {SIZE}, {SIZE}), got {x.shape}")
         n = x.shape[0]
         qualities = np.broadcast_to(np.asarray(quality, dtype=np.float32), (n,))
-        if coding_size != SIZE:
-            out = x.copy()
-            groups_c: dict[int, tuple[Reconstructor, list[int]]] = {}
-            for i, q in enumerate(qualities):
-                owner = self.for_coding(int(q), mapping, coding_size)
-                if owner is not None:
-                    groups_c.setdefault(id(owner), (owner, []))[1].append(i)
-            for owner, idx in groups_c.values():
-                out[idx] = owner._run(x[idx], qualities[idx], batch_size)
-            return out
-        if self.coding_size != SIZE:  # weights for a smaller coding alone: 256x256 JPEG passes through
-            return x.copy()
-        if self.bands:
-            out = np.empty_like(x)
-            groups: dict[int, tuple[Reconstructor, list[int]]] = {}
-            for i, q in enumerate(qualities):
-                owner = self.for_quality(int(q), mapping)
+        out = x.copy()  # what no weights serve passes through
+        groups: dict[int, tuple[Reconstructor, list[int]]] = {}
+        for i, q in enumerate(qualities):
+            owner = self.for_coding(int(q), mapping, coding_size)
+            if owner is not None:
                 groups.setdefault(id(owner), (owner, []))[1].append(i)
-            for owner, idx in groups.values():
-                out[idx] = owner._run(x[idx], qualities[idx], batch_size)
-            return out
-        return self._run(x, qualities, batch_size)
+        for owner, idx in groups.values():
+            out[idx] = owner._run(x[idx], qualities[idx], batch_size)
+        return out
 
     def _run(self, x: np.ndarray, qualities: np.ndarray, batch_size: int) -> np.ndarray:
         out = x.copy()  # images above max_quality pass through
