@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init-weights", metavar="FILE", help="start from these weights")
     t.add_argument("--coding-size", type=int, choices=(256, 224, 192, 160, 128), default=256,
                    help="train to restore JPEG of the image reduced to this size and upsampled (default 256: JPEG artefacts only)")
+    t.add_argument("--quality-max", type=_quality, default=95, metavar="Q",
+                   help="models told the coding size (deblock): train at qualities 1..Q, log-uniform (default 95)")
+    t.add_argument("--display-weight", type=float, default=1.0,
+                   help="deblock: weight of the MSE in the display windows (default 1)")
+    t.add_argument("--block-weight", type=float, default=1.0,
+                   help="deblock: weight of the error of the steps across block edges (default 1)")
     _add_mapping_arg(t)
     t.add_argument("--out", default="runs/train", metavar="DIR", help="output folder (default runs/train)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -243,6 +249,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         ssim_weight=args.ssim_weight,
         repeats=args.passes,
         loss=args.loss,
+        quality_max=args.quality_max,
+        display_weight=args.display_weight,
+        block_weight=args.block_weight,
     )
     try:
         train(cfg)

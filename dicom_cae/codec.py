@@ -1,8 +1,26 @@
-"""JPEG (ISO 10918-1 baseline, 8-bit) round trip of normalized images, through Pillow."""
+"""JPEG (ISO 10918-1 baseline, 8-bit) round trip of normalized images.
+
+Two encoders, by name, both writing plain baseline (SOF0) streams that any decoder reads alike:
+
+- ``trellis`` (the default): mozjpeg's trellis quantization (rate-distortion optimized choice of
+  every coefficient, DC included) with a flat quantization table scaled by the quality as IJG
+  scales its tables, optimized Huffman tables, and no JFIF APP0 segment (DICOM does not use it:
+  PS3.5 A.4.1 asks for the interchange format, tables included, not JFIF). mozjpeg writes
+  progressive streams, which DICOM retired, so its coefficients are rewritten losslessly as a
+  baseline stream by libjpeg-turbo: the same quantized coefficients, the same pixels. Both
+  libraries come from the ``jpeglib`` package. Measured on 12 slices against JPEG 2000 (BD-PSNR,
+  0.07-0.5 bpp, CT / MR): Pillow -1.68 / -1.23 dB, trellis with the flat table -0.72 / -0.60.
+- ``pillow``: libjpeg through Pillow with the IJG (Annex K) table and optimized Huffman
+  tables, as the project coded before; kept so that ``evaluate`` can show the encoder's gain
+  apart from the model's.
+"""
 
 from __future__ import annotations
 
 import io
+import os
+import tempfile
+import threading
 
 import numpy as np
 from PIL import Image
@@ -14,6 +32,14 @@ SIZE = 256
 #: upsampled again on decoding. Measured: the intermediate sizes add 0.1 dB BD-PSNR over 256 and
 #: 128 alone (validation subset, 0.07-0.5 bpp).
 CODING_SIZES = (256, 224, 192, 160, 128)
+
+
+def block_edges(coding_size: int = SIZE, size: int = SIZE) -> np.ndarray:
+    """Indices x (1..size-1) where an 8x8 block edge of a ``coding_size`` coding falls, between
+    pixels x-1 and x, once decoded and brought to ``size`` (every 8 pixels for 256; every 16
+    for 128; rounded where the step is not whole)."""
+    step = 8 * size / coding_size
+    return np.unique(np.rint(np.arange(step, size - 0.5, step)).astype(np.int64))
 
 
 def to_uint8(unit: np.ndarray) -> np.ndarray:
@@ -29,12 +55,74 @@ def check_quality(quality: int) -> int:
     return q
 
 
-def jpeg_encode(unit: np.ndarray, quality: int) -> bytes:
-    """Encode one [0, 1] image (2-D) as a baseline grayscale JPEG with optimized Huffman tables."""
+TRELLIS = "trellis"
+PILLOW = "pillow"
+ENCODERS = (TRELLIS, PILLOW)
+DEFAULT_ENCODER = TRELLIS
+#: The flat table's base value: IJG's scaling at quality 50 keeps it, at 30 it becomes 27.
+FLAT_BASE = 16
+
+
+def check_encoder(name: str) -> str:
+    """``name`` if it is a known encoder, else ValueError naming the known ones."""
+    if name not in ENCODERS:
+        raise ValueError(f"unknown JPEG encoder {name!r}; known: {', '.join(ENCODERS)}")
+    return name
+
+
+def quant_table(quality: int) -> np.ndarray:
+    """The trellis encoder's 8x8 luminance table at ``quality``: a flat table of FLAT_BASE
+    scaled as IJG scales its tables (5000/q below 50, 200 - 2q from 50), within 1..255 so that
+    the stream stays baseline."""
+    q = check_quality(quality)
+    scale = 5000 // q if q < 50 else 200 - 2 * q
+    return np.full((8, 8), min(max((FLAT_BASE * scale + 50) // 100, 1), 255), np.uint16)
+
+
+_JPEGLIB = threading.Lock()  # jpeglib switches its C library globally: one encode at a time
+_SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+def _segments_without_app0(data: bytes) -> bytes:
+    """The stream with its JFIF APP0 segment(s) removed (SOI, then the rest as written)."""
+    out, i = [data[:2]], 2
+    while i + 4 <= len(data) and data[i] == 0xFF and data[i + 1] != 0xDA:
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if data[i + 1] != 0xE0:
+            out.append(data[i : i + 2 + length])
+        i += 2 + length
+    out.append(data[i:])
+    return b"".join(out)
+
+
+def _trellis_encode(pixels: np.ndarray, quality: int) -> bytes:
+    import jpeglib  # imported here: only the trellis encoder needs it
+
+    table = quant_table(quality)[None]
+    with _JPEGLIB, tempfile.TemporaryDirectory(dir=_SCRATCH) as tmp:
+        progressive, baseline = os.path.join(tmp, "p.jpg"), os.path.join(tmp, "b.jpg")
+        jpeglib.version.set("mozjpeg403")
+        jpeglib.from_spatial(pixels[:, :, None]).write_spatial(
+            progressive, qt=table,
+            flags=["+TRELLIS_QUANT", "+TRELLIS_QUANT_DC", "+OPTIMIZE_CODING", "-OPTIMIZE_SCANS"])
+        jpeglib.version.set("turbo210")
+        jpeglib.read_dct(progressive).write_dct(
+            baseline, flags=["+OPTIMIZE_CODING", "-PROGRESSIVE_MODE", "-WRITE_JFIF_HEADER"])
+        with open(baseline, "rb") as f:
+            return _segments_without_app0(f.read())
+
+
+def jpeg_encode(unit: np.ndarray, quality: int, *, encoder: str = DEFAULT_ENCODER) -> bytes:
+    """Encode one [0, 1] image (2-D) as a baseline (SOF0) grayscale JPEG with optimized Huffman
+    tables, by the named encoder (see the module's docstring).
+
+    Raises ValueError: quality outside 1..100 or an unknown encoder.
+    """
+    quality = check_quality(quality)
+    if check_encoder(encoder) == TRELLIS:
+        return _trellis_encode(to_uint8(unit), quality)
     buf = io.BytesIO()
-    Image.fromarray(to_uint8(unit), mode="L").save(
-        buf, format="JPEG", quality=check_quality(quality), optimize=True
-    )
+    Image.fromarray(to_uint8(unit), mode="L").save(buf, format="JPEG", quality=quality, optimize=True)
     return buf.getvalue()
 
 
@@ -52,11 +140,11 @@ def resize(unit: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.asarray(img.resize((size, size), method), dtype=np.float32), 0.0, 1.0)
 
 
-def encode_at(unit: np.ndarray, quality: int, size: int = SIZE) -> bytes:
+def encode_at(unit: np.ndarray, quality: int, size: int = SIZE, *, encoder: str = DEFAULT_ENCODER) -> bytes:
     """JPEG of a 256x256 [0, 1] image coded at ``size`` x ``size`` (one of CODING_SIZES)."""
     if size not in CODING_SIZES:
         raise ValueError(f"coding size must be one of {CODING_SIZES}, got {size}")
-    return jpeg_encode(unit if size == unit.shape[0] else resize(unit, size), quality)
+    return jpeg_encode(unit if size == unit.shape[0] else resize(unit, size), quality, encoder=encoder)
 
 
 def decode_to(data: bytes, size: int = SIZE) -> np.ndarray:
@@ -65,9 +153,9 @@ def decode_to(data: bytes, size: int = SIZE) -> np.ndarray:
     return dec if dec.shape[0] == size else resize(dec, size)
 
 
-def jpeg_roundtrip(unit: np.ndarray, quality: int) -> tuple[np.ndarray, int]:
+def jpeg_roundtrip(unit: np.ndarray, quality: int, *, encoder: str = DEFAULT_ENCODER) -> tuple[np.ndarray, int]:
     """Encode then decode; returns the decoded image and the number of JPEG bytes."""
-    data = jpeg_encode(unit, quality)
+    data = jpeg_encode(unit, quality, encoder=encoder)
     return jpeg_decode(data), len(data)
 
 

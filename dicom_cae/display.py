@@ -20,7 +20,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from dicom_cae import metrics
+from dicom_cae import codec, metrics
 from dicom_cae.identity import printable
 
 SOFT_TISSUE = (40.0, 400.0)  # CT window centre and width, HU
@@ -121,6 +121,8 @@ def windows(ds: Dataset, modality_values: np.ndarray) -> list[Window]:
 class WindowQuality:
     window: Window
     quality: metrics.Quality
+    blockiness: float = 1.0  # metrics.blockiness of the image as shown (the original's is ~1)
+    psnr_b: float = float("nan")  # metrics.psnr_b as shown
 
 
 @dataclass(frozen=True)
@@ -134,24 +136,37 @@ class HUError:
 
 
 class Shown:
-    """A reference image as shown through each window, kept to measure several test images."""
+    """A reference image as shown through each window, kept to measure several test images;
+    blocking is measured on the block grid of a ``coding_size`` coding (codec.block_edges)."""
 
-    def __init__(self, reference: np.ndarray, wins: list[Window], *, invert: bool = False) -> None:
+    def __init__(self, reference: np.ndarray, wins: list[Window], *, invert: bool = False,
+                 coding_size: int = codec.SIZE) -> None:
         self.wins, self.invert = list(wins), invert
         self.references = [metrics.Reference(self._show(w, reference)) for w in self.wins]
+        self.edges = codec.block_edges(coding_size)
+        self.block = 8.0 * codec.SIZE / coding_size
+        #: The original's blockiness in each window (about 1: the scale a test image's is read on).
+        self.original_blockiness = [metrics.blockiness(r.image, self.edges) for r in self.references]
 
     def _show(self, w: Window, values: np.ndarray) -> np.ndarray:
         shown = w.apply(values)
         return (1.0 - shown if self.invert else shown).astype(np.float32)
 
     def measure(self, test: np.ndarray) -> list[WindowQuality]:
-        return [WindowQuality(w, metrics.measure(r, self._show(w, test))) for w, r in zip(self.wins, self.references)]
+        out = []
+        for w, r in zip(self.wins, self.references):
+            shown = self._show(w, test)
+            out.append(WindowQuality(w, metrics.measure(r, shown), metrics.blockiness(shown, self.edges),
+                                     metrics.psnr_b(r.image, shown, self.edges, self.block)))
+        return out
 
 
-def measure(reference: np.ndarray, test: np.ndarray, wins: list[Window], *, invert: bool = False) -> list[WindowQuality]:
-    """PSNR, SSIM and pixel accuracy of ``test`` against ``reference`` (both modality units)
-    as shown through each window (inverted for MONOCHROME1, as a viewer shows it)."""
-    return Shown(reference, wins, invert=invert).measure(test)
+def measure(reference: np.ndarray, test: np.ndarray, wins: list[Window], *, invert: bool = False,
+            coding_size: int = codec.SIZE) -> list[WindowQuality]:
+    """PSNR, SSIM, pixel accuracy, blockiness and PSNR-B of ``test`` against ``reference``
+    (both modality units) as shown through each window (inverted for MONOCHROME1, as a viewer
+    shows it)."""
+    return Shown(reference, wins, invert=invert, coding_size=coding_size).measure(test)
 
 
 def worst(qualities: list[WindowQuality]) -> WindowQuality:

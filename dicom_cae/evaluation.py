@@ -29,17 +29,15 @@ class Summary:
         return {k: round(float(v), 6) for k, v in self.__dict__.items()}
 
 
-def jpeg_set(images: np.ndarray, quality: int, coding_size: int = codec.SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """JPEG round trip of every image (coded at ``coding_size``, decoded back to 256x256):
-    decoded images and byte counts."""
+def jpeg_set(images: np.ndarray, quality: int, coding_size: int = codec.SIZE, *,
+             encoder: str = codec.DEFAULT_ENCODER) -> tuple[np.ndarray, np.ndarray]:
+    """JPEG round trip of every image (coded at ``coding_size`` by ``encoder``, decoded back
+    to 256x256): decoded images and byte counts."""
     dec = np.empty_like(images)
     nbytes = np.empty(images.shape[0], np.int64)
     for i, img in enumerate(images):
-        if coding_size == codec.SIZE:
-            dec[i], nbytes[i] = codec.jpeg_roundtrip(img, quality)
-        else:
-            data = codec.encode_at(img, quality, coding_size)
-            dec[i], nbytes[i] = codec.decode_to(data), len(data)
+        data = codec.encode_at(img, quality, coding_size, encoder=encoder)
+        dec[i], nbytes[i] = codec.decode_to(data), len(data)
     return dec, nbytes
 
 
@@ -78,25 +76,30 @@ def compare(
 DEFAULT_RD_QUALITIES = (1, 2, 3, 5, 8, 10, 15, 20, 30, 50, 75)
 SEED_PUBLISHED = {"psnr": 25.11, "ssim": 0.8166, "pixel_accuracy": 0.9757, "compression_ratio": 0.0093}
 RD_METRICS = ("bpp", "compression_ratio", "psnr", "ssim", "pixel_accuracy", "mse",
-              "display_psnr", "display_ssim", "display_pixel_accuracy", "hu_mae")
+              "display_psnr", "display_ssim", "display_pixel_accuracy", "hu_mae", "display_blockiness", "display_psnr_b")
 
 
 #: Per-image PSNR above this (identical images give infinity) counts as this in the means.
 PSNR_CAP = 100.0
 
 
-def measure_view(reference: np.ndarray, test_unit: np.ndarray, view: dataset.View, modality: str) -> dict[str, float]:
+def measure_view(reference: np.ndarray, test_unit: np.ndarray, view: dataset.View, modality: str, *,
+                 coding_size: int = codec.SIZE) -> dict[str, float]:
     """The seed's metrics (min/max image) and what a viewer sees (worst display window; HU
-    over soft tissue for CT) of ``test_unit`` (mapped [0, 1]) against ``reference`` (modality
-    units, 256x256)."""
+    over soft tissue for CT; blocking on a ``coding_size`` coding's grid) of ``test_unit``
+    (mapped [0, 1]) against ``reference`` (modality units, 256x256)."""
     test = image.unit_to_modality(test_unit[None], view.norm)
     seed = metrics.measure(image.seed_unit(reference[None], view.norm, clip=True)[0], image.seed_unit(test, view.norm)[0])
-    shown = display.measure(reference, test[0], list(view.windows), invert=view.norm.invert)
+    shown = display.Shown(reference, list(view.windows), invert=view.norm.invert, coding_size=coding_size)
+    measured = shown.measure(test[0])
     return {
         "psnr": min(seed.psnr, PSNR_CAP), "ssim": seed.ssim, "pixel_accuracy": seed.pixel_accuracy, "mse": seed.mse,
-        "display_psnr": min(PSNR_CAP, *(q.quality.psnr for q in shown)),
-        "display_ssim": min(q.quality.ssim for q in shown),
-        "display_pixel_accuracy": min(q.quality.pixel_accuracy for q in shown),
+        "display_psnr": min(PSNR_CAP, *(q.quality.psnr for q in measured)),
+        "display_ssim": min(q.quality.ssim for q in measured),
+        "display_pixel_accuracy": min(q.quality.pixel_accuracy for q in measured),
+        # The most blocking window, as a multiple of the original's blockiness there (about 1).
+        "display_blockiness": max(q.blockiness / max(o, 1e-9) for q, o in zip(measured, shown.original_blockiness)),
+        "display_psnr_b": min(PSNR_CAP, *(q.psnr_b for q in measured)),
         "hu_mae": display.hu_error(reference, test[0]).mae if modality == "CT" else float("nan"),
     }
 
@@ -109,12 +112,18 @@ def guarded(score: Callable[[float], dict[str, float]], jpeg: dict[str, float]) 
     return {**(scores if scores is not None else jpeg), "model_weight": w}
 
 
+#: Plain JPEG by the encoder the project used before trellis quantization (codec.PILLOW): the
+#: encoder's gain, apart from the model's.
+PILLOW_CODEC = "JPEG (Pillow)"
+
+
 def rd_rows(images: dataset.ImageSet, qualities: list[int], reconstruct: Reconstruct, model_name: str) -> list[dict[str, object]]:
     """One row per image, quality and codec: plain JPEG, JPEG + model, and JPEG 2000 given the
     bytes of that JPEG (at most), each coding the same mapped image."""
     rows: list[dict[str, object]] = []
     for q in qualities:
         dec, nbytes = jpeg_set(images.images, q)
+        old, old_bytes = jpeg_set(images.images, q, encoder=codec.PILLOW)
         rec = reconstruct(dec, q)
         for i, img in enumerate(images.images):
             j2k = codec.j2k_encode(img, int(nbytes[i]))
@@ -124,6 +133,7 @@ def rd_rows(images: dataset.ImageSet, qualities: list[int], reconstruct: Reconst
                                                           modality), jpeg_scores)
             for name, size, scores in (
                 ("JPEG", int(nbytes[i]), jpeg_scores),
+                (PILLOW_CODEC, int(old_bytes[i]), measure_view(images.modality[i], old[i], images.views[i], modality)),
                 (f"JPEG+{model_name}", int(nbytes[i]), model_scores),
                 ("JPEG 2000", len(j2k), measure_view(images.modality[i], codec.j2k_decode(j2k), images.views[i], modality)),
             ):
@@ -157,11 +167,13 @@ def ratio_rows(images: dataset.ImageSet, ratios: list[float], reconstruct: Calla
             size, quality = (size, quality) if size is not None else (codec.CODING_SIZES[-1], 1)
             data = codec.encode_at(img, quality, size)
             jpeg = codec.decode_to(data)
-            scores = measure_view(images.modality[i], jpeg, images.views[i], images.modalities[i])
+            scores = measure_view(images.modality[i], jpeg, images.views[i], images.modalities[i], coding_size=size)
             rec = reconstruct(jpeg[None], quality, size)[0]
+            weight = 0.0
             if not np.array_equal(rec, jpeg):
                 scores = guarded(lambda w: measure_view(images.modality[i], jpeg + w * (rec - jpeg), images.views[i],
-                                                        images.modalities[i]), scores)
+                                                        images.modalities[i], coding_size=size), scores)
+                weight = scores.pop("model_weight")
             j2k = codec.j2k_encode(img, len(data))
             modality = images.modalities[i]
             for name, nbytes, measured in (
@@ -172,7 +184,7 @@ def ratio_rows(images: dataset.ImageSet, ratios: list[float], reconstruct: Calla
                     "image": i, "modality": modality, "quality": k, "ratio_target": ratio, "codec": name,
                     "coding_size": size if name != "JPEG 2000" else codec.SIZE, "jpeg_quality": quality,
                     "bytes": nbytes, "bpp": metrics.bits_per_pixel(nbytes), "compression_ratio": metrics.compression_ratio(nbytes),
-                    "model_weight": 0.0 if name != "JPEG 2000" else float("nan"), **measured,
+                    "model_weight": weight if name != "JPEG 2000" else float("nan"), **measured,
                 })
     return rows
 

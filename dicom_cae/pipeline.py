@@ -131,14 +131,18 @@ class FrameMetrics:
     display_jpeg: tuple[display.WindowQuality, ...] = ()
     hu_model: display.HUError | None = None
     hu_jpeg: display.HUError | None = None
+    original_blockiness: tuple[float, ...] = ()  # the original's, per display window
 
     def scores(self, which: str) -> dict[str, float]:
         """The metrics.GUARDED figures of the stored frame (``model``) or of plain JPEG (``jpeg``)."""
         seed = self.model if which == "model" else self.jpeg
         shown = self.display_model if which == "model" else self.display_jpeg
-        return {"psnr": seed.psnr, "ssim": seed.ssim,
-                "display_psnr": min((q.quality.psnr for q in shown), default=seed.psnr),
-                "display_ssim": min((q.quality.ssim for q in shown), default=seed.ssim)}
+        out = {"psnr": seed.psnr, "ssim": seed.ssim,
+               "display_psnr": min((q.quality.psnr for q in shown), default=seed.psnr),
+               "display_ssim": min((q.quality.ssim for q in shown), default=seed.ssim)}
+        if shown:
+            out["display_blockiness"] = max(q.blockiness for q in shown)
+        return out
 
 
 @dataclass(frozen=True)
@@ -184,14 +188,14 @@ def _compress(ds: Dataset, source: str, img: image.Prepared, quality: int,
 
 
 def store(reference_modality: np.ndarray, jpeg: np.ndarray, reconstruction: np.ndarray, norm: image.Normalization,
-          windows: list[display.Window], *, is_ct: bool, jpeg_bytes: tuple[int, ...] = ()
-          ) -> tuple[np.ndarray, tuple[FrameMetrics, ...], list[float]]:
+          windows: list[display.Window], *, is_ct: bool, jpeg_bytes: tuple[int, ...] = (),
+          coding_size: int = codec.SIZE) -> tuple[np.ndarray, tuple[FrameMetrics, ...], list[float]]:
     """What to store of each frame, its stored values and metrics, and the model's weight in it.
 
     The encoder has the original, so it can choose: JPEG decode + w x (reconstruction - JPEG
     decode) with the first weight w of metrics.MODEL_WEIGHTS (1 first) whose image is not below
-    the plain JPEG decode in the seed's PSNR and SSIM and the worst display window's
-    (metrics.not_below); w = 0 stores the JPEG decode (as does a reconstruction equal to it,
+    the plain JPEG decode in the seed's PSNR and SSIM, the worst display window's, and in the
+    most blocking window's blockiness (metrics.not_below); w = 0 stores the JPEG decode (as does a reconstruction equal to it,
     whose JPEG-only metrics are then those of the stored image: one measurement, not two).
     """
     jpeg_modality = image.unit_to_modality(jpeg, norm)
@@ -212,7 +216,8 @@ def store(reference_modality: np.ndarray, jpeg: np.ndarray, reconstruction: np.n
         display_model = tuple(shown.measure(stored_modality))
         hu_model = display.hu_error(reference_modality[i], stored_modality) if is_ct else None
         if known is None and is_jpeg:
-            known = FrameMetrics(0, model, model, display_jpeg=display_model, hu_jpeg=hu_model)
+            known = FrameMetrics(0, model, model, display_jpeg=display_model, hu_jpeg=hu_model,
+                                 original_blockiness=tuple(shown.original_blockiness))
         return stored[0], FrameMetrics(
             jpeg_bytes=jpeg_bytes[i] if jpeg_bytes else 0,
             model=model,
@@ -221,12 +226,13 @@ def store(reference_modality: np.ndarray, jpeg: np.ndarray, reconstruction: np.n
             display_jpeg=known.display_jpeg if known else tuple(shown.measure(jpeg_modality[i])),
             hu_model=hu_model,
             hu_jpeg=(known.hu_jpeg if known else display.hu_error(reference_modality[i], jpeg_modality[i])) if is_ct else None,
+            original_blockiness=tuple(shown.original_blockiness),
         )
 
     stored_frames, frame_list, weights = [], [], []
     for i in range(len(jpeg)):
         seed_ref = metrics.Reference(seed_reference[i])
-        shown = display.Shown(reference_modality[i], windows, invert=norm.invert)
+        shown = display.Shown(reference_modality[i], windows, invert=norm.invert, coding_size=coding_size)
         if np.array_equal(reconstruction[i], jpeg[i]):  # passed through: measured once, as JPEG
             weight, (stored_i, fm) = 0.0, measured(i, jpeg[i], None, seed_ref, shown, is_jpeg=True)
         else:
@@ -286,7 +292,7 @@ def finish(
     is_ct = str(prep.dataset.get("Modality", "")).upper() == "CT"
     windows = list(prep.windows)
     stored, frames, weights = store(reference_modality, prep.jpeg, reconstruction, prep.norm, windows,
-                                    is_ct=is_ct, jpeg_bytes=prep.jpeg_bytes)
+                                    is_ct=is_ct, jpeg_bytes=prep.jpeg_bytes, coding_size=prep.coding_size)
     stored_modality = image.stored_to_modality(stored, prep.norm)
     seed_stored = image.seed_unit(stored_modality, prep.norm)
     seed_reference = image.seed_unit(reference_modality, prep.norm, clip=True)
@@ -347,6 +353,12 @@ def finish(
         CodingSize=prep.coding_size,
         TargetRatio=prep.ratio_target.ratio if prep.ratio_target else None,
         ModelWeight=weights,
+        DisplayBlockiness=[q.blockiness for f in frames for q in f.display_model],
+        JPEGOnlyDisplayBlockiness=[q.blockiness for f in frames for q in f.display_jpeg],
+        OriginalDisplayBlockiness=[b for f in frames for b in f.original_blockiness],
+        DisplayPSNRB=[q.psnr_b for f in frames for q in f.display_model],
+        JPEGOnlyDisplayPSNRB=[q.psnr_b for f in frames for q in f.display_jpeg],
+        JPEGEncoder=codec.DEFAULT_ENCODER,
     )
     resampled = (
         f"; resampled from {prep.norm.src_rows}x{prep.norm.src_cols} to 256x256" if prep.norm.resampled else ""
@@ -494,7 +506,7 @@ class Pipeline:
         """Whether the stored reconstruction at ``quality`` reaches ``target`` in every frame."""
         jpeg = np.stack([codec.jpeg_roundtrip(f, quality)[0] for f in img.unit])
         recon = self.reconstructor(jpeg, quality, batch_size=self.batch_size, mapping=self.mapping)
-        stored, _, _ = store(img.modality, jpeg, recon, img.norm, list(img.windows), is_ct=is_ct)
+        stored, _, _ = store(img.modality, jpeg, recon, img.norm, list(img.windows), is_ct=is_ct)  # (256 coding)
         stored = image.stored_to_modality(stored, img.norm)
         return all(target.met_in(img.modality[i], stored[i], img.norm, i, list(img.windows))
                    for i in range(len(stored)))

@@ -35,7 +35,7 @@ ELEMENTS: tuple[PrivateElement, ...] = (
     PrivateElement(0x01, "ModelName", "LO", False, "", "Name of the reconstruction model (e.g. blockres, seed)"),
     PrivateElement(0x02, "WeightsSHA256", "LO", False, "", "SHA-256 of the model weights file, 64 hex digits"),
     PrivateElement(0x03, "SoftwareVersion", "LO", False, "", "dicom-cae version that wrote the instance"),
-    PrivateElement(0x04, "JPEGQuality", "IS", False, "", "JPEG quality (1-100, Pillow/libjpeg scale) of the compression step"),
+    PrivateElement(0x04, "JPEGQuality", "IS", False, "", "JPEG quality (1-100): the scale of the quantization table (IJG scaling; see JPEGEncoder)"),
     PrivateElement(0x05, "JPEGBytes", "UL", True, "bytes", "Size of the JPEG (ISO 10918-1) stream of the frame"),
     PrivateElement(0x06, "CompressionRatio", "FD", True, "ratio", "JPEG bytes / bytes of the 256x256 frame at 8 bits (compressed/original)"),
     PrivateElement(0x07, "BitsPerPixel", "FD", True, "bit/pixel", "8 x JPEG bytes / 65536"),
@@ -78,7 +78,13 @@ ELEMENTS: tuple[PrivateElement, ...] = (
     PrivateElement(0x31, "JPEGOnlyHUBias", "FD", True, "HU", "CT only: HUBias of the plain JPEG decode", True),
     PrivateElement(0x32, "CodingSize", "IS", False, "pixels", "Side of the square image the JPEG streams code: 256, or 224, 192, 160 or 128 (decoded and upsampled bicubic to 256x256, then restored by weights trained for that coding where they exist: see ModelWeight); the compression ratio stays against the 8-bit 256x256 image", True),
     PrivateElement(0x33, "TargetRatio", "FD", False, "ratio", "Byte budget asked for (compressed/original, per frame): the coding size and quality are the ones that fit it and store the best image (absent when not asked for)", True),
-    PrivateElement(0x34, "ModelWeight", "FD", True, "", "What each frame stores: JPEG decode + w x (model reconstruction - JPEG decode). 1: the model's reconstruction; 0: the JPEG decode (above the model's validated qualities, at a coding size it does not serve, or where every weight tried was below plain JPEG); the first of 1, 0.75, 0.5, 0.25 whose image is not below the JPEG decode in the seed's or the worst display window's PSNR or SSIM", True),
+    PrivateElement(0x34, "ModelWeight", "FD", True, "", "What each frame stores: JPEG decode + w x (model reconstruction - JPEG decode). 1: the model's reconstruction; 0: the JPEG decode (above the model's validated qualities, at a coding size it does not serve, or where every weight tried was below plain JPEG); the first of 1, 0.75, 0.5, 0.25 whose image is not below the JPEG decode in the seed's or the worst display window's PSNR or SSIM, nor above it in the most blocking window's blockiness", True),
+    PrivateElement(0x35, "DisplayBlockiness", "FD", True, "ratio", "Blockiness of the stored frame shown through each window: mean absolute step across the coding's 8x8 block edges / mean absolute step elsewhere (about 1 without blocks; compare OriginalDisplayBlockiness)", True, "frames x windows"),
+    PrivateElement(0x36, "JPEGOnlyDisplayBlockiness", "FD", True, "ratio", "DisplayBlockiness of the plain JPEG decode", True, "frames x windows"),
+    PrivateElement(0x37, "OriginalDisplayBlockiness", "FD", True, "ratio", "DisplayBlockiness of the original, the same way", True, "frames x windows"),
+    PrivateElement(0x38, "DisplayPSNRB", "FD", True, "dB", "PSNR-B (Yim and Bovik 2011: PSNR with the blocking effect factor added to the MSE) of the stored frame shown through each window", True, "frames x windows"),
+    PrivateElement(0x39, "JPEGOnlyDisplayPSNRB", "FD", True, "dB", "DisplayPSNRB of the plain JPEG decode", True, "frames x windows"),
+    PrivateElement(0x3A, "JPEGEncoder", "LO", False, "", "The JPEG encoder: trellis (mozjpeg trellis quantization, flat table scaled by the quality, rewritten as baseline) or pillow (libjpeg, Annex K table)", True),
 )
 @dataclass(frozen=True)
 class PrivateBlock:
@@ -133,6 +139,12 @@ class PrivateBlock:
     CodingSize: int | None = None
     TargetRatio: float | None = None
     ModelWeight: tuple[float, ...] | None = None
+    DisplayBlockiness: tuple[float, ...] | None = None
+    JPEGOnlyDisplayBlockiness: tuple[float, ...] | None = None
+    OriginalDisplayBlockiness: tuple[float, ...] | None = None
+    DisplayPSNRB: tuple[float, ...] | None = None
+    JPEGOnlyDisplayPSNRB: tuple[float, ...] | None = None
+    JPEGEncoder: str | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):  # lists given for per-frame values are kept as tuples

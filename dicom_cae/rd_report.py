@@ -21,11 +21,16 @@ def _f(v: float, digits: int = 2) -> str:
 
 def bd_table(c: dict[str, dict[str, list[float]]], model_codec: str, metric: str = "psnr") -> dict[str, dict[str, float]]:
     """Bjontegaard deltas of the model's curve against JPEG's and JPEG 2000's, on ``metric``
-    (the seed's ``psnr`` or ``display_psnr``, the worst display window's)."""
+    (the seed's ``psnr`` or ``display_psnr``, the worst display window's); with the old
+    encoder's rows, also what the encoder alone gained."""
     out = {}
-    for ref in ("JPEG", "JPEG 2000"):
-        a, b = c[ref], c[model_codec]
-        out[f"{model_codec} vs {ref}"] = {
+    pairs = [(model_codec, "JPEG"), (model_codec, "JPEG 2000")]
+    if evaluation.PILLOW_CODEC in c:  # the encoder's gain apart from the model's
+        pairs += [(model_codec, evaluation.PILLOW_CODEC), ("JPEG", evaluation.PILLOW_CODEC), ("JPEG", "JPEG 2000"),
+                  (evaluation.PILLOW_CODEC, "JPEG 2000")]
+    for test, ref in pairs:
+        a, b = c[ref], c[test]
+        out[f"{test} vs {ref}"] = {
             "bd_psnr_db": evaluation.bd_psnr(a["bpp"], a[metric], b["bpp"], b[metric]),
             "bd_rate_percent": evaluation.bd_rate(a["bpp"], a[metric], b["bpp"], b[metric]),
             "bd_psnr_db_0.07_0.5bpp": evaluation.bd_psnr(a["bpp"], a[metric], b["bpp"], b[metric], bpp_range=TARGET_BPP),
@@ -47,6 +52,7 @@ def modality_tables(rows: list[dict[str, Any]], model_codec: str) -> dict[str, l
                 **{f"display_psnr {name}": c[name]["display_psnr"][k] for name in ("JPEG", model_codec, "JPEG 2000")},
                 **{f"display_ssim {name}": c[name]["display_ssim"][k] for name in ("JPEG", model_codec, "JPEG 2000")},
                 **{f"hu_mae {name}": c[name]["hu_mae"][k] for name in ("JPEG", model_codec, "JPEG 2000")},
+                **{f"display_blockiness {name}": c[name]["display_blockiness"][k] for name in ("JPEG", model_codec, "JPEG 2000")},
             }
             for k, q in enumerate(c["JPEG"]["quality"])
         ]
@@ -96,14 +102,15 @@ def markdown(summary: dict[str, Any], model_codec: str) -> str:
         hu = modality == "CT"
         lines += ["", f"## {modality} ({summary['images_by_modality'][modality]} images): JPEG / {model_codec} / JPEG 2000 at the same bytes", "",
                   "| q | bpp | PSNR, worst display window | SSIM, worst display window | " + ("HU MAE, soft tissue | " if hu else "")
-                  + "PSNR, min/max (seed's) | SSIM, min/max (seed's) |",
-                  "|---|---|---|---|" + ("---|" if hu else "") + "---|---|"]
+                  + "PSNR, min/max (seed's) | SSIM, min/max (seed's) | blockiness, most blocking window (x original) |",
+                  "|---|---|---|---|" + ("---|" if hu else "") + "---|---|---|"]
         for r in rows:
             def trio(metric: str, digits: int) -> str:
                 return " / ".join(_f(r[f"{metric} {n}"], digits) for n in names)
 
             lines.append(f"| {r['quality']} | {r['bpp']:.3f} | {trio('display_psnr', 2)} | {trio('display_ssim', 4)} | "
-                         + (f"{trio('hu_mae', 1)} | " if hu else "") + f"{trio('psnr', 2)} | {trio('ssim', 4)} |")
+                         + (f"{trio('hu_mae', 1)} | " if hu else "") + f"{trio('psnr', 2)} | {trio('ssim', 4)} | "
+                         f"{trio('display_blockiness', 2)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -166,7 +173,7 @@ def write(rows: list[dict[str, Any]], out: Path, *, model_codec: str, descriptio
     c = evaluation.curves(rows)
     files = {"JPEG": "jpeg.json", model_codec: f"{model_codec.lower().replace('+', '-')}.json", "JPEG 2000": "jpeg2000.json"}
     descriptions = {
-        "JPEG": f"Baseline JPEG (Pillow/libjpeg, optimized Huffman tables), 8-bit 256x256 images, value mapping {value_mapping}",
+        "JPEG": f"Baseline JPEG (trellis-quantized, flat table, optimized Huffman tables), 8-bit 256x256 images, value mapping {value_mapping}",
         model_codec: description,
         "JPEG 2000": "JPEG 2000 (OpenJPEG through Pillow, raw codestream) at the byte budget of each JPEG point",
     }

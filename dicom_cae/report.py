@@ -23,12 +23,12 @@ LOGGER = logging.getLogger(__name__)
 
 REPORT_JSON = "report.json"
 SUMMARY_METRICS = (
-    "display_psnr", "display_ssim", "display_pixel_accuracy", "hu_mae", "hu_bias",
+    "display_psnr", "display_ssim", "display_pixel_accuracy", "display_blockiness", "hu_mae", "hu_bias",
     "psnr", "ssim", "pixel_accuracy", "compression_ratio", "bpp", "mse",
 )
 HIGHER_BETTER = {"psnr", "ssim", "pixel_accuracy", "display_psnr", "display_ssim", "display_pixel_accuracy"}
 WITH_JPEG = {"psnr", "ssim", "pixel_accuracy", "mse", "display_psnr", "display_ssim", "display_pixel_accuracy",
-             "hu_mae", "hu_bias"}
+             "display_blockiness", "hu_mae", "hu_bias"}
 USE = NOT_FOR_DIAGNOSIS
 
 
@@ -42,12 +42,15 @@ def _display(tags: private_tags.PrivateBlock, frame: int, prefix: str = "") -> l
         LOGGER.warning("display metrics of an instance do not match its windows: left out of the report")
         return []
     out = []
+    blocky, original = getattr(tags, f"{prefix}DisplayBlockiness"), tags.OriginalDisplayBlockiness
     for k, name in enumerate(names):
         i = frame * n + k
         out.append({
             "window": name, "center": tags.DisplayWindowCenter[k], "width": tags.DisplayWindowWidth[k],
             "psnr": getattr(tags, f"{prefix}DisplayPSNR")[i], "ssim": getattr(tags, f"{prefix}DisplaySSIM")[i],
             "pixel_accuracy": getattr(tags, f"{prefix}DisplayPixelAccuracy")[i],
+            # As a multiple of the original's blockiness in that window (None before blocking was measured).
+            "blockiness": blocky[i] / max(original[i], 1e-9) if blocky and original and len(blocky) > i else None,
         })
     return out
 
@@ -55,12 +58,15 @@ def _display(tags: private_tags.PrivateBlock, frame: int, prefix: str = "") -> l
 def _worst_window(per_window: list[dict[str, Any]]) -> dict[str, Any]:
     """The lowest of each measure over the windows (None without display metrics)."""
     if not per_window:
-        return {"display_psnr": None, "display_ssim": None, "display_pixel_accuracy": None, "worst_window": None}
+        return {"display_psnr": None, "display_ssim": None, "display_pixel_accuracy": None, "display_blockiness": None,
+                "worst_window": None}
     worst = min(per_window, key=lambda w: w["psnr"])
+    blocky = [w["blockiness"] for w in per_window if w["blockiness"] is not None]
     return {
         "display_psnr": worst["psnr"],
         "display_ssim": min(w["ssim"] for w in per_window),
         "display_pixel_accuracy": min(w["pixel_accuracy"] for w in per_window),
+        "display_blockiness": max(blocky) if blocky else None,  # the most blocking window's
         "worst_window": worst["window"],
     }
 
@@ -121,6 +127,8 @@ def image_rows(study_dir: str | os.PathLike[str], files: list[Path] | None = Non
                     "mean_original": tags.MeanIntensityOriginal[i],
                     "mean_reconstructed": tags.MeanIntensityReconstructed[i],
                     "value_mapping": tags.ValueMapping or "minmax",
+                    "model_weight": tags.ModelWeight[i] if tags.ModelWeight else None,
+                    "coding_size": tags.CodingSize or 256,
                     "display": display_model,
                     **_worst_window(display_model),
                     **_hu(tags, i),
@@ -189,7 +197,7 @@ def build(study_dir: str | os.PathLike[str], files: list[Path] | None = None) ->
     }
     for r in rows:
         for k in ("psnr", "ssim", "pixel_accuracy", "mse", "compression_ratio", "bpp", "mean_original", "mean_reconstructed",
-                  "display_psnr", "display_ssim", "display_pixel_accuracy", "hu_mae", "hu_bias"):
+                  "display_psnr", "display_ssim", "display_pixel_accuracy", "display_blockiness", "hu_mae", "hu_bias"):
             r[k] = _finite(r[k]) if r[k] is not None else None
         r["display"] = [{k: (_finite(v) if isinstance(v, float) else v) for k, v in w.items()} for w in r["display"]]
         r["jpeg_only"] = {k: (_finite(v) if isinstance(v, float) else v) for k, v in r["jpeg_only"].items()}

@@ -32,6 +32,7 @@ WORST = 4
 METRICS = (
     ("display_psnr", "PSNR in the worst display window (dB)"), ("display_ssim", "SSIM, worst display window"),
     ("display_pixel_accuracy", "Pixel accuracy, worst display window"),
+    ("display_blockiness", "Blockiness, most blocking window (x original)"),
     ("hu_mae", "Mean absolute error, soft tissue (HU)"), ("hu_bias", "Mean error (bias), soft tissue (HU)"),
     ("psnr", "PSNR, min/max image (seed's, dB)"), ("ssim", "SSIM, min/max image (seed's)"),
     ("pixel_accuracy", "Pixel accuracy, min/max image (seed's)"),

@@ -47,7 +47,7 @@ def pydicom_test_file(name: str) -> str:
 
 
 #: The Debian package of each peer tool the tests run.
-PACKAGES = {"dciodvfy": "dicom3tools", "dcentvfy": "dicom3tools", "storescu": "dcmtk", "echoscu": "dcmtk",
+PACKAGES = {"dciodvfy": "dicom3tools", "dcentvfy": "dicom3tools", "storescu": "dcmtk", "echoscu": "dcmtk", "dcmdjpeg": "dcmtk",
             "Orthanc": "orthanc", "chromium": "chromium", "pdftoppm": "poppler-utils", "openssl": "openssl", "strace": "strace"}
 
 

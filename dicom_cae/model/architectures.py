@@ -8,6 +8,12 @@
   quality is appended, five 3x3 convolutions (128 channels) predict the correction of every
   block's 64 pixels, and depth-to-space puts it back: output = JPEG + correction. 591,552
   parameters, about a sixth of the seed's arithmetic per image.
+- ``deblock``: blockres told everything the decoder knows: the JPEG quality (with the flat
+  tables of codec's trellis encoder, the table's scale) and the coding size (a smaller coding's
+  blocks land on a coarser grid after upsampling), so one set of weights serves every quality
+  and coding size the settings can pick, with no pass-through gaps. Seven 3x3 convolutions of
+  128 channels on the 32x32 block grid (879,488 parameters); trained for what a reader sees
+  (display windows and block edges, see train.make_loss).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ class Architecture:
     build: Callable[[], keras.Model]
     uses_quality: bool
     description: str
+    uses_coding: bool = False  # takes the coding size / 256 as a third input
 
 
 def _conv(filters: int, activation: str | None = "relu", **kw) -> layers.Conv2D:
@@ -97,6 +104,20 @@ def build_blockres(filters: int = 128, depth: int = 5) -> keras.Model:
     return keras.Model([inp, quality], out, name="blockres")
 
 
+def build_deblock(filters: int = 128, depth: int = 7) -> keras.Model:
+    inp = keras.Input((SIZE, SIZE, 1), name="jpeg")
+    quality = keras.Input((1,), name="quality")  # JPEG quality / 100
+    coding = keras.Input((1,), name="coding")  # coding size / 256
+    n = SIZE // BLOCK
+    planes = layers.UpSampling2D(size=n)(layers.Reshape((1, 1, 2))(layers.Concatenate()([quality, coding])))
+    x = layers.Concatenate()([space_to_depth(inp), planes])
+    for _ in range(depth - 1):
+        x = _conv(filters)(x)
+    corr = _conv(BLOCK * BLOCK, None, kernel_initializer="zeros")(x)
+    out = _clip01()(layers.Add()([inp, depth_to_space(corr)]))
+    return keras.Model([inp, quality, coding], out, name="deblock")
+
+
 ARCHITECTURES: dict[str, Architecture] = {
     a.name: a
     for a in (
@@ -109,6 +130,14 @@ ARCHITECTURES: dict[str, Architecture] = {
             build_blockres,
             True,
             "8x8-block space-to-depth, quality-conditioned residual network (591,552 parameters)",
+        ),
+        Architecture(
+            "deblock",
+            build_deblock,
+            True,
+            "8x8-block space-to-depth residual network told the JPEG quality and the coding size, "
+            "trained in the display windows and at the block edges (879,488 parameters)",
+            uses_coding=True,
         ),
     )
 }

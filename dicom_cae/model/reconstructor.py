@@ -80,7 +80,10 @@ class Reconstructor:
 
     def for_coding(self, quality: int, mapping: str, coding_size: int) -> Reconstructor | None:
         """The weights for JPEG of a ``coding_size`` image at ``quality``: as for_quality for
-        256; for a smaller coding a band trained on it, or None (the decode passes through)."""
+        256; for a smaller coding a band trained on it, or None (the decode passes through).
+        Weights of a model told the coding size serve every quality and size themselves."""
+        if self.uses_coding:
+            return self
         for wanted in dict.fromkeys((mapping, "minmax")):
             for band in self.bands:
                 lo, hi = band.card["serves"]
@@ -100,12 +103,16 @@ class Reconstructor:
         return ARCHITECTURES[self.name].uses_quality
 
     @property
+    def uses_coding(self) -> bool:
+        return ARCHITECTURES[self.name].uses_coding
+
+    @property
     def max_quality(self) -> int:
         """The highest JPEG quality at which the model card shows the model beating plain JPEG
         in PSNR; above it the model passes the JPEG image through unchanged. 100 when the card
         says nothing (weights being trained) and for models not told the quality (the seed, which
         runs as asked wherever it is asked)."""
-        if not self.uses_quality:
+        if not self.uses_quality or self.uses_coding:  # (one model for all: the store guard decides)
             return 100
         rows = (self.card.get("validation") or {}).get("by_quality") or {}
         good = [int(q) for q, v in rows.items() if v["model"]["psnr"] > v["jpeg"]["psnr"]]
@@ -144,10 +151,10 @@ class Reconstructor:
             if owner is not None:
                 groups.setdefault(id(owner), (owner, []))[1].append(i)
         for owner, idx in groups.values():
-            out[idx] = owner._run(x[idx], qualities[idx], batch_size)
+            out[idx] = owner._run(x[idx], qualities[idx], batch_size, coding_size)
         return out
 
-    def _run(self, x: np.ndarray, qualities: np.ndarray, batch_size: int) -> np.ndarray:
+    def _run(self, x: np.ndarray, qualities: np.ndarray, batch_size: int, coding_size: int = SIZE) -> np.ndarray:
         out = x.copy()  # images above max_quality pass through
         served = np.flatnonzero(qualities <= self.max_quality)
         x, q = x[served], qualities[served] / 100.0
@@ -160,7 +167,8 @@ class Reconstructor:
             if m < batch_size:
                 xb = np.concatenate([xb, np.zeros((batch_size - m, SIZE, SIZE, 1), np.float32)])
                 qb = np.concatenate([qb, np.zeros((batch_size - m, 1), np.float32)])
-            inputs = (xb, qb) if self.uses_quality else (xb,)
+            cb = np.full((batch_size, 1), coding_size / SIZE, np.float32)
+            inputs = (xb, qb, cb) if self.uses_coding else (xb, qb) if self.uses_quality else (xb,)
             result[start : start + m] = np.asarray(fn(*inputs))[:m, :, :, 0]
         out[served] = result
         return out

@@ -49,6 +49,92 @@ class TrainConfig:
     loss: str | None = None  # "mse" or "bce"; default: "bce" for sigmoid outputs (seed), else "mse"
     value_mapping: str = "minmax"  # how modality values become the [0, 1] images (dicom_cae.mapping)
     coding_size: int = codec.SIZE  # JPEG of the image reduced to this size, decoded and upsampled (bicubic) to 256
+    # For models told the coding size (deblock): qualities drawn log-uniformly from 1..quality_max
+    # and coding sizes from codec.CODING_SIZES (256 half of the time); the reader's loss below.
+    quality_max: int = 95
+    display_weight: float = 1.0
+    block_weight: float = 1.0
+
+
+#: Windows the reader's loss shows every CT in besides its own: brain (C40/W80) and soft tissue
+#: (C40/W400), in HU. Narrow windows are where blocks and lost contrast show.
+CT_TRAINING_WINDOWS = ((40.0, 80.0), (40.0, 400.0))
+#: Windows per image in the reader's loss (the narrowest; fewer are repeated).
+LOSS_WINDOWS = 3
+
+
+def _loss_windows(images: "dataset.ImageSet") -> np.ndarray:
+    """(n, LOSS_WINDOWS, 2): per image the [0, 1] ranges (a, b) of its narrowest display
+    windows (its own, plus CT_TRAINING_WINDOWS for CT) under its value mapping."""
+    out = np.empty((len(images), LOSS_WINDOWS, 2), np.float32)
+    for i, view in enumerate(images.views):
+        spans = [w.span for w in view.windows]
+        if images.modalities[i].upper() == "CT":
+            spans += [(c - w / 2, c + w / 2) for c, w in CT_TRAINING_WINDOWS]
+        mapping = view.norm.mapping(0)
+        ranges = sorted({tuple(float(v) for v in mapping.forward(np.asarray(s))) for s in spans},
+                        key=lambda ab: ab[1] - ab[0])
+        ranges = [(a, b) for a, b in ranges if b - a > 1e-3] or [(0.0, 1.0)]
+        for k in range(LOSS_WINDOWS):
+            out[i, k] = ranges[min(k, len(ranges) - 1)]
+    return out
+
+
+def reader_loss_np(target: np.ndarray, test: np.ndarray, windows: np.ndarray, coding_size: int,
+                   display_weight: float, block_weight: float) -> float:
+    """reader_loss for one image in numpy (the sample weights need it for the JPEG decode)."""
+    loss = float(np.mean((target - test) ** 2))
+    edges = codec.block_edges(coding_size)
+    for k, (a, b) in enumerate(windows):
+        tw = np.clip((target - a) / (b - a), 0, 1)
+        pw = np.clip((test - a) / (b - a), 0, 1)
+        loss += display_weight / len(windows) * float(np.mean((tw - pw) ** 2))
+        if k == 0:
+            dt = [np.diff(tw, axis=1)[:, edges - 1], np.diff(tw, axis=0)[edges - 1]]
+            dp = [np.diff(pw, axis=1)[:, edges - 1], np.diff(pw, axis=0)[edges - 1]]
+            loss += block_weight * float(np.mean([np.mean((x - y) ** 2) for x, y in zip(dt, dp)]))
+    return loss
+
+
+def make_reader_loss(display_weight: float, block_weight: float) -> Any:
+    """The loss of a model trained for what a reader sees, per image: the [0, 1] MSE, plus
+    ``display_weight`` x the mean MSE in the image's LOSS_WINDOWS display windows (each
+    window's range stretched to [0, 1] and clipped, as a viewer shows it), plus
+    ``block_weight`` x the mean squared error of the steps across the coding's block edges in
+    its narrowest window (a block edge that the original does not have). ``y_true`` packs
+    the target (channel 0), the windows' ranges (channels 1..2*LOSS_WINDOWS, constant planes)
+    and the block-edge masks (horizontal, vertical steps: the last two channels)."""
+    nw = LOSS_WINDOWS
+
+    def reader(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+        y_true = tf.cast(y_true, tf.float32)
+        p = tf.cast(y_pred, tf.float32)[..., 0]
+        t = y_true[..., 0]
+        loss = tf.reduce_mean(tf.square(t - p), axis=[1, 2])
+        hmask, vmask = y_true[:, :, 1:, 1 + 2 * nw], y_true[:, 1:, :, 2 + 2 * nw]
+        for k in range(nw):
+            a = y_true[:, :1, :1, 1 + 2 * k]
+            b = y_true[:, :1, :1, 2 + 2 * k]
+            tw = tf.clip_by_value((t - a) / (b - a), 0.0, 1.0)
+            pw = tf.clip_by_value((p - a) / (b - a), 0.0, 1.0)
+            loss += display_weight / nw * tf.reduce_mean(tf.square(tw - pw), axis=[1, 2])
+            if k == 0:
+                dh = (pw[:, :, 1:] - pw[:, :, :-1]) - (tw[:, :, 1:] - tw[:, :, :-1])
+                dv = (pw[:, 1:, :] - pw[:, :-1, :]) - (tw[:, 1:, :] - tw[:, :-1, :])
+                eh = tf.reduce_sum(hmask * tf.square(dh), axis=[1, 2]) / tf.maximum(tf.reduce_sum(hmask, axis=[1, 2]), 1.0)
+                ev = tf.reduce_sum(vmask * tf.square(dv), axis=[1, 2]) / tf.maximum(tf.reduce_sum(vmask, axis=[1, 2]), 1.0)
+                loss += block_weight * 0.5 * (eh + ev)
+        return loss
+
+    return reader
+
+
+def _edge_masks(coding_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Masks (256, 256) of the horizontal and vertical steps across block edges: h[:, x] = 1
+    where a block edge lies between columns x-1 and x; v the same for rows."""
+    h = np.zeros((codec.SIZE, codec.SIZE), np.float32)
+    h[:, codec.block_edges(coding_size)] = 1.0
+    return h, h.T.copy()
 
 
 def make_loss(ssim_weight: float, base: str = "mse") -> Any:
@@ -111,6 +197,35 @@ def _epoch_inputs(
         weight[i] = 1.0 / np.sqrt(max(metrics.mse(img, jpeg[i]), 1e-4))
     weight /= weight.mean()
     return jpeg, qualities.astype(np.float32) / 100.0, target, weight.astype(np.float32)
+
+
+def _reader_epoch_inputs(images: np.ndarray, windows: np.ndarray, cfg: TrainConfig, rng: np.random.Generator
+                         ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """One epoch for a model told the coding size: inputs [jpeg, quality / 100, size / 256],
+    the packed targets of make_reader_loss, and sample weights 1 / sqrt(the JPEG decode's
+    reader loss) (floored), mean 1."""
+    n = images.shape[0] * cfg.repeats
+    index = np.concatenate([rng.permutation(images.shape[0]) for _ in range(cfg.repeats)])
+    target = _augment(images[index], rng) if cfg.augment else images[index]
+    qualities = np.clip(np.rint(np.exp(rng.uniform(0, np.log(cfg.quality_max + 0.5), n))), 1, cfg.quality_max)
+    smaller = np.asarray([c for c in codec.CODING_SIZES if c != codec.SIZE])
+    sizes = np.where(rng.random(n) < 0.5, codec.SIZE, rng.choice(smaller, n))
+    jpeg = np.empty_like(target)
+    packed = np.empty(target.shape + (3 + 2 * LOSS_WINDOWS,), np.float32)
+    weight = np.empty(n, np.float64)
+    masks = {int(c): _edge_masks(int(c)) for c in codec.CODING_SIZES}
+    for i in range(n):
+        q, size, w = int(qualities[i]), int(sizes[i]), windows[index[i]]
+        jpeg[i] = codec.decode_to(codec.encode_at(target[i], q, size))
+        packed[i, ..., 0] = target[i]
+        packed[i, ..., 1 : 1 + 2 * LOSS_WINDOWS] = w.reshape(-1)
+        packed[i, ..., -2], packed[i, ..., -1] = masks[size]
+        weight[i] = 1.0 / np.sqrt(max(reader_loss_np(target[i], jpeg[i], w, size, cfg.display_weight,
+                                                     cfg.block_weight), 1e-4))
+    weight /= weight.mean()
+    inputs = [jpeg[..., None], (qualities / 100.0).astype(np.float32)[:, None],
+              (sizes / codec.SIZE).astype(np.float32)[:, None]]
+    return inputs, packed, weight.astype(np.float32)
 
 
 def _plot_curves(log: list[dict[str, Any]], primary: int, path: Path) -> None:
@@ -183,10 +298,13 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.init_weights:
         model.load_weights(cfg.init_weights)
     uses_quality = ARCHITECTURES[cfg.model].uses_quality
+    reader = ARCHITECTURES[cfg.model].uses_coding
     steps = math.ceil(len(train_set) * cfg.repeats / cfg.batch_size) * cfg.epochs
     schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=steps, alpha=0.05)
     base_loss = cfg.loss or ("bce" if cfg.model == "seed" else "mse")
-    model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=1.0), loss=make_loss(cfg.ssim_weight, base_loss))
+    loss = make_reader_loss(cfg.display_weight, cfg.block_weight) if reader else make_loss(cfg.ssim_weight, base_loss)
+    model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=1.0), loss=loss)
+    windows = _loss_windows(train_set) if reader else None
     recon = from_model(model, cfg.model)
 
     def reconstruct(x: np.ndarray, q: int) -> np.ndarray:
@@ -199,10 +317,14 @@ def train(cfg: TrainConfig) -> Path:
     started = time.time()
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.time()
-        jpeg, qn, target, weight = _epoch_inputs(train_set.images, cfg, rng)
-        x = [jpeg[..., None], qn[:, None]] if uses_quality else jpeg[..., None]
+        if reader:
+            x, y, weight = _reader_epoch_inputs(train_set.images, windows, cfg, rng)
+        else:
+            jpeg, qn, target, weight = _epoch_inputs(train_set.images, cfg, rng)
+            x = [jpeg[..., None], qn[:, None]] if uses_quality else jpeg[..., None]
+            y = target[..., None]
         hist = model.fit(
-            x, target[..., None], sample_weight=weight, batch_size=cfg.batch_size, epochs=1, shuffle=True,
+            x, y, sample_weight=weight, batch_size=cfg.batch_size, epochs=1, shuffle=True,
             verbose=1 if sys.stdout.isatty() else 0,
         )
         train_loss = float(hist.history["loss"][-1])
@@ -251,9 +373,15 @@ def train(cfg: TrainConfig) -> Path:
             "batch_size": cfg.batch_size,
             "sample_weights": "1 / sqrt(max(MSE of the JPEG decode, 1e-4)), mean 1",
             "optimizer": f"Adam (clipnorm 1), cosine decay from {cfg.learning_rate}",
-            "loss": ("binary cross-entropy" if base_loss == "bce" else "MSE")
+            "loss": (f"MSE on [0,1] images + {cfg.display_weight} x mean MSE in the {LOSS_WINDOWS} narrowest display "
+                     f"windows (the source's; for CT also brain C40/W80 and soft tissue C40/W400) + {cfg.block_weight} x "
+                     "MSE of the steps across block edges in the narrowest window") if reader else
+            ("binary cross-entropy" if base_loss == "bce" else "MSE")
             + (f" + {cfg.ssim_weight} * (1 - SSIM)" if cfg.ssim_weight > 0 else "") + " on [0,1] images",
-            "jpeg_qualities": list(cfg.train_qualities) if uses_quality or len(cfg.train_qualities) > 1 else cfg.train_qualities[0],
+            "jpeg_qualities": (f"1-{cfg.quality_max}, log-uniform" if reader else
+                               list(cfg.train_qualities) if uses_quality or len(cfg.train_qualities) > 1 else cfg.train_qualities[0]),
+            **({"coding_sizes": f"{', '.join(map(str, codec.CODING_SIZES))} (256 half of the time)"} if reader else {}),
+            "jpeg_encoder": codec.DEFAULT_ENCODER,
             "augmentation": "flips and transposes" if cfg.augment else "none",
             "device": _device(),
             "seconds": round(time.time() - started),

@@ -26,3 +26,97 @@ def test_jpeg_is_baseline_grayscale_and_shrinks_with_quality():
 def test_quality_out_of_range_is_refused(q):
     with pytest.raises(ValueError, match="JPEG quality must be in 1..100"):
         codec.jpeg_encode(_image(), q)
+
+
+def _markers(data: bytes) -> list[int]:
+    """The marker codes of a JPEG stream's header segments, up to and including SOS."""
+    out, i = [], 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        out.append(data[i + 1])
+        if data[i + 1] == 0xDA:
+            break
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return out
+
+
+def _ct_like():
+    """A smooth image with edges: what blocks show on."""
+    y, x = np.mgrid[:256, :256] / 255.0
+    img = 0.45 + 0.08 * np.sin(5 * x) + 0.05 * np.cos(4 * y)
+    img[(x - 0.5) ** 2 + (y - 0.5) ** 2 < 0.08] += 0.2
+    return np.clip(img, 0, 1)
+
+
+def test_trellis_stream_is_plain_baseline_with_flat_tables_and_no_jfif():
+    data = codec.jpeg_encode(_ct_like(), 30)
+    marks = _markers(data)
+    assert 0xC0 in marks and not {0xC1, 0xC2, 0xC3} & set(marks)  # SOF0 only: baseline sequential
+    assert 0xE0 not in marks  # no JFIF APP0: DICOM does not use it
+    assert marks.count(0xC4) >= 1 and 0xDB in marks  # the tables are in the stream (interchange format)
+    dqt = data.index(b"\xff\xdb")
+    table = np.frombuffer(data[dqt + 5 : dqt + 5 + 64], np.uint8)
+    assert (table == codec.quant_table(30)[0, 0]).all() and table[0] == 27  # flat, IJG-scaled from 16
+
+
+def test_quality_keeps_its_meaning_as_the_table_scale():
+    assert codec.quant_table(50)[0, 0] == 16 and codec.quant_table(1)[0, 0] == 255 and codec.quant_table(100)[0, 0] == 1
+    sizes = [len(codec.jpeg_encode(_ct_like(), q)) for q in (2, 10, 30, 60, 90)]
+    assert sizes == sorted(sizes)
+
+
+def test_trellis_spends_fewer_bytes_than_pillow_for_the_same_error():
+    """The encoder's gain: at the same quality the trellis stream is smaller or better; at
+    the Pillow stream's bytes the trellis decode is closer to the original."""
+    from dicom_cae import metrics
+
+    img = _ct_like()
+    old = codec.jpeg_encode(img, 10, encoder=codec.PILLOW)
+    q = max(q for q in range(1, 101) if len(codec.jpeg_encode(img, q)) <= len(old))
+    new = codec.jpeg_encode(img, q)
+    assert metrics.psnr(img, codec.jpeg_decode(new)) > metrics.psnr(img, codec.jpeg_decode(old)) + 0.3
+
+
+def test_three_decoders_give_the_same_pixels_and_dciodvfy_passes_the_encapsulated_stream(tmp_path):
+    """pylibjpeg, Pillow and DCMTK's dcmdjpeg decode the stream, encapsulated as a JPEG Baseline
+    (1.2.840.10008.1.2.4.50) instance, to the same pixels within 1; dciodvfy finds no error."""
+    import subprocess
+
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage, generate_uid
+
+    from tests.conftest import dciodvfy_errors, need_tool
+
+    data = codec.jpeg_encode(_ct_like(), 20)
+    pillow = np.rint(codec.jpeg_decode(data) * 255).astype(int)
+    from pylibjpeg import decode
+
+    libjpeg = np.asarray(decode(data), int)
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    for kw in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+               "ReferringPhysicianName", "StudyID", "AccessionNumber", "SeriesNumber", "InstanceNumber",
+               "PatientOrientation", "Laterality"):
+        setattr(ds, kw, "")
+    ds.Modality, ds.ConversionType = "OT", "WSD"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows = ds.Columns = 256
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.LossyImageCompression, ds.LossyImageCompressionMethod = "01", "ISO_10918_1"
+    ds.PixelData = encapsulate([data])
+    ds["PixelData"].VR = "OB"
+    src, out = tmp_path / "jpeg.dcm", tmp_path / "raw.dcm"
+    ds.save_as(src, enforce_file_format=True)
+    assert dciodvfy_errors(src) == []
+    need_tool("dcmdjpeg")
+    subprocess.run(["dcmdjpeg", str(src), str(out)], check=True)
+    dcmtk = pydicom.dcmread(out).pixel_array.astype(int)
+    for a, b in ((pillow, libjpeg), (pillow, dcmtk), (libjpeg, dcmtk)):
+        assert np.abs(a - b).max() <= 1

@@ -197,3 +197,26 @@ def test_a_128_coding_goes_to_the_weights_trained_for_it(pipe):
     assert np.array_equal(out160, preps[160].jpeg)
     assert np.array_equal(band(preps[128].jpeg, 10), preps[128].jpeg)  # asked for 256x256 JPEG: not its job
     assert np.allclose(band(preps[128].jpeg, 10, coding_size=128), out128, atol=1e-6)
+
+
+def test_a_reconstruction_with_more_blocking_than_plain_jpeg_is_not_stored():
+    """Issue 15: never below plain JPEG, in blocking too. A "reconstruction" that is the
+    original plus a faint 8x8-block pattern beats the JPEG decode (quality 85) in PSNR in
+    every display window, yet shows more blocking in them (both computed here independently,
+    through each window): the JPEG decode is stored, and the tags say so."""
+    ds = io.read(SAMPLES / "ct_phantom_1.dcm")
+    prep = pipeline.prepare(ds, "ct_phantom_1.dcm", quality=85)
+    blocks = np.random.default_rng(0).normal(0, 1, (32, 32)).repeat(8, 0).repeat(8, 1)
+    blocky = np.clip(prep.reference + 0.6 / 255 * blocks, 0, 1).astype(np.float32)
+    ref = prep.modality[0]
+    shown = {name: image.unit_to_modality(x, prep.norm)[0] for name, x in (("blocky", blocky), ("jpeg", prep.jpeg))}
+    edges = codec.block_edges(256)
+    for w in prep.windows:
+        assert metrics.psnr(w.apply(ref), w.apply(shown["blocky"])) > metrics.psnr(w.apply(ref), w.apply(shown["jpeg"]))
+    assert max(metrics.blockiness(w.apply(shown["blocky"]), edges) for w in prep.windows) > \
+        max(metrics.blockiness(w.apply(shown["jpeg"]), edges) for w in prep.windows)
+    derived = pipeline.finish(prep, blocky, model_name="test", weights_sha256="0" * 64)
+    tags = private_tags.read(derived.dataset)
+    assert tags["ModelWeight"] == [0.0]
+    assert np.array_equal(derived.dataset.pixel_array, image.to_stored(prep.jpeg, prep.norm)[0])
+    assert tags["DisplayBlockiness"] == tags["JPEGOnlyDisplayBlockiness"]

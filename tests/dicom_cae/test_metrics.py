@@ -139,3 +139,46 @@ def test_a_reference_reused_gives_the_same_ssim():
     for _ in range(3):
         y = np.clip(x + rng.normal(0, 0.05, x.shape), 0, 1)
         assert metrics.ssim(ref, y) == metrics.ssim(x, y)
+
+
+def test_blockiness_is_one_without_blocks_and_grows_with_them():
+    """Issue 15: the blocking measure. A smooth ramp scores 1; the same ramp with +0.01 on
+    every other 8-pixel column block scores what the steps add, computed by hand; a 16-pixel
+    grid (a 128 coding brought to 256) is seen most on its own grid."""
+    from dicom_cae import codec
+
+    y, x = np.mgrid[:256, :256] / 255.0
+    smooth = 0.3 + 0.4 * x  # every horizontal step s, every vertical step 0
+    s = 0.4 / 255
+    assert metrics.blockiness(smooth, codec.block_edges(256)) == pytest.approx(1.0)
+    blocky = smooth + 0.01 * ((np.arange(256) // 8) % 2)[None, :]
+    # 31 vertical block edges: 16 enter a raised block (s + 0.01), 15 leave it (0.01 - s); the
+    # 31 x 256 vertical steps across horizontal edges are 0. Elsewhere: s (horizontal), 0 (vertical).
+    across = (16 * (s + 0.01) + 15 * (0.01 - s)) / 62
+    assert metrics.blockiness(blocky, codec.block_edges(256)) == pytest.approx(across / (s / 2), rel=1e-6)
+    assert list(codec.block_edges(128)[:3]) == [16, 32, 48] and len(codec.block_edges(256)) == 31
+    wide = smooth + 0.01 * ((np.arange(256) // 16) % 2)[None, :]
+    assert metrics.blockiness(wide, codec.block_edges(128)) > metrics.blockiness(wide, codec.block_edges(256)) > 1.5
+
+
+def test_psnr_b_is_psnr_less_the_blocking_effect():
+    """PSNR-B (Yim and Bovik 2011) equals PSNR for an error without blocks, and is lower than
+    PSNR by the blocking effect factor when the error steps at the block edges."""
+    from dicom_cae import codec
+
+    edges = codec.block_edges(256)
+    ref = np.full((256, 256), 0.5)
+    noise = ref + np.random.default_rng(0).normal(0, 0.01, ref.shape)
+    blocks = ref + np.kron(np.random.default_rng(1).normal(0, 0.01, (32, 32)), np.ones((8, 8)))
+    assert metrics.psnr_b(ref, noise, edges) == pytest.approx(metrics.psnr(ref, noise), abs=0.05)  # noise: no edge stands out
+    assert metrics.psnr_b(ref, blocks, edges) < metrics.psnr(ref, blocks) - 1.0
+    h, v = np.diff(blocks, axis=1), np.diff(blocks, axis=0)
+    across = np.concatenate([h[:, edges - 1].ravel(), v[edges - 1, :].ravel()])
+    bef = np.log2(8) / np.log2(256) * np.mean(across ** 2)  # D_B^c is 0: constant inside blocks
+    assert metrics.psnr_b(ref, blocks, edges) == pytest.approx(10 * np.log10(1 / (metrics.mse(ref, blocks) + bef)))
+
+
+def test_the_guard_counts_blockiness_lower_as_better():
+    jpeg = {"psnr": 30.0, "ssim": 0.9, "display_psnr": 28.0, "display_ssim": 0.85, "display_blockiness": 1.4}
+    assert metrics.not_below({**jpeg, "psnr": 31.0, "display_blockiness": 1.1}, jpeg)
+    assert not metrics.not_below({**jpeg, "psnr": 31.0, "display_blockiness": 1.5}, jpeg)
