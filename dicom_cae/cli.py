@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="convert a folder of DICOM files into derived reconstructed series")
     c.add_argument("src", metavar="SRC", help="a DICOM file or a folder (searched recursively)")
     c.add_argument("dst", metavar="DST", help="output folder: DST/<study>/<series>/<instance>.dcm")
-    c.add_argument("--quality", type=_quality, default=DEFAULT_QUALITY, metavar="Q", help=f"JPEG quality 1-100 (default {DEFAULT_QUALITY})")
+    c.add_argument("--quality", type=_quality, default=None, metavar="Q", help=f"JPEG quality 1-100 (default {DEFAULT_QUALITY})")
     c.add_argument("--target-psnr", type=float, metavar="DB", help="per image, the lowest JPEG quality whose reconstruction reaches this PSNR (instead of --quality)")
     c.add_argument("--target-ssim", type=float, metavar="S", help="the same for SSIM (with --target-psnr: both)")
     c.add_argument("--target-ratio", type=float, metavar="R",
@@ -173,11 +173,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if not src.exists():
         print(f"dicom-cae convert: error: {src} does not exist", file=sys.stderr)
         return EXIT_USAGE
-    from dicom_cae.pipeline import RatioTarget, Target
+    from dicom_cae.pipeline import DEFAULT_QUALITY, RatioTarget, Target
 
     try:
         if args.target_ratio is not None and (args.target_psnr or args.target_ssim):
             raise ValueError("--target-ratio and --target-psnr/--target-ssim exclude each other")
+        if args.quality is not None and (args.target_ratio is not None or args.target_psnr or args.target_ssim):
+            raise ValueError("--quality and a target (--target-psnr, --target-ssim, --target-ratio) exclude each other: "
+                             "a target chooses the quality per image")
+        args.quality = DEFAULT_QUALITY if args.quality is None else args.quality
         target = (Target(args.target_psnr, args.target_ssim, args.target_on)
                   if args.target_psnr or args.target_ssim else None)
         if args.target_ratio is not None:
@@ -204,7 +208,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     print(
         f"converted {s.converted} instance(s) ({s.frames} image(s)) in {s.seconds:.1f} s ({rate:.1f} images/s) "
         f"with {recon.short_id}, value mapping {args.value_mapping}, on {engine.name}, at "
-        + (f"fidelity target {target.key}; " if target else f"JPEG quality {args.quality}; ") +
+        + (f"{target.describe}; " if target else f"JPEG quality {args.quality}; ") +
         f"{s.skipped_done} already done, {len(s.duplicates)} duplicate(s), {len(s.not_images)} not image(s), "
         f"{len(s.not_dicom)} not DICOM, "
         f"{len(s.failed)} failed, {len(s.warnings)} converted with a warning; "

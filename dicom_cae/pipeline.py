@@ -69,6 +69,14 @@ class Target:
     def key(self) -> str:
         return f"psnr>={self.psnr}:ssim>={self.ssim}" + ("" if self.metric == "seed" else f":{self.metric}")
 
+    @property
+    def describe(self) -> str:
+        """For people: what is aimed at, and where it is measured."""
+        aims = [f"PSNR >= {self.psnr:g} dB" if self.psnr is not None else "",
+                f"SSIM >= {self.ssim:g}" if self.ssim is not None else ""]
+        where = "in the worst display window" if self.metric == "display" else "on the min/max image (seed's)"
+        return f"fidelity target {' and '.join(a for a in aims if a)} {where}"
+
 
 @dataclass(frozen=True)
 class RatioTarget:
@@ -90,6 +98,10 @@ class RatioTarget:
     @property
     def key(self) -> str:
         return f"ratio<={self.ratio}"
+
+    @property
+    def describe(self) -> str:
+        return f"compression ratio target <= {self.ratio:g} ({self.budget} bytes a frame)"
 
 
 @dataclass(frozen=True)
@@ -367,7 +379,7 @@ def finish(
     if prep.target:
         aims = [f"PSNR >= {prep.target.psnr} dB" if prep.target.psnr is not None else "",
                 f"SSIM >= {prep.target.ssim}" if prep.target.ssim is not None else ""]
-        aim = f" (lowest quality reaching {' and '.join(a for a in aims if a)})"
+        aim = f" (coding size and lowest quality reaching {' and '.join(a for a in aims if a)} with the fewest bytes)"
     if not coding_served:
         how = f"JPEG decode kept: {model_name} has no weights for a {prep.coding_size}x{prep.coding_size} coding"
     elif prep.quality > max_quality:
@@ -483,30 +495,38 @@ class Pipeline:
         return prepare(ds, source, quality=quality, mapping=self.mapping)
 
     def prepare_for_target(self, ds: Dataset, source: str, target: Target) -> Prepared:
-        """Like prepare, at the lowest JPEG quality (1-95) whose stored reconstruction reaches
-        ``target`` in every frame (95 when none does; the tags then show what was reached).
+        """Like prepare, at the coding size (codec.CODING_SIZES) and JPEG quality (1-95) that
+        reach ``target`` in every frame with the fewest bytes: per size the lowest quality whose
+        stored reconstruction reaches it (a bisection), then the size that spends least. When
+        no size reaches it, 256 at quality 95 (the tags then show what was reached).
 
         Raises: as prepare.
         """
         warnings = _identify(ds, source)
         img = image.prepare(ds, source, mapping=self.mapping)
         is_ct = str(ds.get("Modality", "")).upper() == "CT"
-        lo, hi = 1, 95
-        while lo < hi:  # the metrics rise with the quality, closely enough for a bisection
-            mid = (lo + hi) // 2
-            if self._meets(img, mid, target, is_ct):
-                hi = mid
-            else:
-                lo = mid + 1
-        if lo == 95 and not self._meets(img, 95, target, is_ct):
+        best: tuple[int, int, int] | None = None  # bytes, size, quality
+        for size in codec.CODING_SIZES:
+            if not self._meets(img, 95, target, is_ct, size):
+                continue
+            lo, hi = 1, 95
+            while lo < hi:  # the metrics rise with the quality, closely enough for a bisection
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if self._meets(img, mid, target, is_ct, size) else (mid + 1, hi)
+            spent = sum(len(codec.encode_at(f, lo, size)) for f in img.unit)
+            if best is None or spent < best[0]:
+                best = (spent, size, lo)
+        if best is None:
             LOGGER.warning("%s: fidelity target not reached even at quality 95", source)
-        return _compress(ds, source, img, lo, target, warnings)
+            best = (0, codec.SIZE, 95)
+        return _compress(ds, source, img, best[2], target, warnings, coding_size=best[1])
 
-    def _meets(self, img: image.Prepared, quality: int, target: Target, is_ct: bool) -> bool:
-        """Whether the stored reconstruction at ``quality`` reaches ``target`` in every frame."""
-        jpeg = np.stack([codec.jpeg_roundtrip(f, quality)[0] for f in img.unit])
-        recon = self.reconstructor(jpeg, quality, batch_size=self.batch_size, mapping=self.mapping)
-        stored, _, _ = store(img.modality, jpeg, recon, img.norm, list(img.windows), is_ct=is_ct)  # (256 coding)
+    def _meets(self, img: image.Prepared, quality: int, target: Target, is_ct: bool, size: int = codec.SIZE) -> bool:
+        """Whether the stored reconstruction of a ``size`` coding at ``quality`` reaches
+        ``target`` in every frame."""
+        jpeg = np.stack([codec.decode_to(codec.encode_at(f, quality, size)) for f in img.unit])
+        recon = self.reconstructor(jpeg, quality, batch_size=self.batch_size, mapping=self.mapping, coding_size=size)
+        stored, _, _ = store(img.modality, jpeg, recon, img.norm, list(img.windows), is_ct=is_ct, coding_size=size)
         stored = image.stored_to_modality(stored, img.norm)
         return all(target.met_in(img.modality[i], stored[i], img.norm, i, list(img.windows))
                    for i in range(len(stored)))

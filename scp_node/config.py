@@ -151,17 +151,42 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+#: What a TOML value must be for each kind of setting (the dataclasses' annotations, as text).
+_KINDS = {
+    "int": ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "float": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "tuple[str, ...]": ("a list of strings, e.g. [\"CT01\"]",
+                        lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)),
+    "TLSConfig": ("a table ([tls])", lambda v: isinstance(v, dict)),
+    "ForwardConfig": ("a table ([forward])", lambda v: isinstance(v, dict)),
+}
+
+
+def _check_kind(where: str, name: str, value: Any, annotation: str) -> Any:
+    """``value`` if it is of the setting's kind (a number for a float is made a float), else
+    ConfigError naming the setting, what it must be and what it got. A string is never read as
+    a list: ``allowed_aets = "CT01"`` is an error, not the titles C, T, 0 and 1."""
+    kind = annotation.replace(" | None", "")
+    what, ok = _KINDS[kind]
+    if not ok(value):
+        raise ConfigError(f"{where}: {name} must be {what}, got {value!r} ({type(value).__name__})")
+    return float(value) if kind == "float" else value
+
+
+def _build(cls: type, values: dict[str, Any], where: str, prefix: str = "") -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(values) - set(fields)
     if unknown:
-        raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(prefix + u for u in sorted(unknown))}")
     kwargs = {}
     for name, value in values.items():
+        value = _check_kind(where, prefix + name, value, str(fields[name].type))
         if name == "tls":
-            value = _build(TLSConfig, value, "tls") if value else None
+            value = _build(TLSConfig, value, where, "tls.") if value else None
         elif name == "forward":
-            value = _build(ForwardConfig, value, "forward") if value else None
+            value = _build(ForwardConfig, value, where, "forward.") if value else None
         elif name in ("allowed_aets", "allowed_hosts"):
             value = tuple(value)
         kwargs[name] = value

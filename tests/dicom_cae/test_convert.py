@@ -123,3 +123,31 @@ def test_real_cr_ct_mr_and_enhanced_mr_add_no_dciodvfy_error(converted_pydicom_f
     assert len(private_tags.read(ds)["PSNR"]) == frames
     assert ds.PhotometricInterpretation == source.PhotometricInterpretation
     assert not set(dciodvfy_errors(derived[0])) - set(dciodvfy_errors(src / name))
+
+
+def test_a_quality_beside_a_target_is_refused_and_the_summary_names_only_what_was_asked(tmp_path, capsys):
+    """Issue 16 item 10: `--quality 10 --target-psnr 30` used to drop the quality silently and
+    print "ssim>=None"; now the two exclude each other (exit 2, one line), and a target's
+    summary names only what was asked for."""
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "ct.dcm").write_bytes((SAMPLES / "ct_phantom_1.dcm").read_bytes())
+    assert cli.main(["convert", "--no-progress", "--quality", "10", "--target-psnr", "30", str(one), str(tmp_path / "o")]) == 2
+    assert "--quality and a target" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert cli.main(["convert", "--no-progress", "--target-psnr", "30", str(one), str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "fidelity target PSNR >= 30 dB in the worst display window" in out and "None" not in out
+
+
+def test_the_default_data_folder_is_ignored_by_git():
+    """Issue 16 item 14: `dicom-cae serve` in a checkout creates dicom-cae-data/; git ignores it."""
+    import shutil
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    proc = subprocess.run(["git", "check-ignore", "-q", "dicom-cae-data/output/x.dcm"], cwd=ROOT)
+    assert proc.returncode == 0

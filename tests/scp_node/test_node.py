@@ -199,3 +199,35 @@ def test_settings_are_checked_with_the_setting_named(tmp_path):
         load(cfg_file)
     with pytest.raises(ConfigError, match="tls.require_client_cert needs tls.ca"):
         load(None, tls={"cert": str(SAMPLES / "README.md"), "key": str(SAMPLES / "README.md"), "require_client_cert": True})
+
+
+@pytest.mark.parametrize("text, named", [
+    ('quality = "ten"\n', "quality must be a whole number, got 'ten'"),
+    ('port = "11199"\n', "port must be a whole number, got '11199'"),
+    ('study_quiet_s = "x"\n', "study_quiet_s must be a number, got 'x'"),
+    ('[forward]\nae_title = "PACS"\nhost = "127.0.0.1"\nport = "4242"\n', "forward.port must be a whole number, got '4242'"),
+    ('allowed_aets = "CT01"\n', "allowed_aets must be a list of strings"),
+    ("quality = 10.5\n", "quality must be a whole number, got 10.5"),
+])
+def test_a_setting_of_the_wrong_type_is_named_and_refused_without_a_traceback(tmp_path, text, named):
+    """Issue 16 items 7-9: wrong value types in a real TOML file stop `serve` with exit 2 and
+    one line naming the setting; a string for the access list is never read letter by letter;
+    a fractional quality is refused before any instance can fail on it."""
+    import subprocess
+    import sys
+
+    cfg_file = tmp_path / "node.toml"
+    cfg_file.write_text(text)
+    proc = subprocess.run([sys.executable, "-m", "dicom_cae", "serve", "--config", str(cfg_file)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert named in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(ConfigError, match=named.replace("(", "\\(").replace(".", "\\.")):
+        load(cfg_file)
+
+
+def test_an_access_list_of_titles_is_read_as_titles(tmp_path):
+    cfg_file = tmp_path / "node.toml"
+    cfg_file.write_text('allowed_aets = ["CT01", "MR02"]\nstudy_quiet_s = 5\n')
+    cfg = load(cfg_file)
+    assert cfg.allowed_aets == ("CT01", "MR02") and cfg.study_quiet_s == 5.0
