@@ -28,15 +28,41 @@ class JsonFormatter(logging.Formatter):
 
 
 class OneLineFormatter(logging.Formatter):
-    """Text log lines whose message cannot span lines: control characters in it (a newline in
-    a received UID, say) are escaped, so no received string can forge a log line. Tracebacks
-    still follow on their own lines."""
+    """Text log lines that no received string can forge: control characters in the message (a
+    newline in a received UID, say) are escaped, and every further line of a record (a
+    traceback, whose last line can quote received text) starts with "  | ", so that only a
+    record's own first line ever starts a line with a timestamp. pynetdicom's records pass
+    through the same handler."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
         from dicom_cae.identity import printable
 
         record.message = printable(record.message, limit=10_000)
         return super().formatMessage(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        from dicom_cae.identity import printable
+
+        first, *rest = super().format(record).split("\n")
+        return "\n".join([first, *("  | " + printable(line, limit=10_000) for line in rest)])
+
+
+def _port_free(host: str, port: int) -> None:
+    """Raise NodeError at once when ``host:port`` cannot be bound (in use, or not ours), rather
+    than after the model has loaded; the node binds it for real a moment later."""
+    import socket
+
+    from scp_node.node import NodeError
+
+    if not port:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise NodeError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -82,19 +108,22 @@ def run(args: argparse.Namespace) -> int:
     root.setLevel(min(root.level, logging.INFO))
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
-    from dicom_cae.model import load as load_model
-    from dicom_cae.pipeline import Pipeline
-    from scp_node.node import Node
-
     from pathlib import Path
 
     from scp_node.node import NodeError, lock_data_dir
 
-    try:  # before loading the model: a second node on the same folder is told at once
+    try:  # before TensorFlow is imported: a second node on the folder, or a port in use, is told at once
         lock_fd = lock_data_dir(Path(cfg.data_dir))
+        _port_free(cfg.bind, cfg.port)
+        if cfg.http_port:
+            _port_free(cfg.http_bind, cfg.http_port)
     except NodeError as exc:
         print(f"dicom-cae serve: error: {exc}", file=sys.stderr)
         return 2
+    from dicom_cae.model import load as load_model
+    from dicom_cae.pipeline import Pipeline
+    from scp_node.node import Node
+
     recon = load_model(cfg.model, weights=cfg.weights)
     node = Node(cfg, Pipeline(recon, batch_size=cfg.batch_size, mapping=cfg.value_mapping), lock_fd=lock_fd)
     stopping = threading.Event()

@@ -80,51 +80,60 @@ def _loss_windows(images: "dataset.ImageSet") -> np.ndarray:
     return out
 
 
+#: Errors below this (60 dB) count as nothing in the reader's loss: the 8-bit floor.
+LOG_FLOOR = 1e-6
+
+
 def reader_loss_np(target: np.ndarray, test: np.ndarray, windows: np.ndarray, coding_size: int,
                    display_weight: float, block_weight: float) -> float:
-    """reader_loss for one image in numpy (the sample weights need it for the JPEG decode)."""
-    loss = float(np.mean((target - test) ** 2))
+    """reader_loss for one image in numpy (for tests and the JPEG decode's figure)."""
+    loss = float(np.log(np.mean((target - test) ** 2) + LOG_FLOOR))
     edges = codec.block_edges(coding_size)
     for k, (a, b) in enumerate(windows):
         tw = np.clip((target - a) / (b - a), 0, 1)
         pw = np.clip((test - a) / (b - a), 0, 1)
-        loss += display_weight / len(windows) * float(np.mean((tw - pw) ** 2))
+        loss += display_weight / len(windows) * float(np.log(np.mean((tw - pw) ** 2) + LOG_FLOOR))
         if k == 0:
             dt = [np.diff(tw, axis=1)[:, edges - 1], np.diff(tw, axis=0)[edges - 1]]
             dp = [np.diff(pw, axis=1)[:, edges - 1], np.diff(pw, axis=0)[edges - 1]]
-            loss += block_weight * float(np.mean([np.mean((x - y) ** 2) for x, y in zip(dt, dp)]))
-    return loss
+            loss += block_weight * float(np.log(np.mean([np.mean((x - y) ** 2) for x, y in zip(dt, dp)]) + LOG_FLOOR))
+    return loss / (1.0 + display_weight + block_weight)
 
 
 def make_reader_loss(display_weight: float, block_weight: float) -> Any:
-    """The loss of a model trained for what a reader sees, per image: the [0, 1] MSE, plus
-    ``display_weight`` x the mean MSE in the image's LOSS_WINDOWS display windows (each
-    window's range stretched to [0, 1] and clipped, as a viewer shows it), plus
-    ``block_weight`` x the mean squared error of the steps across the coding's block edges in
-    its narrowest window (a block edge that the original does not have). ``y_true`` packs
-    the target (channel 0), the windows' ranges (channels 1..2*LOSS_WINDOWS, constant planes)
-    and the block-edge masks (horizontal, vertical steps: the last two channels)."""
+    """The loss of a model trained for what a reader sees, per image, in decibels (the log of
+    each error, so that every image and every window counts by its gain in dB, as PSNR is
+    averaged): the [0, 1] MSE, plus ``display_weight`` x the mean over the image's
+    LOSS_WINDOWS display windows of the MSE there (each window's range stretched to [0, 1] and
+    clipped, as a viewer shows it), plus ``block_weight`` x the mean squared error of the steps
+    across the coding's block edges in its narrowest window (a block edge that the original
+    does not have). ``y_true`` packs the target (channel 0), the windows' ranges (channels
+    1..2*LOSS_WINDOWS, constant planes) and the block-edge masks (horizontal, vertical steps:
+    the last two channels)."""
     nw = LOSS_WINDOWS
+
+    def log(x: tf.Tensor) -> tf.Tensor:
+        return tf.math.log(x + LOG_FLOOR)
 
     def reader(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
         y_true = tf.cast(y_true, tf.float32)
         p = tf.cast(y_pred, tf.float32)[..., 0]
         t = y_true[..., 0]
-        loss = tf.reduce_mean(tf.square(t - p), axis=[1, 2])
+        loss = log(tf.reduce_mean(tf.square(t - p), axis=[1, 2]))
         hmask, vmask = y_true[:, :, 1:, 1 + 2 * nw], y_true[:, 1:, :, 2 + 2 * nw]
         for k in range(nw):
             a = y_true[:, :1, :1, 1 + 2 * k]
             b = y_true[:, :1, :1, 2 + 2 * k]
             tw = tf.clip_by_value((t - a) / (b - a), 0.0, 1.0)
             pw = tf.clip_by_value((p - a) / (b - a), 0.0, 1.0)
-            loss += display_weight / nw * tf.reduce_mean(tf.square(tw - pw), axis=[1, 2])
+            loss += display_weight / nw * log(tf.reduce_mean(tf.square(tw - pw), axis=[1, 2]))
             if k == 0:
                 dh = (pw[:, :, 1:] - pw[:, :, :-1]) - (tw[:, :, 1:] - tw[:, :, :-1])
                 dv = (pw[:, 1:, :] - pw[:, :-1, :]) - (tw[:, 1:, :] - tw[:, :-1, :])
                 eh = tf.reduce_sum(hmask * tf.square(dh), axis=[1, 2]) / tf.maximum(tf.reduce_sum(hmask, axis=[1, 2]), 1.0)
                 ev = tf.reduce_sum(vmask * tf.square(dv), axis=[1, 2]) / tf.maximum(tf.reduce_sum(vmask, axis=[1, 2]), 1.0)
-                loss += block_weight * 0.5 * (eh + ev)
-        return loss
+                loss += block_weight * log(0.5 * (eh + ev))
+        return loss / (1.0 + display_weight + block_weight)
 
     return reader
 
@@ -202,8 +211,8 @@ def _epoch_inputs(
 def _reader_epoch_inputs(images: np.ndarray, windows: np.ndarray, cfg: TrainConfig, rng: np.random.Generator
                          ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """One epoch for a model told the coding size: inputs [jpeg, quality / 100, size / 256],
-    the packed targets of make_reader_loss, and sample weights 1 / sqrt(the JPEG decode's
-    reader loss) (floored), mean 1."""
+    the packed targets of make_reader_loss, and sample weights (1: the loss, in dB, weighs
+    every image by its gain already)."""
     n = images.shape[0] * cfg.repeats
     index = np.concatenate([rng.permutation(images.shape[0]) for _ in range(cfg.repeats)])
     target = _augment(images[index], rng) if cfg.augment else images[index]
@@ -212,7 +221,6 @@ def _reader_epoch_inputs(images: np.ndarray, windows: np.ndarray, cfg: TrainConf
     sizes = np.where(rng.random(n) < 0.5, codec.SIZE, rng.choice(smaller, n))
     jpeg = np.empty_like(target)
     packed = np.empty(target.shape + (3 + 2 * LOSS_WINDOWS,), np.float32)
-    weight = np.empty(n, np.float64)
     masks = {int(c): _edge_masks(int(c)) for c in codec.CODING_SIZES}
     for i in range(n):
         q, size, w = int(qualities[i]), int(sizes[i]), windows[index[i]]
@@ -220,12 +228,9 @@ def _reader_epoch_inputs(images: np.ndarray, windows: np.ndarray, cfg: TrainConf
         packed[i, ..., 0] = target[i]
         packed[i, ..., 1 : 1 + 2 * LOSS_WINDOWS] = w.reshape(-1)
         packed[i, ..., -2], packed[i, ..., -1] = masks[size]
-        weight[i] = 1.0 / np.sqrt(max(reader_loss_np(target[i], jpeg[i], w, size, cfg.display_weight,
-                                                     cfg.block_weight), 1e-4))
-    weight /= weight.mean()
     inputs = [jpeg[..., None], (qualities / 100.0).astype(np.float32)[:, None],
               (sizes / codec.SIZE).astype(np.float32)[:, None]]
-    return inputs, packed, weight.astype(np.float32)
+    return inputs, packed, np.ones(n, np.float32)
 
 
 def _plot_curves(log: list[dict[str, Any]], primary: int, path: Path) -> None:
@@ -371,11 +376,12 @@ def train(cfg: TrainConfig) -> Path:
             "epochs": cfg.epochs,
             "passes_per_epoch": cfg.repeats,
             "batch_size": cfg.batch_size,
-            "sample_weights": "1 / sqrt(max(MSE of the JPEG decode, 1e-4)), mean 1",
+            "sample_weights": "none (the loss is in dB)" if reader else "1 / sqrt(max(MSE of the JPEG decode, 1e-4)), mean 1",
             "optimizer": f"Adam (clipnorm 1), cosine decay from {cfg.learning_rate}",
-            "loss": (f"MSE on [0,1] images + {cfg.display_weight} x mean MSE in the {LOSS_WINDOWS} narrowest display "
-                     f"windows (the source's; for CT also brain C40/W80 and soft tissue C40/W400) + {cfg.block_weight} x "
-                     "MSE of the steps across block edges in the narrowest window") if reader else
+            "loss": (f"in dB (log of each error, floor 1e-6): MSE on [0,1] images + {cfg.display_weight} x mean MSE in "
+                     f"the {LOSS_WINDOWS} narrowest display windows (the source's; for CT also brain C40/W80 and soft "
+                     f"tissue C40/W400) + {cfg.block_weight} x MSE of the steps across block edges in the narrowest window"
+                     ) if reader else
             ("binary cross-entropy" if base_loss == "bce" else "MSE")
             + (f" + {cfg.ssim_weight} * (1 - SSIM)" if cfg.ssim_weight > 0 else "") + " on [0,1] images",
             "jpeg_qualities": (f"1-{cfg.quality_max}, log-uniform" if reader else

@@ -231,3 +231,59 @@ def test_an_access_list_of_titles_is_read_as_titles(tmp_path):
     cfg_file.write_text('allowed_aets = ["CT01", "MR02"]\nstudy_quiet_s = 5\n')
     cfg = load(cfg_file)
     assert cfg.allowed_aets == ("CT01", "MR02") and cfg.study_quiet_s == 5.0
+
+
+def test_a_port_in_use_or_a_locked_data_folder_stops_serve_before_tensorflow_loads(tmp_path):
+    """Issue 16 item 6: the lock and the bind are tried before the model (TensorFlow) is
+    imported, so a second node, or a port in use, stops at once. Seen with `python -X
+    importtime`: no tensorflow module is imported before the error."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from scp_node.node import lock_data_dir
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    base = [sys.executable, "-X", "importtime", "-m", "dicom_cae", "serve"]
+    env = {**os.environ, "DICOM_CAE_TF_LOGS": "1"}  # TensorFlow's import not silenced: importtime shows it
+    try:
+        proc = subprocess.run([*base, "--port", str(port), "--data-dir", str(tmp_path / "a")],
+                              capture_output=True, text=True, timeout=120, env=env)
+        assert proc.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in proc.stderr
+        assert "tensorflow" not in proc.stderr
+    finally:
+        busy.close()
+    fd = lock_data_dir(tmp_path / "b")
+    try:
+        proc = subprocess.run([*base, "--port", "0", "--data-dir", str(tmp_path / "b")],
+                              capture_output=True, text=True, timeout=120, env=env)
+        assert proc.returncode == 2 and "is using the data folder" in proc.stderr
+        assert "tensorflow" not in proc.stderr
+    finally:
+        os.close(fd)
+
+
+def test_no_received_text_can_start_a_log_line_through_an_exception():
+    """Issue 16 item 4: an exception whose text carries a newline and a fake timestamp (as
+    pynetdicom's "invalid DIMSE message" traceback quoted an over-long UID) cannot forge a log
+    line: every line after a record's first starts with "  | ", control characters escaped."""
+    import logging
+
+    from scp_node.cli import OneLineFormatter
+
+    fake = "1.2.3\n2026-01-01 00:00:00,000 INFO scp_node.server: stored\rforged"
+    try:
+        raise ValueError(f"invalid UID {fake}")
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord("pynetdicom.dsutils", logging.ERROR, __file__, 1, "Received %s", (fake,), sys.exc_info())
+    text = OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s").format(record)
+    first, *rest = text.split("\n")
+    assert rest and all(line.startswith("  | ") for line in rest)
+    assert "\r" not in text and first.count("2026-01-01") == 1  # the fake timestamp escaped into the first line
+    assert any("ValueError: invalid UID 1.2.3" in line for line in rest)
