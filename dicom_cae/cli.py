@@ -202,8 +202,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
     except (OSError, TimeoutError) as exc:
         print(f"dicom-cae convert: error: cannot reach the Dask scheduler at {args.dask}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    with engine:
-        s = convert(src, args.dst, pipe, quality=args.quality, target=target, progress=not args.no_progress, engine=engine)
+    from dicom_cae import io
+
+    try:
+        with engine:
+            s = convert(src, args.dst, pipe, quality=args.quality, target=target, progress=not args.no_progress, engine=engine)
+    except io.FolderInUse as exc:
+        print(f"dicom-cae convert: error: another conversion (pid {exc.holder}) is writing into {args.dst}; "
+              "run this one when it has finished, or into another folder", file=sys.stderr)
+        return EXIT_USAGE
     rate = s.frames / s.seconds if s.seconds else 0.0
     print(
         f"converted {s.converted} instance(s) ({s.frames} image(s)) in {s.seconds:.1f} s ({rate:.1f} images/s) "

@@ -83,17 +83,32 @@ def convert(
     a ``target``, each image gets the lowest JPEG quality that reaches it instead of ``quality``.
     The batches run on ``engine`` (runner.engine_for: processes, a Dask cluster), else in this
     process with ``workers`` threads per stage; the study reports too. Memory stays bounded: a
-    few batches in flight, whatever the number of files.
-    """
-    from tqdm import tqdm
+    few batches in flight, whatever the number of files. An output folder inside ``src`` is
+    not walked.
 
+    Raises io.FolderInUse when another conversion is writing into ``dst``.
+    """
     started = time.perf_counter()
     src, dst = Path(src), Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
+    lock = io.lock_folder(dst, LOCK_FILE)  # raises io.FolderInUse: one convert writes into a folder at a time
+    try:
+        return _convert(src, dst, pipe, quality, target, progress, workers, engine, started)
+    finally:
+        os.close(lock)
+
+
+#: The lock a conversion holds on its output folder (hidden: never walked as input).
+LOCK_FILE = ".dicom-cae-convert.lock"
+
+
+def _convert(src: Path, dst: Path, pipe: Pipeline, quality: int, target: Target | RatioTarget | None, progress: bool,
+             workers: int, engine: runner.Engine | None, started: float) -> Summary:
+    from tqdm import tqdm
+
     settings = runner.Settings.of(pipe, quality=quality, target=target)
     own = engine is None
     engine = engine or runner.InProcess(threads=workers)
-    files = io.walk(src)
+    files = io.walk(src, skip=(dst,))  # an output folder inside the input is not input
     summary = Summary()
     bar = tqdm(total=len(files), unit="file", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     sources: dict[str, dict[str, Path]] = {}  # study -> source SOP Instance UID -> file, for the reports' pictures

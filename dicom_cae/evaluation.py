@@ -112,6 +112,30 @@ def guarded(score: Callable[[float], dict[str, float]], jpeg: dict[str, float]) 
     return {**(scores if scores is not None else jpeg), "model_weight": w}
 
 
+def reader_table(images: dataset.ImageSet, qualities: list[int], reconstruct: Reconstruct) -> dict[str, dict[str, dict[str, float]]]:
+    """What a reader sees, per quality: means over ``images`` of the worst display window's PSNR
+    and SSIM, the most blocking window's blockiness (x the original's) and the seed's PSNR, of
+    plain JPEG and of what the pipeline stores (JPEG + model under the never-below-JPEG guard),
+    with the share of images where the model is used (weight > 0). For model cards."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    keys = ("bpp", "psnr", "display_psnr", "display_ssim", "display_blockiness")
+    for q in qualities:
+        dec, nbytes = jpeg_set(images.images, q)
+        rec = reconstruct(dec, q)
+        rows: dict[str, list[dict[str, float]]] = {"jpeg": [], "model": []}
+        for i in range(len(images)):
+            modality = images.modalities[i]
+            jpeg = measure_view(images.modality[i], dec[i], images.views[i], modality)
+            stored = guarded(lambda w: measure_view(images.modality[i], dec[i] + w * (rec[i] - dec[i]), images.views[i],
+                                                    modality), jpeg)
+            bpp = metrics.bits_per_pixel(int(nbytes[i]))
+            rows["jpeg"].append({**jpeg, "bpp": bpp})
+            rows["model"].append({**stored, "bpp": bpp})
+        out[str(q)] = {name: {k: round(float(np.mean([r[k] for r in rs])), 4) for k in keys} for name, rs in rows.items()}
+        out[str(q)]["model"]["model_used"] = round(float(np.mean([r["model_weight"] > 0 for r in rows["model"]])), 4)
+    return out
+
+
 #: Plain JPEG by the encoder the project used before trellis quantization (codec.PILLOW): the
 #: encoder's gain, apart from the model's.
 PILLOW_CODEC = "JPEG (Pillow)"

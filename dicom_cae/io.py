@@ -11,7 +11,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from dicom_cae.errors import DicomInputError, NotDicomError
+from dicom_cae.errors import DicomCaeError, DicomInputError, NotDicomError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -43,19 +43,50 @@ def read(path: str | os.PathLike[str], *, pixels: bool = True) -> Dataset:
     return ds
 
 
-def walk(root: str | os.PathLike[str]) -> list[Path]:
-    """All regular files under ``root`` (recursively), sorted, skipping hidden ones and DICOMDIRs."""
+def walk(root: str | os.PathLike[str], *, skip: tuple[str | os.PathLike[str], ...] = ()) -> list[Path]:
+    """All regular files under ``root`` (recursively), sorted, skipping hidden ones, DICOMDIRs
+    and the folders ``skip`` (an output folder inside the input, say)."""
     root = Path(root)
     if root.is_file():
         return [root]
+    skipped = {Path(s).resolve() for s in skip}
     files = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and (not skipped or (Path(dirpath) / d).resolve() not in skipped))
         for f in sorted(filenames):
             if f.startswith(".") or f.upper() == "DICOMDIR":
                 continue
             files.append(Path(dirpath) / f)
     return files
+
+
+class FolderInUse(DicomCaeError):
+    """Another process holds the folder's lock (its pid in ``holder``)."""
+
+    def __init__(self, folder: str, holder: str) -> None:
+        super().__init__(folder, holder)
+        self.folder, self.holder = folder, holder
+
+
+def lock_folder(folder: str | os.PathLike[str], name: str) -> int:
+    """Take ``folder`` for this process: an advisory lock on ``folder/name`` that the kernel
+    drops when the process dies, however it dies; returns the lock's file descriptor (close it
+    to let go). Raises FolderInUse when another process holds it."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise FolderInUse(str(folder), holder) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

@@ -175,6 +175,17 @@ class PrivateBlock:
         return tuple(values[frame * n : (frame + 1) * n])
 
 
+def is_ours(ds: Dataset) -> bool:
+    """Whether ``ds`` is an instance dicom-cae derived (it carries our private block): never
+    derived again, wherever it turns up (an output folder inside the input, a PACS that sends
+    the derived series back)."""
+    try:
+        ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
+    except KeyError:
+        return False
+    return True
+
+
 ERROR_BIN_EDGES = tuple(round(-0.2 + 0.01 * i, 2) for i in range(41))
 BY_KEYWORD = {e.keyword: e for e in ELEMENTS}
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from dicom_cae import identity, io
+from dicom_cae import identity, io, private_tags
 from dicom_cae import mapping as value_mapping
 from dicom_cae.derive import derived_uids
 from dicom_cae.errors import DicomCaeError, DicomInputError, ModelError, NotAnImageError
@@ -144,6 +144,9 @@ def _prepare(pipe: Pipeline, settings: Settings, store: Store, path: str, skip_d
     item = _Item(path)
     try:
         ds = io.read(path, pixels=False)  # enough to know whether it was converted before
+        if private_tags.is_ours(ds):
+            raise NotAnImageError(path, f"a derived instance of dicom-cae's own ({private_tags.PRIVATE_CREATOR} block): "
+                                        "not derived again")
         ident = identity.identify(ds, path)
         identity.apply(ds, ident)
         item.ident = ident

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import threading
@@ -37,17 +36,10 @@ def lock_data_dir(data_dir: Path) -> int:
 
     Raises NodeError when another process holds it.
     """
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-        os.close(fd)
-        raise NodeError(f"another dicom-cae node (pid {holder}) is using the data folder {data_dir}") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+        return io.lock_folder(data_dir, LOCK_FILE)
+    except io.FolderInUse as exc:
+        raise NodeError(f"another dicom-cae node (pid {exc.holder}) is using the data folder {data_dir}") from None
 
 
 class Node:

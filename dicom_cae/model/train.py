@@ -350,6 +350,7 @@ def train(cfg: TrainConfig) -> Path:
     print("final validation at JPEG qualities " + ", ".join(map(str, CARD_QUALITIES)), flush=True)
     final_val = evaluation.compare(val_set.images, list(CARD_QUALITIES), reconstruct, coding_size=cfg.coding_size)
     print(_table(final_val), flush=True)
+    reader_val = evaluation.reader_table(val_set, list(CARD_QUALITIES), reconstruct) if reader else None
     tmp = out / f"{cfg.model}.last.weights.h5"
     digest = sha256_of(tmp)
     final = out / f"{cfg.model}-{digest[:8]}.weights.h5"
@@ -396,6 +397,10 @@ def train(cfg: TrainConfig) -> Path:
         "validation": {
             "pixel_accuracy_tolerance": metrics.PIXEL_TOLERANCE,
             "by_quality": {str(q): {k: s.as_dict() for k, s in v.items()} for q, v in final_val.items()},
+            **({"reader_by_quality": reader_val,
+                "reader_note": "means over the validation images: worst display window PSNR/SSIM, most blocking window's "
+                               "blockiness (x the original's), seed's PSNR; 'model' is what the pipeline stores (JPEG + w x "
+                               "correction, never below plain JPEG), model_used the share with w > 0"} if reader_val else {}),
         },
         "software": {
             "dicom_cae": dicom_cae.__version__,

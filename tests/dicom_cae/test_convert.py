@@ -151,3 +151,56 @@ def test_the_default_data_folder_is_ignored_by_git():
         pytest.skip("not a git checkout")
     proc = subprocess.run(["git", "check-ignore", "-q", "dicom-cae-data/output/x.dcm"], cwd=ROOT)
     assert proc.returncode == 0
+
+
+def test_an_output_folder_inside_the_input_is_not_converted_again(tmp_path, capsys):
+    """Issue 16 item 12: a second run into an output folder inside its input converted its own
+    output again ("CAE ... of CAE ... reconstruction") and listed report.json, index.sqlite and
+    errors.tsv as not DICOM. The output folder is not walked, and a derived instance of ours
+    found anywhere (copied beside the sources here) is never derived again."""
+    import shutil
+
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "ct.dcm").write_bytes((SAMPLES / "ct_phantom_1.dcm").read_bytes())
+    out = src / "out"
+    for _ in range(2):
+        assert cli.main(["convert", "--no-progress", str(src), str(out)]) == 0
+    derived = sorted(out.rglob("*.dcm"))
+    assert len([p for p in derived if "report" not in pydicom.dcmread(p, stop_before_pixels=True).SeriesDescription.lower()
+                and pydicom.dcmread(p, stop_before_pixels=True).Modality == "CT"]) == 1
+    errors = (out / "errors.tsv").read_text()
+    assert "report.json" not in errors and "index.sqlite" not in errors and "not-dicom" not in errors
+    ours = next(p for p in derived if pydicom.dcmread(p, stop_before_pixels=True).Modality == "CT")
+    shutil.copy(ours, src / "copied_output.dcm")
+    capsys.readouterr()
+    assert cli.main(["convert", "--no-progress", str(src), str(tmp_path / "o2")]) == 0
+    errors = (tmp_path / "o2" / "errors.tsv").read_text()
+    assert "copied_output.dcm\tnot-an-image\ta derived instance of dicom-cae's own" in errors
+    assert not any("of CAE" in pydicom.dcmread(p, stop_before_pixels=True).get("SeriesDescription", "")
+                   for p in (tmp_path / "o2").rglob("*.dcm"))
+
+
+def test_a_second_conversion_into_the_same_folder_stops_with_a_clear_line(tmp_path, capsys):
+    """Issue 16 item 11: two conversions into one output folder both ran; the second now stops
+    (exit 2) naming the first's pid, while the first holds the folder."""
+    from dicom_cae import io
+
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "ct.dcm").write_bytes((SAMPLES / "ct_phantom_1.dcm").read_bytes())
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from dicom_cae import io; "
+                               f"io.lock_folder({str(tmp_path / 'o')!r}, '.dicom-cae-convert.lock'); print('held', flush=True); "
+                               "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert cli.main(["convert", "--no-progress", str(one), str(tmp_path / "o")]) == 2
+        assert f"another conversion (pid {holder.pid}) is writing into" in capsys.readouterr().err
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert cli.main(["convert", "--no-progress", str(one), str(tmp_path / "o")]) == 0
+    assert io.walk(tmp_path / "o") and not any(p.name.startswith(".dicom-cae") for p in io.walk(tmp_path / "o"))
