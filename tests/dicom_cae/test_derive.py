@@ -121,3 +121,85 @@ def test_private_tags_doc_matches_the_module():
     doc = (ROOT / "docs" / "private-tags.md").read_text()
     assert private_tags.markdown_table() in doc
     assert private_tags.PRIVATE_CREATOR in doc
+
+
+def _enhanced(tmp_path):
+    """pydicom-data's Enhanced MR (10 frames, 64x64) with its geometry in functional groups:
+    Pixel Spacing 2.0 shared, and per frame 2.0 then 3.0 on odd frames (a per-frame override)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from tests.conftest import pydicom_test_file
+
+    ds = pydicom.dcmread(pydicom_test_file("emri_small.dcm"))
+    shared = Dataset()
+    shared.PixelMeasuresSequence = Sequence([Dataset()])
+    shared.PixelMeasuresSequence[0].PixelSpacing = ["2.0", "2.0"]
+    shared.PixelMeasuresSequence[0].SliceThickness = "5"
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for i in range(int(ds.NumberOfFrames)):
+        group = Dataset()
+        group.PixelMeasuresSequence = Sequence([Dataset()])
+        group.PixelMeasuresSequence[0].PixelSpacing = ["3.0", "3.0"] if i % 2 else ["2.0", "2.0"]
+        frames.append(group)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    return ds
+
+
+def test_a_multi_frame_instance_scales_its_functional_group_spacing_and_counts_every_frame(tmp_path, pipe):
+    """Issue 19 behaviours 6 and 7: in an enhanced multi-frame instance the Pixel Spacing of
+    the shared and of each per-frame functional group is scaled to the 256 grid (recomputed
+    here from the source's), and Lossy Image Compression Ratio counts every frame: all the
+    frames' 8-bit 256x256 bytes over all their JPEG bytes (from the private block's lengths)."""
+    ds = _enhanced(tmp_path)
+    n, rows = int(ds.NumberOfFrames), int(ds.Rows)
+    d = pipe.run([pipe.prepare(ds, "emri", quality=10)])[0].dataset
+    scale = rows / 256  # 64 source rows spread over 256
+    shared = d.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert [float(v) for v in shared.PixelSpacing] == pytest.approx([2.0 * scale] * 2)
+    per = [[float(v) for v in g.PixelMeasuresSequence[0].PixelSpacing] for g in d.PerFrameFunctionalGroupsSequence]
+    assert per == [pytest.approx([(3.0 if i % 2 else 2.0) * scale] * 2) for i in range(n)]
+    jpeg_bytes = private_tags.read(d)["JPEGBytes"]
+    assert len(jpeg_bytes) == n
+    ratios = d.LossyImageCompressionRatio  # the source's own ratios first, if it was lossy
+    ratio = float(ratios[-1] if isinstance(ratios, pydicom.multival.MultiValue) else ratios)
+    assert ratio == pytest.approx(n * 65536 / sum(jpeg_bytes), rel=1e-3)
+    assert ratio != pytest.approx(65536 / sum(jpeg_bytes), rel=0.1)
+
+
+def test_other_value_mappings_give_other_uids_and_both_live_in_one_folder(tmp_path):
+    """Issue 19 behaviour 8: two conversions of one source with different value mappings get
+    different derived UIDs (compared across two real runs into one output folder): the second
+    is not skipped as done, and both series are there."""
+    from dicom_cae import cli
+
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "ct.dcm").write_bytes((SAMPLES / "ct_phantom_1.dcm").read_bytes())
+    out = tmp_path / "out"
+    uids = {}
+    for mapping in ("window", "minmax"):
+        assert cli.main(["convert", "--no-progress", "--value-mapping", mapping, str(src), str(out)]) == 0
+        uids[mapping] = {(str(x.SeriesInstanceUID), str(x.SOPInstanceUID)) for x in
+                         (pydicom.dcmread(p, stop_before_pixels=True) for p in out.rglob("*.dcm"))
+                         if x.Modality == "CT" and private_tags.read(x)["ValueMapping"] == mapping}
+    assert len(uids["window"]) == len(uids["minmax"]) == 1
+    (ws, wi), = uids["window"]
+    (ms, mi), = uids["minmax"]
+    assert ws != ms and wi != mi
+
+
+def test_a_stand_in_series_uid_depends_on_the_study():
+    """Issue 19 behaviour 9: two studies whose series lack a Series Instance UID and share
+    number, modality and description get different stand-ins (one series UID would merge them)."""
+    from dicom_cae import identity
+
+    made = []
+    for study in ("1.2.3.4", "1.2.3.5"):
+        ds = io.read(SAMPLES / "ct_phantom_1.dcm", pixels=False)
+        del ds.SeriesInstanceUID
+        ds.StudyInstanceUID = study
+        ds.SeriesNumber, ds.SeriesDescription = "2", "HEAD"
+        made.append(identity.identify(ds, "x").series)
+    assert made[0] != made[1]

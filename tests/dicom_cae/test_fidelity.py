@@ -220,3 +220,98 @@ def test_a_reconstruction_with_more_blocking_than_plain_jpeg_is_not_stored():
     assert tags["ModelWeight"] == [0.0]
     assert np.array_equal(derived.dataset.pixel_array, image.to_stored(prep.jpeg, prep.norm)[0])
     assert tags["DisplayBlockiness"] == tags["JPEGOnlyDisplayBlockiness"]
+
+
+def test_the_reports_worst_window_column_is_the_worst_window_recomputed_from_the_pixels(tmp_path):
+    """Issue 19 behaviour 1: report.json's display_psnr / display_ssim per image are the lowest
+    over the windows, recomputed here from the derived pixels and the source through each
+    window (a CT that names a brain and a lung window: their figures differ widely)."""
+    from dicom_cae import report
+
+    ds = io.read(SAMPLES / "ct_phantom_1.dcm")
+    ds.WindowCenter, ds.WindowWidth = ["40", "-600"], ["80", "1500"]
+    src = tmp_path / "in"
+    src.mkdir()
+    ds.save_as(src / "ct.dcm")
+    assert cli.main(["convert", "--no-progress", "--quality", "10", str(src), str(tmp_path / "out")]) == 0
+    (path,) = derived_images(tmp_path / "out")
+    derived = pydicom.dcmread(path)
+    tags = private_tags.PrivateBlock.from_dataset(derived)
+    stored = image.stored_to_modality(derived.pixel_array[None].astype(np.float64), private_tags.normalization(derived, tags))[0]
+    reference = image.prepare(io.read(src / "ct.dcm"), "ct", mapping=tags.ValueMapping).modality[0]
+    windows = [display.Window(n, c, w, "source") for n, c, w in zip(tags.DisplayWindowName, tags.DisplayWindowCenter, tags.DisplayWindowWidth)]
+    psnrs = [metrics.psnr(w.apply(reference), w.apply(stored)) for w in windows]
+    ssims = [metrics.ssim(w.apply(reference).astype(np.float32), w.apply(stored).astype(np.float32)) for w in windows]
+    assert max(psnrs) - min(psnrs) > 3  # the windows really differ
+    (row,) = report.build(path.parent.parent)["per_image"]
+    assert row["display_psnr"] == pytest.approx(min(psnrs), abs=0.01)
+    assert row["display_ssim"] == pytest.approx(min(ssims), abs=0.002)
+    assert row["worst_window"] == windows[int(np.argmin(psnrs))].name
+
+
+def test_the_guard_compares_in_the_worst_window_not_the_best():
+    """Issue 19 behaviour 2: a reconstruction better than plain JPEG in a wide window but worse
+    in the narrow one (exact outside the narrow window's values, noisy inside) is not stored
+    whole; the figures are recomputed here through each window."""
+    ds = io.read(SAMPLES / "ct_phantom_1.dcm")
+    ds.WindowCenter, ds.WindowWidth = ["40", "-600"], ["80", "1500"]
+    prep = pipeline.prepare(ds, "ct", quality=30)
+    narrow = min(prep.windows, key=lambda w: w.width)
+    inside = (prep.modality[0] > narrow.span[0]) & (prep.modality[0] < narrow.span[1])
+    noise = np.random.default_rng(0).normal(0, 0.06, prep.reference.shape) * inside
+    recon = np.clip(prep.reference + noise, 0, 1).astype(np.float32)
+    ref = prep.modality[0]
+    test = {"recon": image.unit_to_modality(recon, prep.norm)[0], "jpeg": image.unit_to_modality(prep.jpeg, prep.norm)[0]}
+    score = {k: [metrics.psnr(w.apply(ref), w.apply(v)) for w in prep.windows] for k, v in test.items()}
+    better_somewhere = any(r > j for r, j in zip(score["recon"], score["jpeg"]))
+    assert better_somewhere and min(score["recon"]) < min(score["jpeg"])
+    derived = pipeline.finish(prep, recon, model_name="test", weights_sha256="0" * 64)
+    assert private_tags.read(derived.dataset)["ModelWeight"] != [1.0]
+    stored = derived.frames[0]
+    assert min(q.quality.psnr for q in stored.display_model) >= min(q.quality.psnr for q in stored.display_jpeg)
+
+
+def test_a_ct_that_names_only_wide_windows_is_measured_in_soft_tissue_too():
+    """Issue 19 behaviour 3: the CT soft-tissue window is added when the source names no window
+    as narrow (a lung or a bone window alone), not only when it names none."""
+    ct = pydicom.dcmread(SAMPLES / "ct_phantom_1.dcm")
+    values = np.linspace(-1000, 1000, 100)
+    for center, width in (("-600", "1500"), ("400", "1800")):
+        ct.WindowCenter, ct.WindowWidth = center, width
+        assert [w.origin for w in display.windows(ct, values)] == ["source", "soft-tissue"]
+    ct.WindowCenter, ct.WindowWidth = ["-600", "40"], ["1500", "350"]
+    assert [w.origin for w in display.windows(ct, values)] == ["source", "source"]
+
+
+def test_the_ratio_search_goes_on_to_smaller_sizes_when_a_larger_cannot_fit():
+    """Issue 19 behaviour 4: with a budget that 256 and 224 cannot meet even at quality 1 but
+    smaller codings can, the search still finds a size (the sizes are tried down to 128)."""
+    noisy = np.random.default_rng(0).random((1, 256, 256)).astype(np.float32)
+    q1 = {s: len(codec.encode_at(noisy[0], 1, s)) for s in codec.CODING_SIZES}
+    assert q1[256] > q1[128]
+    budget = (q1[192] + q1[160]) // 2 if q1[192] > q1[160] else q1[128] + 1
+    assert q1[256] > budget and q1[224] > budget
+    size, quality = pipeline.choose_coding(noisy, budget, lambda jpeg, q, s: jpeg)
+    assert size is not None and size < 224 and len(codec.encode_at(noisy[0], quality, size)) <= budget
+
+
+def test_a_smaller_coding_is_described_by_the_weights_that_restore_it(pipe):
+    """Issue 19 behaviour 5: a frame coded at 128x128 is described (model, weights hash,
+    Derivation Description) by the weights that served it, and a coding no weights serve (the
+    seed model, trained for 256x256 JPEG only) says that the decode passed through."""
+    from dicom_cae.model import load
+
+    ds = io.read(SAMPLES / "ct_phantom_1.dcm")
+    img = image.prepare(ds, "ct", mapping=pipe.mapping)
+    prep = pipeline._compress(io.read(SAMPLES / "ct_phantom_1.dcm"), "ct", img, 10, coding_size=128)
+    served = pipe.reconstructor.for_coding(10, pipe.mapping, 128)
+    assert served is not None
+    (d,) = pipe.run([prep])
+    tags = private_tags.read(d.dataset)
+    assert tags["WeightsSHA256"] == served.sha256 and tags["ModelName"] == served.name
+    assert tags["CodingSize"] == 128 and "reduced to 128x128" in d.dataset.DerivationDescription
+    seed = pipeline.Pipeline(load("seed"), mapping=pipe.mapping)
+    assert seed.reconstructor.for_coding(10, pipe.mapping, 128) is None
+    (kept,) = seed.run([prep])
+    assert private_tags.read(kept.dataset)["ModelWeight"] == [0.0]
+    assert "JPEG decode kept: seed has no weights for a 128x128 coding" in kept.dataset.DerivationDescription
