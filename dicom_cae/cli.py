@@ -231,6 +231,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
         print(f"  warning: {e}", file=sys.stderr)
     if s.failed or s.not_images or s.duplicates or s.warnings:
         print(f"  (listed in {Path(args.dst) / ERRORS_FILE})", file=sys.stderr)
+    if s.interrupted:
+        print("interrupted: what was written is kept and indexed; run the same command again to finish "
+              "(done instances are skipped) and to write the study reports", file=sys.stderr)
     return s.exit_code
 
 
@@ -368,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     except ModelError as exc:
         print(f"dicom-cae {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C outside convert's own handling (loading the model, say): no traceback
+        print(f"dicom-cae {args.command}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `dicom-cae models | head`: the reader left; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK

@@ -44,10 +44,11 @@ class Summary:
     warnings: list[DicomInputError] = field(default_factory=list)  # converted, with something made up
     studies: set[str] = field(default_factory=set)
     seconds: float = 0.0
+    interrupted: bool = False  # stopped by Ctrl-C: what was written is indexed; a rerun resumes
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        return 130 if self.interrupted else 1 if self.failed else 0
 
 
 def _record_failure(summary: Summary, path: Path, exc: Exception) -> None:
@@ -160,13 +161,23 @@ def _convert(src: Path, dst: Path, pipe: Pipeline, quality: int, target: Target 
 
     try:
         pending: deque[tuple[list[str], object]] = deque()
-        for paths in batches:
-            pending.append((paths, engine.submit(runner.run_batch, settings, paths, root, threads=engine.threads)))
-            while len(pending) >= engine.slots:
-                take(*pending.popleft())
-        while pending:
-            take(*pending.popleft())
+        try:
+            for paths in batches:
+                pending.append((paths, engine.submit(runner.run_batch, settings, paths, root, threads=engine.threads)))
+                while len(pending) >= engine.slots:
+                    take(*pending[0])
+                    pending.popleft()  # only once taken: a Ctrl-C inside take leaves it to take again
+            while pending:
+                take(*pending[0])
+                pending.popleft()
+        except KeyboardInterrupt:  # Ctrl-C: no new batch; the ones running finish and are indexed; a rerun resumes
+            summary.interrupted = True
+            for paths, fut in pending:
+                if not fut.cancel():
+                    take(paths, fut)
         bar.close()
+        if summary.interrupted:
+            summary.studies = set()  # no report of a study left half done: the rerun writes them
 
         reports = [(study, engine.submit(_report, root, study, [str(p) for p in store.study_files(study)], sources.get(study, {})))
                    for study in sorted(s for s in summary.studies if s)]

@@ -204,3 +204,44 @@ def test_a_second_conversion_into_the_same_folder_stops_with_a_clear_line(tmp_pa
         holder.wait(timeout=30)
     assert cli.main(["convert", "--no-progress", str(one), str(tmp_path / "o")]) == 0
     assert io.walk(tmp_path / "o") and not any(p.name.startswith(".dicom-cae") for p in io.walk(tmp_path / "o"))
+
+
+def test_ctrl_c_stops_cleanly_and_a_rerun_completes(tmp_path):
+    """Issue 16 item 13: Ctrl-C (SIGINT) during convert printed a KeyboardInterrupt traceback
+    and left no errors.tsv. Now: exit 130, no traceback, errors.tsv and the index of what was
+    written are there, and the same command run again converts the rest and writes the report."""
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    from pydicom.uid import generate_uid
+
+    src = tmp_path / "in"
+    src.mkdir()
+    n = 48
+    for i in range(n):
+        ds = pydicom.dcmread(SAMPLES / "ct_phantom_1.dcm")
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["ctrl-c", str(i)])
+        ds.InstanceNumber = i + 1
+        ds.save_as(src / f"ct{i:02d}.dcm")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "dicom_cae", "convert", "--no-progress", "--batch-size", "4", str(src), str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list(out.rglob("*.dcm")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "run the same command again" in stderr
+    assert (out / "errors.tsv").exists()
+    with sqlite3.connect(out / "index.sqlite") as db:
+        indexed = db.execute("select count(*) from instances").fetchone()[0]
+    written = len([p for p in out.rglob("*.dcm")])
+    assert 0 < indexed == written < n
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"converted {n - written} instance(s)" in done.stdout and f"{written} already done" in done.stdout
+    assert len(list(out.glob("*/report.json"))) == 1
