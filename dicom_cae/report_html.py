@@ -24,6 +24,7 @@ from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 import dicom_cae  # noqa: E402
 from dicom_cae import codec, display, image, io, private_tags  # noqa: E402
 from dicom_cae.errors import DicomInputError  # noqa: E402
+from dicom_cae.derive import NOT_FOR_DIAGNOSIS  # noqa: E402
 
 LOGGER = logging.getLogger(__name__)
 
@@ -227,7 +228,8 @@ table { border-collapse: collapse; font-size: 0.88em; } td, th { border: 1px sol
 th { background: #eef1f6; } td:first-child, th:first-child, td.mono { text-align: left; }
 .meta td { text-align: left; } .meta td:first-child { font-weight: 600; background: #f6f7fa; }
 .mono { font-family: ui-monospace, monospace; font-size: 0.85em; } img { max-width: 100%; }
-.note { color: #556; font-size: 0.88em; } .scroll td:nth-child(2) { text-align: left; } .scroll { max-height: 480px; overflow-y: auto; display: inline-block; }
+.note { color: #556; font-size: 0.88em; } .scroll td:nth-child(2) { text-align: left; } .scroll { max-height: 480px; overflow-y: auto; display: inline-block; max-width: 100%; }
+.scroll .mono { word-break: break-all; min-width: 9em; } .scroll td, .scroll th { padding: 3px 5px; }
 """
 
 # The page checks itself: every image decoded, no script error (tests read these attributes).
@@ -240,6 +242,10 @@ window.addEventListener('load', function () {
   var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
   document.body.setAttribute('data-images', ok + '/' + imgs.length);
   document.body.setAttribute('data-errors', String(window.__errors.length));
+  // Anything wider than the window (a horizontal scrollbar): the page, or a table's scroll box.
+  var wide = document.documentElement.scrollWidth > window.innerWidth ||
+    Array.prototype.some.call(document.querySelectorAll('.scroll'), function (e) { return e.scrollWidth > e.clientWidth + 1; });
+  document.body.setAttribute('data-too-wide', String(wide));
 });
 </script>
 """
@@ -304,42 +310,58 @@ original resampled to 256x256 before any 8-bit quantization; see docs/private-ta
 """
 
 
+A4 = (8.27, 11.69)  # inches: every page of the PDF is A4 portrait
+
+
+def _a4(pdf: PdfPages, number: int) -> plt.Figure:
+    """A new A4 page carrying the use restriction and its number at the foot."""
+    page = plt.figure(figsize=A4)
+    page.text(0.06, 0.025, f"{NOT_FOR_DIAGNOSIS}  Page {number}.", fontsize=7, color="#556")
+    return page
+
+
 def render_pdf(report: dict[str, Any], figs: dict[str, np.ndarray], header: dict[str, str]) -> bytes:
     buf = _io.BytesIO()
     with PdfPages(buf, metadata={"Title": f"dicom-cae report {report['study_instance_uid']}", "Creator": f"dicom-cae {dicom_cae.__version__}"}) as pdf:
-        page = plt.figure(figsize=(8.27, 11.69))
+        page = _a4(pdf, 1)
         page.text(0.06, 0.96, "JPEG + autoencoder reconstruction: study report", fontsize=15, weight="bold")
         yy = 0.93
         for k, v in header.items():
             page.text(0.06, yy, f"{k}:", fontsize=8, weight="bold")
-            page.text(0.30, yy, v, fontsize=7, family="monospace")
+            page.text(0.30, yy, v, fontsize=7, family="monospace", wrap=True)
             yy -= 0.018
         rows = _summary_rows(report)
         table = page.add_axes([0.06, yy - 0.05 - 0.03 * len(rows), 0.88, 0.03 * (len(rows) + 1)])
         table.axis("off")
-        tbl = table.table(cellText=[list(r) for r in rows], colLabels=["metric: JPEG + CAE (plain JPEG)", "mean", "median", "worst"], loc="center", cellLoc="left")
+        # The metric's name gets half the width: the names are long, and a cut name is no name.
+        tbl = table.table(cellText=[list(r) for r in rows], colLabels=["metric: JPEG + CAE (plain JPEG)", "mean", "median", "worst"],
+                          loc="center", cellLoc="left", colWidths=[0.5, 0.5 / 3, 0.5 / 3, 0.5 / 3])
         tbl.auto_set_font_size(False)
-        tbl.set_fontsize(8)
+        tbl.set_fontsize(7.5)
         tbl.scale(1, 1.4)
         reg = report["regression"]
         page.text(0.06, yy - 0.10 - 0.03 * len(rows), f"Regression of mean intensity: slope {_fmt(reg['slope'])}, intercept {_fmt(reg['intercept'])}, R\u00b2 {_fmt(reg['r2'])}, n = {reg['n']}", fontsize=9)
         pdf.savefig(page)
         plt.close(page)
+        number = 2
         for key in ("regression", "error", "worst"):
-            if key in figs:  # the HTML's pixels, one page each
-                h, w = figs[key].shape[:2]
-                page = plt.figure(figsize=(w / DPI, h / DPI), dpi=DPI)
-                page.figimage(figs[key], 0, 0)
-                pdf.savefig(page, dpi=DPI)
+            if key in figs:  # the HTML's pixels, fitted to an A4 page
+                page = _a4(pdf, number)
+                ax = page.add_axes([0.04, 0.06, 0.92, 0.90])
+                ax.imshow(figs[key], interpolation="lanczos")
+                ax.set_anchor("N")
+                ax.axis("off")
+                pdf.savefig(page, dpi=150)
                 plt.close(page)
-        _pdf_per_image(pdf, report)
+                number += 1
+        _pdf_per_image(pdf, report, number)
     return buf.getvalue()
 
 
 PDF_ROWS = 48
 
 
-def _pdf_per_image(pdf: PdfPages, report: dict[str, Any]) -> None:
+def _pdf_per_image(pdf: PdfPages, report: dict[str, Any], number: int) -> None:
     """Every image, as pages of a table."""
     head = ["instance", "frame", "worst window", "PSNR there (JPEG)", "HU MAE (JPEG)", "HU bias", "PSNR min/max (JPEG)", "bpp"]
     rows = [
@@ -351,7 +373,8 @@ def _pdf_per_image(pdf: PdfPages, report: dict[str, Any]) -> None:
     ]
     for start in range(0, len(rows), PDF_ROWS):
         chunk = rows[start : start + PDF_ROWS]
-        page = plt.figure(figsize=(8.27, 11.69))
+        page = _a4(pdf, number)
+        number += 1
         page.text(0.06, 0.96, f"Every image ({start + 1}-{start + len(chunk)} of {len(rows)}): JPEG + CAE (plain JPEG)",
                   fontsize=11, weight="bold")
         ax = page.add_axes([0.04, 0.93 - 0.0185 * (len(chunk) + 1), 0.92, 0.0185 * (len(chunk) + 1)])

@@ -98,3 +98,38 @@ def test_identifiers_only_on_request(converted_samples, tmp_path):
     page = (copy / "report.html").read_text()
     assert "Phantom^ct" in page and "SAMPLE-CT" in page
     assert cli.main(["report", str(tmp_path / "absent")]) == 2
+
+
+def test_the_html_report_fits_1280_pixels_without_a_horizontal_scrollbar(converted_samples):
+    """Issue 16 item 15: the per-image table needed a horizontal scrollbar at 1280 px. The page
+    measures itself in Chromium at 1280 px (the page and every table's scroll box)."""
+    out, _ = converted_samples
+    chromium = need_tool("chromium")
+    for modality in ("CT", "MR"):
+        page = _study(out, modality) / "report.html"
+        with tempfile.TemporaryDirectory() as profile:
+            dom = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1280,900",
+                                  "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+        assert 'data-too-wide="false"' in dom, modality
+
+
+def test_every_pdf_page_is_a4_and_says_not_for_primary_diagnosis(converted_samples, tmp_path):
+    """Issue 16 item 15: the PDF had pages of five sizes, the use restriction in one table row
+    only, and metric names cut on its first page. pdfinfo and pdftotext (poppler) read it back."""
+    from dicom_cae.report_html import METRICS
+
+    doc = pydicom.dcmread(_pdf_instance(_study(converted_samples[0], "CT")))
+    pdf = tmp_path / "report.pdf"
+    pdf.write_bytes(doc.EncapsulatedDocument[: doc.EncapsulatedDocumentLength])
+    need_tool("pdftoppm")
+    info = subprocess.run(["pdfinfo", "-f", "1", "-l", "99", str(pdf)], capture_output=True, text=True, check=True).stdout
+    sizes = [line for line in info.splitlines() if line.startswith("Page") and "size:" in line]
+    assert len(sizes) >= 4 and all("(A4)" in line for line in sizes), sizes
+    for n in range(1, len(sizes) + 1):
+        text = subprocess.run(["pdftotext", "-f", str(n), "-l", str(n), str(pdf), "-"], capture_output=True, text=True,
+                              check=True).stdout
+        assert "not for primary diagnosis" in text.replace("\n", " "), n
+        if n == 1:
+            for _, name in METRICS:
+                if name.startswith(("Mean", "PSNR", "SSIM", "Pixel", "Blockiness")):
+                    assert name in text, name
