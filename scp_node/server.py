@@ -17,6 +17,8 @@ import pydicom
 from pydicom.pixels import get_decoder
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+from pynetdicom._handlers import standard_dimse_recv_handler
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.sop_class import Verification
 
@@ -150,6 +152,9 @@ def handlers(cfg: Config, spool: Spool, counters: Counters, on_stored: Callable[
     inbound = _Inbound()
 
     def on_requested(event: evt.Event) -> None:
+        # pynetdicom's own DIMSE debug logger runs first on every received message and raises on
+        # a C-STORE without an Affected SOP Instance UID, which stops on_dimse below from running.
+        event.assoc.unbind(evt.EVT_DIMSE_RECV, standard_dimse_recv_handler)
         address = event.assoc.requestor.address
         if cfg.allowed_hosts and address not in cfg.allowed_hosts:
             LOGGER.warning("association from %s rejected: host not allowed", printable(address))
@@ -185,6 +190,23 @@ def handlers(cfg: Config, spool: Spool, counters: Counters, on_stored: Callable[
     def on_echo(event: evt.Event) -> int:
         return STATUS_SUCCESS
 
+    def on_dimse(event: evt.Event) -> None:
+        """A C-STORE request without an Affected SOP Instance UID (absent or empty) is one that
+        pynetdicom drops without an answer, leaving the sender waiting: answer it, Cannot
+        understand (C210), as for a dataset without a usable UID."""
+        command = event.message.command_set
+        if command.get("CommandField") != 0x0001 or str(command.get("AffectedSOPInstanceUID") or "").strip():
+            return
+        rsp = C_STORE()
+        rsp.MessageIDBeingRespondedTo = command.MessageID
+        if command.get("AffectedSOPClassUID"):
+            rsp.AffectedSOPClassUID = command.AffectedSOPClassUID
+        rsp.Status = STATUS_CANNOT_DECODE
+        LOGGER.error("C-STORE from %s refused (status 0x%04X): no Affected SOP Instance UID in the request",
+                     event.assoc.requestor.address, STATUS_CANNOT_DECODE)
+        counters.add("refused")
+        event.assoc.dimse.send_msg(rsp, event.message.context_id)  # queued for the peer; pynetdicom ignores the request
+
     def on_store(event: evt.Event) -> int:
         sop_uid = "unknown"
         try:
@@ -216,6 +238,7 @@ def handlers(cfg: Config, spool: Spool, counters: Counters, on_stored: Callable[
         (evt.EVT_CONN_CLOSE, on_closed),
         (evt.EVT_C_ECHO, on_echo),
         (evt.EVT_C_STORE, on_store),
+        (evt.EVT_DIMSE_RECV, on_dimse),
     ]
 
 

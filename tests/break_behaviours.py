@@ -1,57 +1,114 @@
 """Break one behaviour the README promises at a time, run the test meant to notice, restore.
 
-A mutation habit for the behaviours issue 11 lists (mutmut covers the pure modules):
+A mutation habit for the behaviours the issues list (mutmut covers the pure modules):
 
     python tests/break_behaviours.py            # all of them
     python tests/break_behaviours.py 5 13       # some, by number
 
-Each line says KILLED (the test failed: good) or SURVIVED. Not collected by pytest.
+Each change is found by name: the function (or class.method, or "<module>" for module level)
+in the file, then the statement inside it; a refactor that moves or renames either makes the
+line say TARGET NOT FOUND instead of silently breaking nothing. Each line says KILLED (the test
+failed: good), SURVIVED, or TARGET NOT FOUND. Not collected by pytest.
 """
 
+import ast
 import os
 import pathlib
 import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+F, T = "tests/dicom_cae/test_fidelity.py", "tests/dicom_cae/test_behaviours.py"
 M = [
- ("1 rescale slope ignored", "dicom_cae/image.py", "values = arr.astype(np.float64) * slope + intercept", "values = arr.astype(np.float64) + intercept", "tests/dicom_cae/test_behaviours.py::test_rescale_slope_and_intercept_reach_the_modality_values"),
- ("2 nearest-neighbour resampling", "dicom_cae/image.py", "out = img.resize((SIZE, SIZE), Image.Resampling.LANCZOS)", "out = img.resize((SIZE, SIZE), Image.Resampling.NEAREST)", "tests/dicom_cae/test_behaviours.py::test_shrinking_does_not_fold_fine_detail_into_coarse"),
- ("3 no max_instance_bytes check while receiving", "scp_node/server.py", "if isinstance(event.pdu, P_DATA_TF) and not inbound.add(event.assoc, event.pdu, cfg.max_instance_bytes):", "if False:", "tests/scp_node/test_poison.py::test_an_oversized_dataset_is_refused_while_it_arrives"),
- ("4 C000 instead of A700 on spool failure", "scp_node/server.py", 'LOGGER.exception("SOP Instance %s not stored: cannot write the spool", sop_uid)\n            return STATUS_OUT_OF_RESOURCES', 'LOGGER.exception("SOP Instance %s not stored: cannot write the spool", sop_uid)\n            return STATUS_CANNOT_UNDERSTAND', "tests/scp_node/test_operations.py::test_a_spool_that_cannot_be_written_answers_out_of_resources"),
- ("5 band routing off by one", "dicom_cae/model/reconstructor.py", "if lo <= quality <= hi and band.value_mapping == wanted and band.coding_size == coding_size:", "if lo < quality <= hi + 1 and band.value_mapping == wanted and band.coding_size == coding_size:", "tests/dicom_cae/test_behaviours.py::test_quality_bands_route_at_their_edges"),
- ("6 band weights ignored", "dicom_cae/model/reconstructor.py", "owner = self.for_coding(int(q), mapping, coding_size)", "owner = self", "tests/dicom_cae/test_behaviours.py::test_reconstruction_uses_the_weights_the_tags_name"),
- ("7 target ignores SSIM", "dicom_cae/pipeline.py", "self.ssim is None or metrics.ssim(reference, test) >= self.ssim", "True", "tests/dicom_cae/test_behaviours.py::test_an_ssim_target_is_met_and_the_quality_below_misses_it"),
- ("8 bisection limited to 1-50", "dicom_cae/pipeline.py", "        lo, hi = 1, 95\n", "        lo, hi = 1, 50\n", "tests/dicom_cae/test_behaviours.py::test_the_fidelity_search_reaches_high_qualities"),
- ("9 search measures the JPEG", "dicom_cae/pipeline.py", "recon = self.reconstructor(jpeg, quality, batch_size=self.batch_size, mapping=self.mapping)\n", "recon = jpeg\n", "tests/dicom_cae/test_behaviours.py::test_the_fidelity_search_measures_the_models_output"),
- ("10 errors.tsv without duplicates", "dicom_cae/convert.py", '        ("duplicate", summary.duplicates),\n', "", "tests/dicom_cae/test_behaviours.py::test_errors_tsv_lists_each_kind"),
- ("11 not-DICOM suffix rule ignored", "dicom_cae/convert.py", "if isinstance(exc, NotDicomError) and path.suffix.lower() not in DICOM_SUFFIXES:", "if isinstance(exc, NotDicomError):", "tests/dicom_cae/test_behaviours.py::test_errors_tsv_lists_each_kind"),
- ("12 duplicate detection off", "dicom_cae/convert.py", "        if k is not None and k in first:", "        if False:", "tests/dicom_cae/test_behaviours.py::test_errors_tsv_lists_each_kind"),
- ("13 skip-done key ignores the target", "dicom_cae/pipeline.py", 'text = f"{model_name}:{weights_sha256}:" + (f"q{setting}" if isinstance(setting, int) else setting.key)', 'text = f"{model_name}:{weights_sha256}:q"', "tests/dicom_cae/test_behaviours.py::test_a_rerun_with_another_target_converts_again"),
- ("14 report reads the JPEG column", "dicom_cae/report.py", '"psnr": tags.PSNR[i],', '"psnr": tags.JPEGOnlyPSNR[i],', "tests/dicom_cae/test_behaviours.py::test_report_figures_match_values_computed_here"),
- ("15 regression x and y swapped", "dicom_cae/report.py", 'fit = metrics.regression([r["mean_original"] for r in rows], [r["mean_reconstructed"] for r in rows])', 'fit = metrics.regression([r["mean_reconstructed"] for r in rows], [r["mean_original"] for r in rows])', "tests/dicom_cae/test_behaviours.py::test_report_figures_match_values_computed_here"),
- ("16 lossy history dropped", "dicom_cae/derive.py", 'ratios = [str(v) for v in _as_list(source.get("LossyImageCompressionRatio"))] if was_lossy else []', "ratios = []", "tests/dicom_cae/test_behaviours.py::test_the_lossy_history_of_the_source_is_kept"),
- ("17 spool without fsync", "scp_node/spool.py", "            os.fsync(f.fileno())", "            pass", "tests/scp_node/test_durability.py::test_the_order_of_durable_steps_seen_by_strace"),
- ("18 stale spool temp files kept", "scp_node/spool.py", "        for stale in self.tmp.iterdir():\n            stale.unlink()", "        pass", "tests/scp_node/test_operations.py::test_stale_spool_temp_files_are_dropped_at_start"),
- ("19 outputs written without durable", "scp_node/worker.py", "skip_done=False, durable=True,", "skip_done=False, durable=False,", "tests/scp_node/test_durability.py::test_the_order_of_durable_steps_seen_by_strace"),
- ("20 reported although an instance arrived", "scp_node/state.py", "WHERE study_uid = ? AND last_received <= ?\",", "WHERE study_uid = ? AND ? IS NOT NULL\",", "tests/scp_node/test_operations.py::test_a_study_is_not_marked_reported_when_an_instance_arrived_during_its_report"),
- ("21 a reconstruction below JPEG is stored", "dicom_cae/metrics.py", "return all(test[k] >= jpeg[k] for k in GUARDED)", "return True", "tests/dicom_cae/test_fidelity.py::test_a_reconstruction_below_plain_jpeg_is_not_stored"),
- ("22 only all or nothing of the correction", "dicom_cae/metrics.py", "MODEL_WEIGHTS = (1.0, 0.75, 0.5, 0.25, 0.0)", "MODEL_WEIGHTS = (1.0, 0.0)", "tests/dicom_cae/test_fidelity.py::test_part_of_a_correction_is_stored_where_all_of_it_would_be_below_jpeg"),
+ ("1 rescale slope ignored", "dicom_cae/image.py", "modality_frames", "values = arr.astype(np.float64) * slope + intercept", "values = arr.astype(np.float64) + intercept", f"{T}::test_rescale_slope_and_intercept_reach_the_modality_values"),
+ ("2 nearest-neighbour resampling", "dicom_cae/image.py", "_resample", "out = img.resize((SIZE, SIZE), Image.Resampling.LANCZOS)", "out = img.resize((SIZE, SIZE), Image.Resampling.NEAREST)", f"{T}::test_shrinking_does_not_fold_fine_detail_into_coarse"),
+ ("3 no max_instance_bytes check while receiving", "scp_node/server.py", "handlers.on_pdu", "if isinstance(event.pdu, P_DATA_TF) and not inbound.add(event.assoc, event.pdu, cfg.max_instance_bytes):", "if False:", "tests/scp_node/test_poison.py::test_an_oversized_dataset_is_refused_while_it_arrives"),
+ ("4 C000 instead of A700 on spool failure", "scp_node/server.py", "handlers.on_store", 'LOGGER.exception("SOP Instance %s not stored: cannot write the spool", sop_uid)\n            return STATUS_OUT_OF_RESOURCES', 'LOGGER.exception("SOP Instance %s not stored: cannot write the spool", sop_uid)\n            return STATUS_CANNOT_UNDERSTAND', "tests/scp_node/test_operations.py::test_a_spool_that_cannot_be_written_answers_out_of_resources"),
+ ("5 one coding size for every frame", "dicom_cae/pipeline.py", "Pipeline.reconstruct", "coding_size=int(s))", "coding_size=256)", f"{F}::test_every_coding_size_is_restored_by_the_model_told_its_size"),
+ ("6 model not told the quality", "dicom_cae/model/reconstructor.py", "Reconstructor._run", "x, q = x[served], qualities[served] / 100.0", "x, q = x[served], qualities[served] * 0 + 0.3", f"{T}::test_one_set_of_weights_serves_every_quality_and_coding_size"),
+ ("7 target ignores SSIM", "dicom_cae/pipeline.py", "Target.met", "self.ssim is None or metrics.ssim(reference, test) >= self.ssim", "True", f"{T}::test_an_ssim_target_is_met_and_the_quality_below_misses_it"),
+ ("8 bisection limited to 1-50", "dicom_cae/pipeline.py", "Pipeline.prepare_for_target", "            lo, hi = 1, 95\n", "            lo, hi = 1, 50\n", f"{T}::test_the_fidelity_search_reaches_high_qualities"),
+ ("9 search measures the JPEG", "dicom_cae/pipeline.py", "Pipeline._meets", "recon = self.reconstructor(jpeg, quality, batch_size=self.batch_size, mapping=self.mapping, coding_size=size)\n", "recon = jpeg\n", f"{T}::test_the_fidelity_search_measures_the_models_output"),
+ ("10 errors.tsv without duplicates", "dicom_cae/convert.py", "_convert", '        ("duplicate", summary.duplicates),\n', "", f"{T}::test_errors_tsv_lists_each_kind"),
+ ("11 not-DICOM suffix rule ignored", "dicom_cae/convert.py", "_record_failure", "if isinstance(exc, NotDicomError) and path.suffix.lower() not in DICOM_SUFFIXES:", "if isinstance(exc, NotDicomError):", f"{T}::test_errors_tsv_lists_each_kind"),
+ ("12 duplicate detection off", "dicom_cae/convert.py", "_first_of_each", "        if k is not None and k in first:", "        if False:", f"{T}::test_errors_tsv_lists_each_kind"),
+ ("13 skip-done key ignores the target", "dicom_cae/pipeline.py", "key", 'text = f"{model_name}:{weights_sha256}:" + (f"q{setting}" if isinstance(setting, int) else setting.key)', 'text = f"{model_name}:{weights_sha256}:q"', f"{T}::test_a_rerun_with_another_target_converts_again"),
+ ("14 report reads the JPEG column", "dicom_cae/report.py", "image_rows", '"psnr": tags.PSNR[i],', '"psnr": tags.JPEGOnlyPSNR[i],', f"{T}::test_report_figures_match_values_computed_here"),
+ ("15 regression x and y swapped", "dicom_cae/report.py", "build", 'fit = metrics.regression([r["mean_original"] for r in rows], [r["mean_reconstructed"] for r in rows])', 'fit = metrics.regression([r["mean_reconstructed"] for r in rows], [r["mean_original"] for r in rows])', f"{T}::test_report_figures_match_values_computed_here"),
+ ("16 lossy history dropped", "dicom_cae/derive.py", "derive", 'ratios = [str(v) for v in _as_list(source.get("LossyImageCompressionRatio"))] if was_lossy else []', "ratios = []", f"{T}::test_the_lossy_history_of_the_source_is_kept"),
+ ("17 spool without fsync", "scp_node/spool.py", "Spool.put", "            os.fsync(f.fileno())", "            pass", "tests/scp_node/test_durability.py::test_the_order_of_durable_steps_seen_by_strace"),
+ ("18 stale spool temp files kept", "scp_node/spool.py", "Spool.__init__", "        for stale in self.tmp.iterdir():\n            stale.unlink()", "        pass", "tests/scp_node/test_operations.py::test_stale_spool_temp_files_are_dropped_at_start"),
+ ("19 outputs written without durable", "scp_node/worker.py", "Worker._run", "skip_done=False, durable=True,", "skip_done=False, durable=False,", "tests/scp_node/test_durability.py::test_the_order_of_durable_steps_seen_by_strace"),
+ ("20 reported although an instance arrived", "scp_node/state.py", "State.study_reported", "WHERE study_uid = ? AND last_received <= ?\",", "WHERE study_uid = ? AND ? IS NOT NULL\",", "tests/scp_node/test_operations.py::test_a_study_is_not_marked_reported_when_an_instance_arrived_during_its_report"),
+ ("21 a reconstruction below JPEG is stored", "dicom_cae/metrics.py", "not_below", "return all(test[k] <= jpeg[k] if k in LOWER_IS_BETTER else test[k] >= jpeg[k]", "return True or all(test[k] <= jpeg[k] if k in LOWER_IS_BETTER else test[k] >= jpeg[k]", f"{F}::test_a_reconstruction_below_plain_jpeg_is_not_stored"),
+ ("22 only all or nothing of the correction", "dicom_cae/metrics.py", "<module>", "MODEL_WEIGHTS = (1.0, 0.75, 0.5, 0.25, 0.0)", "MODEL_WEIGHTS = (1.0, 0.0)", f"{F}::test_part_of_a_correction_is_stored_where_all_of_it_would_be_below_jpeg"),
+ # Issue 19's nine behaviours.
+ ("23 report's worst window is the best", "dicom_cae/report.py", "_worst_window", 'worst = min(per_window, key=lambda w: w["psnr"])', 'worst = max(per_window, key=lambda w: w["psnr"])', f"{F}::test_the_reports_worst_window_column_is_the_worst_window_recomputed_from_the_pixels"),
+ ("24 guard in the best window", "dicom_cae/pipeline.py", "FrameMetrics.scores", '"display_psnr": min((q.quality.psnr for q in shown), default=seed.psnr),', '"display_psnr": max((q.quality.psnr for q in shown), default=seed.psnr),', f"{F}::test_the_guard_compares_in_the_worst_window_not_the_best"),
+ ("25 soft tissue only without any window", "dicom_cae/display.py", "windows", 'and not any(w.width <= SOFT_TISSUE[1] for w in out):', "and not out:", f"{F}::test_a_ct_that_names_only_wide_windows_is_measured_in_soft_tissue_too"),
+ ("26 ratio search stops at the first size that cannot fit", "dicom_cae/pipeline.py", "choose_coding", "        if not fits(1):\n            continue", "        if not fits(1):\n            break", f"{F}::test_the_ratio_search_goes_on_to_smaller_sizes_when_a_larger_cannot_fit"),
+ ("27 a smaller coding described as passed through when it was restored", "dicom_cae/pipeline.py", "Pipeline.finish", "        if r is None:", "        if prep.coding_size != 256 or r is None:", f"{F}::test_a_smaller_coding_is_described_by_the_weights_that_restore_it"),
+ ("28 functional-group spacing copied", "dicom_cae/derive.py", "_regrid_functional_groups", "measures.PixelSpacing = [_ds(spacing[0] * row_scale), _ds(spacing[1] * col_scale)]", "measures.PixelSpacing = [_ds(spacing[0]), _ds(spacing[1])]", "tests/dicom_cae/test_derive.py::test_a_multi_frame_instance_scales_its_functional_group_spacing_and_counts_every_frame"),
+ ("29 compression ratio of one frame", "dicom_cae/pipeline.py", "finish", "    original_bytes = prep.frames * image.SIZE * image.SIZE", "    original_bytes = image.SIZE * image.SIZE", "tests/dicom_cae/test_derive.py::test_a_multi_frame_instance_scales_its_functional_group_spacing_and_counts_every_frame"),
+ ("30 UIDs ignore the value mapping", "dicom_cae/pipeline.py", "key", "    return text if mapping == value_mapping.MINMAX else f\"{text}:{mapping}\"", "    return text", "tests/dicom_cae/test_derive.py::test_other_value_mappings_give_other_uids_and_both_live_in_one_folder"),
+ ("31 stand-in series ignores the study", "dicom_cae/identity.py", "identify", 'entropy_srcs=["stand-in series", study, ', 'entropy_srcs=["stand-in series", ', "tests/dicom_cae/test_derive.py::test_a_stand_in_series_uid_depends_on_the_study"),
+ # Issue 15: the codec.
+ ("32 progressive stream", "dicom_cae/codec.py", "_trellis_encode", '"-PROGRESSIVE_MODE", ', "", "tests/dicom_cae/test_codec.py::test_trellis_stream_is_plain_baseline_with_flat_tables_and_no_jfif"),
+ ("33 JFIF segment kept", "dicom_cae/codec.py", "_trellis_encode", "return _segments_without_app0(f.read())", "return f.read()", "tests/dicom_cae/test_codec.py::test_trellis_stream_is_plain_baseline_with_flat_tables_and_no_jfif"),
+ ("34 blocking not guarded", "dicom_cae/metrics.py", "<module>", 'LOWER_IS_BETTER = frozenset({"display_blockiness"})', "LOWER_IS_BETTER = frozenset()", f"{F}::test_a_reconstruction_with_more_blocking_than_plain_jpeg_is_not_stored"),
 ]
-only = sys.argv[1:]
-for name, path, old, new, test in M:
-    if only and name.split()[0] not in only:
-        continue
-    p = ROOT / path
-    text = p.read_text()
-    if text.count(old) != 1:
-        print(f"{name}: PATTERN NOT FOUND ({text.count(old)})", flush=True)
-        continue
-    p.write_text(text.replace(old, new))
-    try:
-        r = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", test], cwd=ROOT,
-                           capture_output=True, text=True, env={**os.environ, "TCP_NODELAY": "1"}, timeout=900)
-        last = (r.stdout.strip().splitlines() or ["?"])[-1]
-        print(f"{name}: {'KILLED' if r.returncode else 'SURVIVED'} ({last})", flush=True)
-    finally:
-        p.write_text(text)
+
+
+def span(path: pathlib.Path, qualname: str) -> tuple[int, int]:
+    """Character offsets of the definition ``qualname`` (a.b for nested or methods), or the
+    whole file for "<module>". Raises KeyError when it is not there."""
+    text = path.read_text()
+    if qualname == "<module>":
+        return 0, len(text)
+    nodes: list[ast.AST] = [ast.parse(text)]
+    for part in qualname.split("."):
+        found = [n for parent in nodes for n in ast.walk(parent)
+                 if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n.name == part]
+        if not found:
+            raise KeyError(qualname)
+        nodes = found[:1]
+    node = nodes[0]
+    lines = text.splitlines(keepends=True)
+    start = sum(len(line) for line in lines[: node.lineno - 1])
+    end = sum(len(line) for line in lines[: node.end_lineno])
+    return start, end
+
+
+def main() -> int:
+    only = sys.argv[1:]
+    survived = 0
+    for name, path, where, old, new, test in M:
+        if only and name.split()[0] not in only:
+            continue
+        p = ROOT / path
+        text = p.read_text()
+        try:
+            a, b = span(p, where)
+        except KeyError:
+            print(f"{name}: TARGET NOT FOUND (no {where} in {path})", flush=True)
+            survived += 1
+            continue
+        if text[a:b].count(old) != 1:
+            print(f"{name}: TARGET NOT FOUND (the statement is in {where} {text[a:b].count(old)} times)", flush=True)
+            survived += 1
+            continue
+        p.write_text(text[:a] + text[a:b].replace(old, new) + text[b:])
+        try:
+            r = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", test], cwd=ROOT,
+                               capture_output=True, text=True, env={**os.environ, "TCP_NODELAY": "1"}, timeout=900)
+            last = (r.stdout.strip().splitlines() or ["?"])[-1]
+            killed = r.returncode == 1 and " failed" in last  # a test failed (not: an error, or no test found)
+            survived += not killed
+            print(f"{name}: {'KILLED' if killed else 'SURVIVED'} ({last})", flush=True)
+        finally:
+            p.write_text(text)
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -11,9 +11,10 @@
 - ``deblock``: blockres told everything the decoder knows: the JPEG quality (with the flat
   tables of codec's trellis encoder, the table's scale) and the coding size (a smaller coding's
   blocks land on a coarser grid after upsampling), so one set of weights serves every quality
-  and coding size the settings can pick, with no pass-through gaps. Seven 3x3 convolutions of
-  128 channels on the 32x32 block grid (879,488 parameters); trained for what a reader sees
-  (display windows and block edges, see train.make_loss).
+  and coding size the settings can pick, with no pass-through gaps. blockres's five 3x3
+  convolutions of 128 channels on the 32x32 block grid, one more input plane (592,704
+  parameters: it can start from blockres's weights); trained for what a reader sees (display
+  windows and block edges, see train.make_reader_loss).
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def build_blockres(filters: int = 128, depth: int = 5) -> keras.Model:
     return keras.Model([inp, quality], out, name="blockres")
 
 
-def build_deblock(filters: int = 128, depth: int = 7) -> keras.Model:
+def build_deblock(filters: int = 128, depth: int = 5) -> keras.Model:
     inp = keras.Input((SIZE, SIZE, 1), name="jpeg")
     quality = keras.Input((1,), name="quality")  # JPEG quality / 100
     coding = keras.Input((1,), name="coding")  # coding size / 256
@@ -136,7 +137,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             build_deblock,
             True,
             "8x8-block space-to-depth residual network told the JPEG quality and the coding size, "
-            "trained in the display windows and at the block edges (879,488 parameters)",
+            "trained in the display windows and at the block edges (592,704 parameters)",
             uses_coding=True,
         ),
     )

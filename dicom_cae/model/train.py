@@ -260,6 +260,34 @@ def _plot_curves(log: list[dict[str, Any]], primary: int, path: Path) -> None:
     plt.close(fig)
 
 
+def init_from(model: keras.Model, path: Path) -> None:
+    """Start ``model`` from the weights in ``path``: of the same architecture, or of the one its
+    model card names (blockres for deblock) when the layers match in order and a kernel differs
+    only in having fewer input channels (the planes deblock adds): those start at zero, so that
+    the model begins as the one it starts from."""
+    card = path.with_name(path.name.removesuffix(".weights.h5") + ".json")
+    source_name = json.loads(card.read_text())["model"] if card.is_file() else model.name
+    if source_name == model.name:
+        model.load_weights(str(path))
+        return
+    source = build(source_name)
+    source.load_weights(str(path))
+    src, dst = source.get_weights(), model.get_weights()
+    if len(src) != len(dst):
+        raise ValueError(f"cannot start {model.name} from {source_name} weights: {len(src)} arrays, {len(dst)} needed")
+    out = []
+    for a, b in zip(src, dst):
+        if a.shape == b.shape:
+            out.append(a)
+        elif a.ndim == 4 and a.shape[:2] + a.shape[3:] == b.shape[:2] + b.shape[3:] and a.shape[2] < b.shape[2]:
+            wide = np.zeros_like(b)
+            wide[:, :, : a.shape[2], :] = a
+            out.append(wide)
+        else:
+            raise ValueError(f"cannot start {model.name} from {source_name} weights: {a.shape} against {b.shape}")
+    model.set_weights(out)
+
+
 def _save_inference_weights(model: keras.Model, name: str, path: Path) -> None:
     """Save the layers' weights only: a compiled model would also save the optimizer's state."""
     clean = build(name)
@@ -301,7 +329,7 @@ def train(cfg: TrainConfig) -> Path:
 
     model = build(cfg.model)
     if cfg.init_weights:
-        model.load_weights(cfg.init_weights)
+        init_from(model, Path(cfg.init_weights))
     uses_quality = ARCHITECTURES[cfg.model].uses_quality
     reader = ARCHITECTURES[cfg.model].uses_coding
     steps = math.ceil(len(train_set) * cfg.repeats / cfg.batch_size) * cfg.epochs
@@ -393,6 +421,8 @@ def train(cfg: TrainConfig) -> Path:
             "device": _device(),
             "seconds": round(time.time() - started),
             "seed": cfg.seed,
+            **({"init_weights": f"{Path(cfg.init_weights).name} (sha256 {sha256_of(cfg.init_weights)[:12]})"}
+               if cfg.init_weights else {}),
         },
         "validation": {
             "pixel_accuracy_tolerance": metrics.PIXEL_TOLERANCE,

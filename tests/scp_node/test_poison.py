@@ -177,7 +177,7 @@ def _aspect_instead_of_zero_spacing(path: Path) -> None:
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     assert "PixelSpacing" not in ds
     assert [int(v) for v in ds.PixelAspectRatio] == [6, 5]  # 192 rows, 160 columns onto 256 x 256
-    assert ds.SeriesDescription == "CAE blockres q30 reconstruction"
+    assert ds.SeriesDescription == "CAE deblock q30 reconstruction"
     assert any("PixelSpacing" in w for w in private_tags.read(ds)["Warnings"])
 
 
@@ -433,3 +433,30 @@ def test_a_corrected_rescale_under_the_same_uid_is_not_taken_for_a_resend(tmp_pa
         assoc.release()
         wait_until(lambda: node.counters.snapshot()["conflicts"] == 1, what="the second seen as another image")
         assert node.counters.snapshot()["resent"] == 0
+
+
+def test_a_c_store_without_an_instance_uid_is_answered_and_the_association_goes_on(tmp_path, pipe, raw_sending):
+    """Issue 16 item 5: a C-STORE request whose Affected SOP Instance UID is empty got no answer
+    (pynetdicom drops such a request) and the sender waited until its own timeout. It is now
+    answered Cannot understand (C210) at once, nothing is spooled, and the next C-STORE on the
+    same association is stored."""
+    from pynetdicom.sop_class import CTImageStorage
+
+    with running_node(tmp_path, pipe) as node:
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        ae.dimse_timeout = 30  # the answer must come from the node, not from this timeout
+        assoc = ae.associate("127.0.0.1", node.port, ae_title=node.cfg.ae_title)
+        assert assoc.is_established
+        try:
+            blank = pydicom.dcmread(SAMPLES / "ct_phantom_1.dcm")
+            blank.SOPInstanceUID = ""
+            status = assoc.send_c_store(blank)
+            assert status is not None and status.Status == 0xC210
+            assert assoc.is_established
+            status = assoc.send_c_store(pydicom.dcmread(SAMPLES / "ct_phantom_1.dcm"))
+            assert status.Status == 0x0000
+        finally:
+            assoc.release()
+        wait_until(lambda: node.counters.snapshot()["received"] == 1, what="the good instance received")
+        assert node.counters.snapshot()["refused"] == 1
