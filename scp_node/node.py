@@ -78,11 +78,13 @@ class Node:
         nothing is started then.
         """
         ae = server.make_ae(self.cfg)
+        self.gate = server.Gate(self.cfg, self.counters)
+        ae.maximum_associations = self.gate.thread_limit  # the gate counts associations itself
         try:
             self._scp = ae.start_server(
                 (self.cfg.bind, self.cfg.port),
                 block=False,
-                evt_handlers=server.handlers(self.cfg, self.spool, self.counters, self.worker.wake.set),
+                evt_handlers=server.handlers(self.cfg, self.spool, self.counters, self.worker.wake.set, self.gate),
                 ssl_context=server.tls_context(self.cfg),
             )
         except OSError as exc:
@@ -96,6 +98,7 @@ class Node:
                 raise NodeError(f"cannot serve HTTP on {self.cfg.http_bind}:{self.cfg.http_port}: "
                                 f"{exc.strerror or exc}") from exc
         server.count_tls_failures(self._scp, self.counters)
+        self.gate.start()
         recovered = len(self.spool)
         if recovered:
             LOGGER.info("%d instance(s) acknowledged before a restart are in the spool: processing them", recovered)
@@ -151,6 +154,8 @@ class Node:
         """Stop accepting, finish the batch and the study report in hand, stop the helpers."""
         if self._scp:
             self._scp.shutdown()
+        if getattr(self, "gate", None) is not None:
+            self.gate.stop()
         self._stop.set()
         self.worker.stop()
         if self.worker.ident is not None:

@@ -10,6 +10,7 @@ import io
 import logging
 import ssl
 import threading
+import time
 import zlib
 from typing import Callable
 
@@ -120,6 +121,96 @@ def check_received(data: bytes, transfer_syntax: str, cfg: Config, request, sour
     return STATUS_SUCCESS, "", ident.study_key
 
 
+class Gate:
+    """Who may hold a connection, and for how long (what DCMTK's and Orthanc's servers bound).
+
+    pynetdicom gives every TCP connection a thread that counts against maximum_associations
+    from the moment it connects, and it times out each socket read, not a whole PDU: 30 peers
+    that connect and then send one byte every few seconds (or nothing) shut everyone else out.
+    So: a connection must deliver its A-ASSOCIATE-RQ within ``request_timeout_s`` and, once
+    associated, complete a PDU at least every ``idle_timeout_s``, or it is closed; connections
+    not yet associated are capped (``max_pending`` in all, ``max_pending_per_host`` from one
+    address: over the cap the oldest waiting one goes, as a sender that means it asks at once);
+    and only associations count against ``max_associations``.
+    """
+
+    def __init__(self, cfg: Config, counters: Counters, *, request_timeout_s: float = 10.0, idle_timeout_s: float = 60.0,
+                 max_pending: int = 32, max_pending_per_host: int = 8) -> None:
+        self.cfg, self.counters = cfg, counters
+        self.request_timeout_s, self.idle_timeout_s = request_timeout_s, idle_timeout_s
+        self.max_pending, self.max_pending_per_host = max_pending, max_pending_per_host
+        self._lock = threading.Lock()
+        self._open: dict[int, dict] = {}  # id(assoc) -> {"assoc", "host", "opened", "requested", "last_pdu"}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="gate", daemon=True)
+
+    @property
+    def thread_limit(self) -> int:
+        """What pynetdicom's own limit must allow: the associations and the connections waiting."""
+        return self.cfg.max_associations + self.max_pending + 1
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def opened(self, event: evt.Event) -> None:
+        now = time.monotonic()
+        host = str(event.assoc.requestor.address)
+        with self._lock:
+            self._open[id(event.assoc)] = {"assoc": event.assoc, "host": host, "opened": now, "requested": False,
+                                           "last_pdu": now}
+            waiting = sorted((c for c in self._open.values() if not c["requested"]), key=lambda c: c["opened"])
+            same = [c for c in waiting if c["host"] == host]
+            evict = same[: max(0, len(same) - self.max_pending_per_host)]
+            rest = [c for c in waiting if c not in evict]
+            evict += rest[: max(0, len(rest) - self.max_pending)]
+        for c in evict:
+            self._close(c, "too many connections waiting to associate")
+
+    def requested(self, event: evt.Event) -> bool:
+        """Mark the association requested; False when the associations are at their limit."""
+        with self._lock:
+            c = self._open.get(id(event.assoc))
+            if c is not None:
+                c["requested"] = True
+                c["last_pdu"] = time.monotonic()
+            return sum(x["requested"] for x in self._open.values()) <= self.cfg.max_associations
+
+    def pdu(self, event: evt.Event) -> None:
+        with self._lock:
+            c = self._open.get(id(event.assoc))
+            if c is not None:
+                c["last_pdu"] = time.monotonic()
+
+    def closed(self, event: evt.Event) -> None:
+        with self._lock:
+            self._open.pop(id(event.assoc), None)
+
+    def _close(self, c: dict, why: str) -> None:
+        with self._lock:
+            if self._open.pop(id(c["assoc"]), None) is None:
+                return
+        LOGGER.warning("connection from %s closed: %s", printable(c["host"]), why)
+        self.counters.add("rejected")
+        try:
+            c["assoc"].dul.socket.close()  # the association's thread then ends on its own
+        except Exception:  # noqa: BLE001 (already closing)
+            LOGGER.debug("closing a connection failed", exc_info=True)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            now = time.monotonic()
+            with self._lock:
+                late = [(c, "no association request within %g s" % self.request_timeout_s) for c in self._open.values()
+                        if not c["requested"] and now - c["opened"] > self.request_timeout_s]
+                late += [(c, "no complete PDU for %g s" % self.idle_timeout_s) for c in self._open.values()
+                         if c["requested"] and now - c["last_pdu"] > self.idle_timeout_s]
+            for c, why in late:
+                self._close(c, why)
+
+
 class _Inbound:
     """Bytes of the dataset being received on each association, to refuse an oversized one
     while it arrives (an A-ABORT: DIMSE has no status before the dataset is complete)."""
@@ -148,7 +239,7 @@ class _Inbound:
             self._bytes.pop(id(assoc), None)
 
 
-def handlers(cfg: Config, spool: Spool, counters: Counters, on_stored: Callable[[], None]) -> list:
+def handlers(cfg: Config, spool: Spool, counters: Counters, on_stored: Callable[[], None], gate: Gate) -> list:
     inbound = _Inbound()
 
     def on_requested(event: evt.Event) -> None:
@@ -156,6 +247,13 @@ def handlers(cfg: Config, spool: Spool, counters: Counters, on_stored: Callable[
         # a C-STORE without an Affected SOP Instance UID, which stops on_dimse below from running.
         event.assoc.unbind(evt.EVT_DIMSE_RECV, standard_dimse_recv_handler)
         address = event.assoc.requestor.address
+        if not gate.requested(event):
+            LOGGER.warning("association from %s rejected: %d associations already (max_associations)",
+                           printable(address), cfg.max_associations)
+            counters.add("rejected")
+            event.assoc.acse.send_reject(0x02, 0x03, 0x02)  # transient, service provider, local limit exceeded
+            event.assoc.kill()
+            return
         if cfg.allowed_hosts and address not in cfg.allowed_hosts:
             LOGGER.warning("association from %s rejected: host not allowed", printable(address))
             counters.add("rejected")
@@ -168,6 +266,7 @@ def handlers(cfg: Config, spool: Spool, counters: Counters, on_stored: Callable[
                        printable(event.assoc.requestor.ae_title), printable(event.assoc.acceptor.ae_title))
 
     def on_pdu(event: evt.Event) -> None:
+        gate.pdu(event)
         if isinstance(event.pdu, P_DATA_TF) and not inbound.add(event.assoc, event.pdu, cfg.max_instance_bytes):
             LOGGER.error("association from %s aborted: a dataset larger than max_instance_bytes (%d) is arriving",
                          event.assoc.requestor.address, cfg.max_instance_bytes)
@@ -186,6 +285,7 @@ def handlers(cfg: Config, spool: Spool, counters: Counters, on_stored: Callable[
 
     def on_closed(event: evt.Event) -> None:
         inbound.forget(event.assoc)
+        gate.closed(event)
 
     def on_echo(event: evt.Event) -> int:
         return STATUS_SUCCESS
@@ -232,6 +332,7 @@ def handlers(cfg: Config, spool: Spool, counters: Counters, on_stored: Callable[
         return STATUS_SUCCESS
 
     return [
+        (evt.EVT_CONN_OPEN, gate.opened),
         (evt.EVT_REQUESTED, on_requested),
         (evt.EVT_REJECTED, on_rejected),
         (evt.EVT_PDU_RECV, on_pdu),

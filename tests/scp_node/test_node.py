@@ -287,3 +287,56 @@ def test_no_received_text_can_start_a_log_line_through_an_exception():
     assert rest and all(line.startswith("  | ") for line in rest)
     assert "\r" not in text and first.count("2026-01-01") == 1  # the fake timestamp escaped into the first line
     assert any("ValueError: invalid UID 1.2.3" in line for line in rest)
+
+
+def _trickle(port, stop, sockets, *, silent=False):
+    """A peer that connects and then sends an A-ASSOCIATE-RQ one byte a second (or nothing)."""
+    import socket as _socket
+
+    s = _socket.create_connection(("127.0.0.1", port))
+    sockets.append(s)
+    header = bytes([0x01, 0x00]) + (4000).to_bytes(4, "big") + bytes([0x00, 0x01, 0x00, 0x00]) + b"DICOM_CAE       "
+    for i in range(len(header)):
+        if stop.wait(1.0):
+            return
+        if not silent:
+            try:
+                s.send(header[i : i + 1])
+            except OSError:
+                return
+
+
+@pytest.mark.parametrize("silent", [False, True], ids=["one byte a second", "silent"])
+def test_thirty_slow_senders_do_not_shut_out_a_modality(tmp_path, pipe, silent):
+    """Issue 16 item 3: 30 connections that trickle an A-ASSOCIATE-RQ (or send nothing) held
+    pynetdicom's association slots and every real sender was rejected. Now connections not yet
+    associated are capped (the oldest waiting goes first) and timed out, and only associations
+    count against max_associations: with 30 slow peers connected, DCMTK storescu stores a
+    28-image study, and the slow peers are closed by the node."""
+    import threading
+
+    from pydicom.uid import generate_uid
+
+    files = []
+    for i in range(28):
+        ds = pydicom.dcmread(SAMPLES / "ct_phantom_1.dcm")
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["slow", str(i)])
+        path = tmp_path / f"ct{i:02d}.dcm"
+        ds.save_as(path)
+        files.append(str(path))
+    stop, sockets = threading.Event(), []
+    with running_node(tmp_path, pipe) as node:
+        peers = [threading.Thread(target=_trickle, args=(node.port, stop, sockets), kwargs={"silent": silent}, daemon=True)
+                 for _ in range(30)]
+        for t in peers:
+            t.start()
+        try:
+            wait_until(lambda: len(sockets) == 30, what="30 slow peers connected")
+            proc = storescu(node, *files)
+            assert proc.returncode == 0, proc.stderr
+            wait_until(lambda: node.counters.snapshot()["received"] == 28, what="28 instances received")
+            wait_until(lambda: node.counters.snapshot()["rejected"] >= 22, what="the slow peers closed by the node")
+        finally:
+            stop.set()
+            for s in sockets:
+                s.close()
