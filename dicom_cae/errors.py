@@ -31,5 +31,16 @@ class ModelError(DicomCaeError):
     """An unknown model name or a weights file that does not fit the model."""
 
 
+def is_resource_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is the machine's problem, not the input's: a full disk or quota, a
+    read-only file system, memory. Such a failure hits every instance alike; an instance that
+    meets it is tried again once the machine recovers, never failed for ever."""
+    import errno
+
+    if isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENOMEM)
+
+
 class NotDicomError(DicomInputError):
     """A file that is not DICOM at all (no 'DICM' prefix and nothing pydicom can parse)."""

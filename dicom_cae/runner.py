@@ -23,7 +23,7 @@ from typing import Any, Callable
 from dicom_cae import identity, io, private_tags
 from dicom_cae import mapping as value_mapping
 from dicom_cae.derive import derived_uids
-from dicom_cae.errors import DicomCaeError, DicomInputError, ModelError, NotAnImageError
+from dicom_cae.errors import DicomCaeError, DicomInputError, ModelError, NotAnImageError, is_resource_error
 from dicom_cae.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_QUALITY, Pipeline, Prepared, RatioTarget, Target
 from dicom_cae.store import Store
 
@@ -74,7 +74,8 @@ def shipped_identity(name: str) -> str | None:
 
 class SystemicError(DicomCaeError):
     """A failure that hit every instance of a batch alike and not for their input (the model, the
-    disk, memory): the batch should be tried again as it is. ``stage`` is prepare or reconstruct."""
+    disk, memory): the batch should be tried again as it is. ``stage`` is prepare, reconstruct or
+    write (a full disk or memory while finishing: errors.is_resource_error)."""
 
     def __init__(self, stage: str, reason: str) -> None:
         super().__init__(f"{stage}: {reason}")
@@ -221,7 +222,9 @@ def run_batch(settings: Settings, paths: list[str], root: str, *, skip_done: boo
             try:
                 d = pipe.finish(i.prep, r).dataset
                 out = store.write(d, durable=durable)
-            except Exception as exc:  # noqa: BLE001 (e.g. a full disk: this instance fails, the rest go on)
+            except Exception as exc:  # noqa: BLE001 (this instance fails, the rest go on; unless the machine's at fault)
+                if is_resource_error(exc):  # a full disk, memory: the batch as a whole, to be tried again
+                    raise SystemicError("write", f"{type(exc).__name__}: {exc}") from exc
                 LOGGER.exception("finishing %s failed", identity.printable(i.path, 200))
                 return _failed(i, FAILED, DicomInputError(i.path, f"{type(exc).__name__}: {exc}"))
             return Outcome(i.path, WRITTEN, str(out.relative_to(store.root)), i.ident.study, i.ident.sop_instance,

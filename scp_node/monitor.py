@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
@@ -86,3 +87,26 @@ def serve_http(
     server = ThreadingHTTPServer((bind, port), Handler)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server
+
+
+class Problems:
+    """One log line per distinct problem, then again only after a back-off (doubling from 10 s
+    to 10 min) while it lasts: a full disk must not write a traceback every half second."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[str, tuple[float, float]] = {}  # message -> (next log time, back-off s)
+
+    def note(self, message: str, exc: BaseException | None = None) -> bool:
+        """Log ``message`` (a warning, with the traceback the first time) unless it was logged
+        within its back-off; True when it was logged."""
+        now = time.monotonic()
+        with self._lock:
+            due, wait = self._seen.get(message, (0.0, 5.0))
+            if now < due:
+                return False
+            wait = min(wait * 2, 600.0)
+            first = message not in self._seen
+            self._seen[message] = (now + wait, wait)
+        LOGGER.warning("%s (logged at most every %g s while it lasts)", message, wait, exc_info=exc if first else None)
+        return True

@@ -10,12 +10,13 @@ from hashlib import sha1
 from pathlib import Path
 
 from dicom_cae import io, report
+from dicom_cae.errors import is_resource_error
 from dicom_cae.pipeline import Pipeline
 from dicom_cae.store import Store
 from scp_node import server
 from scp_node.config import Config
 from scp_node.forward import Forwarder
-from scp_node.monitor import Counters, serve_http
+from scp_node.monitor import Counters, Problems, serve_http
 from scp_node.spool import Spool
 from scp_node.state import State
 from scp_node.worker import Worker
@@ -70,6 +71,9 @@ class Node:
         self._studies = threading.Thread(target=self._watch_studies, name="studies", daemon=True)
         self._scp = None
         self._http = None
+        self._report_retry: dict[str, tuple[float, float]] = {}  # study -> (next try, back-off s)
+        self._report_problem: str | None = None
+        self.problems = Problems()
 
     def start(self) -> None:
         """Listen, then start processing.
@@ -143,12 +147,34 @@ class Node:
             doc["forwarding"] = {"outbox_depth": depth, "failing": failing,
                                  "oldest_waiting_s": round(now - queued, 1) if queued else None, "last_error": last_error}
         report_errors = self.state.report_errors()
-        if report_errors:
+        if report_errors or self._report_retry:
             problems.append("reports")
-            doc["reports"] = {"failed_studies": len(report_errors), "last_error": report_errors[-1][1]}
+            doc["reports"] = {"failed_studies": len(report_errors) + len(self._report_retry),
+                              "last_error": self._report_problem or report_errors[-1][1]}
+        full = self.disk_space()
+        if full:
+            problems.append("disk")
+            doc["disk"] = full
         if not self.worker.is_alive() and self.worker.ident is not None and not self._stop.is_set():
             problems.append("worker stopped")
         return {"status": "degraded" if problems else "ok", "problems": problems, **doc}
+
+    #: Free space below which a volume counts as full (an instance and its outputs need more).
+    DISK_LOW_BYTES = 64 * 1024 * 1024
+
+    def disk_space(self) -> dict[str, dict[str, float]]:
+        """The node's folders whose volume is (nearly) full: free MB and the limit. Measured with
+        statvfs, which needs no disk space itself."""
+        out = {}
+        for name, folder in (("spool", self.cfg.spool_dir), ("output", self.cfg.output_dir), ("data", Path(self.cfg.data_dir))):
+            try:
+                st = os.statvfs(folder)
+            except OSError:
+                continue
+            free = st.f_bavail * st.f_frsize
+            if free < self.DISK_LOW_BYTES:
+                out[name] = {"free_mb": round(free / 2**20, 2), "low_mb": self.DISK_LOW_BYTES / 2**20}
+        return out
 
     def stop(self) -> None:
         """Stop accepting, finish the batch and the study report in hand, stop the helpers."""
@@ -190,13 +216,23 @@ class Node:
                 break
             if None in waiting or sha1(study_uid.encode()).hexdigest()[:16] in waiting:
                 continue  # instances of it (or, from an older spool, of any study) still to process
+            if self._report_retry.get(study_uid, (0.0, 0.0))[0] > time.monotonic():
+                continue  # its report failed for want of disk or memory: tried again after a while
             seen = time.time()
             error = None
             try:
                 self._complete(study_uid)
             except Exception as exc:  # noqa: BLE001 (this study's problem; it is retried when more of it arrives)
                 error = f"{type(exc).__name__}: {exc}"
+                if is_resource_error(exc):  # the machine's problem: the study stays due, tried again with back-off
+                    wait = min(2 * self._report_retry.get(study_uid, (0.0, 2.5))[1], 60.0)
+                    self._report_retry[study_uid] = (time.monotonic() + wait, wait)
+                    self._report_problem = error
+                    self.problems.note(f"study reports cannot be written: {error}", exc)
+                    continue
                 LOGGER.exception("the report of study %s failed", study_uid)
+            self._report_retry.pop(study_uid, None)
+            self._report_problem = None if not self._report_retry else self._report_problem
             self.state.study_reported(study_uid, seen, error)
             done.append(study_uid)
         return done

@@ -34,10 +34,14 @@ class Spool:
             raise ValueError("a study key is alphanumeric")
         name = f"{time.time_ns():020d}-{study_key}-{uuid.uuid4().hex}.dcm"
         tmp = self.tmp / name
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:  # a full disk: the part written goes at once, not at the next start
+            tmp.unlink(missing_ok=True)
+            raise
         final = self.incoming / name
         os.replace(tmp, final)
         fsync_dir(self.incoming)

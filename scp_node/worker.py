@@ -20,7 +20,7 @@ from dicom_cae.identity import Identity, identify, printable, safe_name
 from dicom_cae.pipeline import Pipeline
 from dicom_cae.store import Entry, Store
 from scp_node.config import Config
-from scp_node.monitor import Counters
+from scp_node.monitor import Counters, Problems
 from dicom_cae.io import fsync_dir
 from scp_node.spool import Spool
 from scp_node.state import State
@@ -49,6 +49,7 @@ class Worker(threading.Thread):
         self._stopping = threading.Event()
         self.idle = threading.Event()
         self.last_error: tuple[float, str] | None = None  # (since, what) while batches fail
+        self.problems = Problems()
         self._tries: dict[Path, int] = {}  # spool file -> batches that failed alike with it
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="prepare")
         self.target = (
@@ -82,7 +83,8 @@ class Worker(threading.Thread):
                 except Exception as exc:  # noqa: BLE001 (the model or the disk: the files stay spooled)
                     since = self.last_error[0] if self.last_error else time.time()
                     self.last_error = (since, f"{type(exc).__name__}: {exc}")
-                    LOGGER.exception("batch of %d failed; retrying in 5 s", len(batch))
+                    self.problems.note(f"processing fails, the batch stays in the spool and is tried again every 5 s: "
+                                       f"{type(exc).__name__}: {exc}", exc)
                     self._stopping.wait(5)
         self._pool.shutdown()
         self.engine.close()
