@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="deblock: weight of the MSE in the display windows (default 1)")
     t.add_argument("--block-weight", type=float, default=1.0,
                    help="deblock: weight of the error of the steps across block edges (default 1)")
+    t.add_argument("--blockiness-weight", type=float, default=0.0,
+                   help="deblock: weight of the squared log blockiness ratio against the original's (default 0)")
     _add_mapping_arg(t)
     t.add_argument("--out", default="runs/train", metavar="DIR", help="output folder (default runs/train)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -266,6 +268,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         quality_max=args.quality_max,
         display_weight=args.display_weight,
         block_weight=args.block_weight,
+        blockiness_weight=args.blockiness_weight,
     )
     try:
         train(cfg)

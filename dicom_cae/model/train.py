@@ -54,6 +54,7 @@ class TrainConfig:
     quality_max: int = 95
     display_weight: float = 1.0
     block_weight: float = 1.0
+    blockiness_weight: float = 0.0  # the squared log of the blockiness ratio against the original's
 
 
 #: Windows the reader's loss shows every CT in besides its own: brain (C40/W80) and soft tissue
@@ -100,14 +101,16 @@ def reader_loss_np(target: np.ndarray, test: np.ndarray, windows: np.ndarray, co
     return loss / (1.0 + display_weight + block_weight)
 
 
-def make_reader_loss(display_weight: float, block_weight: float) -> Any:
+def make_reader_loss(display_weight: float, block_weight: float, blockiness_weight: float = 0.0) -> Any:
     """The loss of a model trained for what a reader sees, per image, in decibels (the log of
     each error, so that every image and every window counts by its gain in dB, as PSNR is
     averaged): the [0, 1] MSE, plus ``display_weight`` x the mean over the image's
     LOSS_WINDOWS display windows of the MSE there (each window's range stretched to [0, 1] and
     clipped, as a viewer shows it), plus ``block_weight`` x the mean squared error of the steps
     across the coding's block edges in its narrowest window (a block edge that the original
-    does not have). ``y_true`` packs the target (channel 0), the windows' ranges (channels
+    does not have), plus ``blockiness_weight`` x the squared log of the output's blockiness
+    there (metrics.blockiness: mean |step| across the edges over mean |step| elsewhere) over the
+    original's, which is what the stored image is held to. ``y_true`` packs the target (channel 0), the windows' ranges (channels
     1..2*LOSS_WINDOWS, constant planes) and the block-edge masks (horizontal, vertical steps:
     the last two channels)."""
     nw = LOSS_WINDOWS
@@ -133,6 +136,16 @@ def make_reader_loss(display_weight: float, block_weight: float) -> Any:
                 eh = tf.reduce_sum(hmask * tf.square(dh), axis=[1, 2]) / tf.maximum(tf.reduce_sum(hmask, axis=[1, 2]), 1.0)
                 ev = tf.reduce_sum(vmask * tf.square(dv), axis=[1, 2]) / tf.maximum(tf.reduce_sum(vmask, axis=[1, 2]), 1.0)
                 loss += block_weight * log(0.5 * (eh + ev))
+                if blockiness_weight:
+                    def blockiness(x: tf.Tensor) -> tf.Tensor:
+                        sh, sv = tf.abs(x[:, :, 1:] - x[:, :, :-1]), tf.abs(x[:, 1:, :] - x[:, :-1, :])
+                        across = tf.reduce_sum(hmask * sh, axis=[1, 2]) + tf.reduce_sum(vmask * sv, axis=[1, 2])
+                        within = tf.reduce_sum((1 - hmask) * sh, axis=[1, 2]) + tf.reduce_sum((1 - vmask) * sv, axis=[1, 2])
+                        n_across = tf.reduce_sum(hmask, axis=[1, 2]) + tf.reduce_sum(vmask, axis=[1, 2])
+                        n_within = tf.reduce_sum(1 - hmask, axis=[1, 2]) + tf.reduce_sum(1 - vmask, axis=[1, 2])
+                        return log(across / tf.maximum(n_across, 1.0)) - log(within / tf.maximum(n_within, 1.0))
+
+                    loss += blockiness_weight * tf.square(blockiness(pw) - blockiness(tw))
         return loss / (1.0 + display_weight + block_weight)
 
     return reader
@@ -335,7 +348,8 @@ def train(cfg: TrainConfig) -> Path:
     steps = math.ceil(len(train_set) * cfg.repeats / cfg.batch_size) * cfg.epochs
     schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=steps, alpha=0.05)
     base_loss = cfg.loss or ("bce" if cfg.model == "seed" else "mse")
-    loss = make_reader_loss(cfg.display_weight, cfg.block_weight) if reader else make_loss(cfg.ssim_weight, base_loss)
+    loss = (make_reader_loss(cfg.display_weight, cfg.block_weight, cfg.blockiness_weight) if reader
+            else make_loss(cfg.ssim_weight, base_loss))
     model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=1.0), loss=loss)
     windows = _loss_windows(train_set) if reader else None
     recon = from_model(model, cfg.model)
@@ -410,7 +424,8 @@ def train(cfg: TrainConfig) -> Path:
             "loss": (f"in dB (log of each error, floor 1e-6): MSE on [0,1] images + {cfg.display_weight} x mean MSE in "
                      f"the {LOSS_WINDOWS} narrowest display windows (the source's; for CT also brain C40/W80 and soft "
                      f"tissue C40/W400) + {cfg.block_weight} x MSE of the steps across block edges in the narrowest window"
-                     ) if reader else
+                     + (f" + {cfg.blockiness_weight} x (log blockiness - log the original's blockiness)^2 there"
+                        if cfg.blockiness_weight else "")) if reader else
             ("binary cross-entropy" if base_loss == "bce" else "MSE")
             + (f" + {cfg.ssim_weight} * (1 - SSIM)" if cfg.ssim_weight > 0 else "") + " on [0,1] images",
             "jpeg_qualities": (f"1-{cfg.quality_max}, log-uniform" if reader else
