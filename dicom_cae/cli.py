@@ -346,11 +346,22 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(f"  no weights ship; train it with 'dicom-cae train --model {name}'")
         for card in mine:
             band = f"JPEG qualities {card['serves'][0]}-{card['serves'][1]}" if "serves" in card else "every JPEG quality"
+            if arch.uses_coding:
+                band += " and coding size"
             band += f", value mapping {card['data'].get('value_mapping', 'minmax')}"
+            band += f", JPEG by the {card['training'].get('jpeg_encoder', 'pillow')} encoder"
             if card.get("coding_size", 256) != 256:
                 band = f"JPEG of a {card['coding_size']}x{card['coding_size']} coding (upsampled), " + band
             print(f"  weights {card['weights_file']} (sha256 {card['sha256'][:16]}...) for {band}; "
                   f"trained {card['training']['epochs']} epochs on {card['data']['train_images']} images")
+            reader = card["validation"].get("reader_by_quality")
+            if reader:  # what is stored, as a reader sees it
+                print("    validation, plain JPEG -> stored: worst display window PSNR; blockiness (x original); model used")
+                for q, v in reader.items():
+                    j, m = v["jpeg"], v["model"]
+                    print(f"    q{q:>3}: {j['bpp']:.3f} bpp  {j['display_psnr']:.2f} -> {m['display_psnr']:.2f} dB  "
+                          f"{j['display_blockiness']:.2f} -> {m['display_blockiness']:.2f}  {100 * m['model_used']:.0f} % of images")
+                continue
             for q, v in card["validation"]["by_quality"].items():
                 j, m = v["jpeg"], v["model"]
                 print(f"    q{q:>3}: ratio {j['compression_ratio']:.4f}  PSNR {j['psnr']:.2f} -> {m['psnr']:.2f} dB  "

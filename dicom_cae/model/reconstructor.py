@@ -19,7 +19,7 @@ from dicom_cae.model.architectures import ARCHITECTURES, SIZE, build
 
 LOGGER = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "blockres"
+DEFAULT_MODEL = "deblock"
 WEIGHTS_PACKAGE = "dicom_cae.weights"
 
 

@@ -56,7 +56,7 @@ def test_written_file_reads_back_with_its_private_block(ct_derived, tmp_path):
     back = pydicom.dcmread(path)
     assert back.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
     tags = private_tags.read(back)
-    assert tags["ModelName"] == "blockres"
+    assert tags["ModelName"] == "deblock"
     assert tags["JPEGQuality"] == 10
     assert tags["PSNR"][0] == pytest.approx(d.frames[0].model.psnr)
     assert tags["JPEGOnlyPSNR"][0] == pytest.approx(d.frames[0].jpeg.psnr)

@@ -1,4 +1,4 @@
-"""Rate-distortion evaluation, fidelity targets, and the shipped quality bands."""
+"""Rate-distortion evaluation, fidelity targets, and the default model at every quality."""
 
 from __future__ import annotations
 
@@ -36,19 +36,22 @@ def test_evaluate_writes_compressai_json_plot_and_tables(tmp_path, capsys):
     assert cli.main(["evaluate", str(SAMPLES), "--qualities", "1,5,10,20", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "Bjontegaard" in printed and "seed's operating point" in printed
-    for name, codec_name in (("jpeg.json", "JPEG"), ("jpeg-blockres.json", "JPEG+blockres"), ("jpeg2000.json", "JPEG 2000")):
+    for name, codec_name in (("jpeg.json", "JPEG"), ("jpeg-deblock.json", "JPEG+deblock"), ("jpeg2000.json", "JPEG 2000")):
         data = json.loads((out / name).read_text())
         assert data["name"] == codec_name and data["description"]
         assert {"bpp", "psnr", "ssim", "pixel_accuracy", "compression_ratio"} <= set(data["results"])
         assert len(data["results"]["psnr"]) == 4
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == 6 and set(summary["by_modality"]) == {"CT", "MR", "CR"}
-    assert set(summary["bjontegaard"]) == {"JPEG+blockres vs JPEG", "JPEG+blockres vs JPEG 2000"}
+    # The encoder's gain apart from the model's: the old encoder (Pillow) is a codec of its own.
+    assert set(summary["bjontegaard"]) == {"JPEG+deblock vs JPEG", "JPEG+deblock vs JPEG 2000", "JPEG+deblock vs JPEG (Pillow)",
+                                           "JPEG vs JPEG (Pillow)", "JPEG vs JPEG 2000", "JPEG (Pillow) vs JPEG 2000"}
+    assert "display_blockiness" in json.loads((out / "jpeg.json").read_text())["results"]
     assert summary["seed_table"]["quality"] == 1
     assert summary["seed_table"]["published seed (5 epochs)"]["psnr"] == 25.11
     assert (out / "rd.png").stat().st_size > 20_000
     rows = (out / "per_image.csv").read_text().splitlines()
-    assert len(rows) == 1 + 6 * 4 * 3  # images x qualities x codecs
+    assert len(rows) == 1 + 6 * 4 * 4  # images x qualities x codecs (JPEG, JPEG (Pillow), JPEG + model, JPEG 2000)
 
 
 def test_fidelity_target_picks_the_lowest_quality_that_reaches_it(pipe, tmp_path):
@@ -82,17 +85,11 @@ def test_a_display_target_is_met_in_the_worst_window(pipe):
     assert min(q.quality.psnr for q in below.frames[0].display_model) < 30.0
 
 
-def test_quality_bands_and_pass_through_above_the_models_range(model):
-    assert sorted((b.card["serves"], b.value_mapping, b.coding_size) for b in model.bands) == [
-        ([1, 5], "minmax", 256), ([1, 5], "window", 256), ([1, 50], "minmax", 128), ([6, 15], "minmax", 256)]
-    assert model.for_quality(3).card["serves"] == [1, 5] and model.for_quality(8).card["serves"] == [6, 15]
-    # Weights trained on the window mapping serve it where they exist; elsewhere the minmax ones.
-    assert model.for_quality(3, "window").value_mapping == "window"
-    assert model.for_quality(3).value_mapping == "minmax"
-    assert model.for_quality(8, "window") is model.for_quality(8)
-    assert model.for_quality(16) is model
+def test_the_model_is_applied_above_the_old_bands(model):
+    """Issue 15: the default model used to pass every image above quality 15 through (a gap
+    the default quality 30 fell in). Now it acts at every quality (the store's guard decides
+    what is kept)."""
     rng = np.random.default_rng(2)
     jpeg = np.stack([codec.jpeg_roundtrip(rng.random((256, 256)), 60)[0] for _ in range(2)])
-    assert model.max_quality < 60
-    np.testing.assert_array_equal(model(jpeg, 60), jpeg)  # above the validated range: unchanged
-    assert not np.array_equal(model(jpeg, model.max_quality), jpeg)
+    assert model.max_quality == 100
+    assert not np.array_equal(model(jpeg, 60), jpeg) and not np.array_equal(model(jpeg, 30), jpeg)

@@ -182,21 +182,22 @@ def test_part_of_a_correction_is_stored_where_all_of_it_would_be_below_jpeg():
     assert "JPEG decode + 0.5 x its correction" in derived.dataset.DerivationDescription
 
 
-def test_a_128_coding_goes_to_the_weights_trained_for_it(pipe):
-    """Issue 8 (the CAE as super-resolver): a 128x128 coding is restored by the weights whose
-    card says coding_size 128; a coding no weights serve (160) passes the upsampled decode
-    through; weights for 128 alone never touch 256x256 JPEG."""
+def test_every_coding_size_is_restored_by_the_model_told_its_size(pipe):
+    """Issue 8, then 15: the decodes of a smaller coding (upsampled to 256) are restored by the
+    default model told the coding size, in one batch with other sizes (each frame gets its own
+    size); a model not told the size (the seed) passes them through."""
+    from dicom_cae.model import load
+
     img = image.prepare(io.read(SAMPLES / "ct_phantom_1.dcm"), "ct", mapping=pipe.mapping)
-    band = pipe.reconstructor.for_coding(10, pipe.mapping, 128)
-    assert band is not None and band.coding_size == 128 and band is not pipe.reconstructor
-    assert pipe.reconstructor.for_coding(10, pipe.mapping, 160) is None
     preps = {size: pipeline._compress(io.read(SAMPLES / "ct_phantom_1.dcm"), "ct", img, 10, coding_size=size)
-             for size in (128, 160)}
-    out128, out160 = pipe.reconstruct([preps[128], preps[160]])
-    assert not np.allclose(out128, preps[128].jpeg, atol=1e-3)
-    assert np.array_equal(out160, preps[160].jpeg)
-    assert np.array_equal(band(preps[128].jpeg, 10), preps[128].jpeg)  # asked for 256x256 JPEG: not its job
-    assert np.allclose(band(preps[128].jpeg, 10, coding_size=128), out128, atol=1e-6)
+             for size in (128, 160, 256)}
+    outs = dict(zip(preps, pipe.reconstruct(list(preps.values()))))
+    for size, prep in preps.items():
+        assert not np.allclose(outs[size], prep.jpeg, atol=1e-3), size
+        assert np.allclose(pipe.reconstructor(prep.jpeg, 10, coding_size=size), outs[size], atol=1e-5), size
+    seed = pipeline.Pipeline(load("seed"), mapping=pipe.mapping)
+    (passed,) = seed.reconstruct([preps[160]])
+    assert np.array_equal(passed, preps[160].jpeg)
 
 
 def test_a_reconstruction_with_more_blocking_than_plain_jpeg_is_not_stored():

@@ -36,21 +36,27 @@ def test_residual_models_start_as_the_identity_on_the_jpeg_image():
 
 
 def test_unknown_model_name_is_a_clear_error():
-    with pytest.raises(ModelError, match="unknown model 'nope'; known: seed, seed-residual, blockres"):
+    with pytest.raises(ModelError, match="unknown model 'nope'; known: seed, seed-residual, blockres, deblock"):
         load("nope")
 
 
 def test_shipped_weights_match_their_card_and_beat_jpeg():
+    """The default weights' card: hash, patient-level split, and what is stored (never below
+    plain JPEG) ahead of plain JPEG where a reader looks, at every quality on the card."""
     cards = shipped_cards()
-    assert "blockres" in cards
-    card = cards["blockres"]
+    assert {"deblock", "seed"} <= set(cards)
+    card = cards["deblock"]
     assert sha256_of(card["weights_path"]) == card["sha256"]
     assert card["sha256"][:8] in card["weights_file"]
     assert card["data"]["train_patients"] > 0 and card["data"]["val_patients"] > 0
-    for q, row in card["validation"]["by_quality"].items():
-        if int(q) <= 10:  # the default quality and below; see the card for higher ones
-            assert row["model"]["psnr"] > row["jpeg"]["psnr"], q
-            assert row["model"]["ssim"] > row["jpeg"]["ssim"], q
+    assert card["training"]["jpeg_encoder"] == codec.DEFAULT_ENCODER
+    for q, row in card["validation"]["reader_by_quality"].items():
+        assert row["model"]["display_psnr"] >= row["jpeg"]["display_psnr"], q
+        assert row["model"]["display_blockiness"] <= row["jpeg"]["display_blockiness"], q
+        assert row["model"]["model_used"] > 0.3, q
+    from dicom_cae.pipeline import DEFAULT_QUALITY
+
+    assert card["validation"]["reader_by_quality"][str(DEFAULT_QUALITY)]["model"]["model_used"] >= 0.9
 
 
 def test_default_model_improves_jpeg_on_a_sample_image(model):

@@ -37,7 +37,7 @@ def test_html_report_is_self_contained_and_names_no_patient(converted_samples):
     page = (_study(out, "CT") / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3  # regression, error, worst images
     assert "http://" not in page and "https://" not in page and "src='file" not in page
-    for text in ("Study Instance UID", "blockres", "JPEG quality", "slope", "Bland-Altman", "median |error|", "HU"):
+    for text in ("Study Instance UID", "deblock", "JPEG quality", "slope", "Bland-Altman", "median |error|", "HU"):
         assert text in page, text
     assert "Phantom" not in page and "SAMPLE-CT" not in page
 

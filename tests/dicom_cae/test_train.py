@@ -57,7 +57,7 @@ def test_training_changes_the_weights_and_lowers_the_loss(split, tmp_path):
     from the first epoch to the last and the weights that come out are not the ones that went in."""
     import numpy as np
 
-    start = load()
+    start = load("blockres")
     out = tmp_path / "run"
     rc = cli.main([
         "train", str(split / "train"), "--val", str(split / "val"), "--model", "blockres", "--epochs", "4",
