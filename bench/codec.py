@@ -60,7 +60,7 @@ def frames_of(out: Path) -> list[dict[str, float | str]]:
             k = slice(i * n, (i + 1) * n)
             rows.append({
                 "modality": str(ds.Modality), "weight": weight, "bpp": tags.BitsPerPixel[i],
-                "gain_worst_window": min(tags.DisplayPSNR[k]) - min(tags.JPEGOnlyDisplayPSNR[k]),
+                "gain_worst_window": min(min(tags.DisplayPSNR[k]), 100.0) - min(min(tags.JPEGOnlyDisplayPSNR[k]), 100.0),
                 "blockiness": tags.DisplayBlockiness[i * n + narrow] / tags.OriginalDisplayBlockiness[i * n + narrow],
                 "blockiness_jpeg": tags.JPEGOnlyDisplayBlockiness[i * n + narrow] / tags.OriginalDisplayBlockiness[i * n + narrow],
                 "coding_size": tags.CodingSize or 256, "quality": tags.JPEGQuality,
@@ -95,12 +95,18 @@ def main(argv: list[str] | None = None) -> int:
     encoder_times(data)
     for setting in args.setting or ["default", "ratio=0.0093"]:
         with tempfile.TemporaryDirectory() as tmp:
-            cmd = [sys.executable, "-m", "dicom_cae", "convert", *map(str, data), tmp, "--no-progress", *setting_args(setting)]
+            src = Path(tmp) / "in"  # convert takes one folder: the data's files linked into one
+            for i, d in enumerate(data):
+                for f in ([d] if d.is_file() else sorted(p for p in d.rglob("*") if p.is_file())):
+                    link = src / f"{i}-{d.name}" / f.relative_to(d if d.is_dir() else d.parent)
+                    link.parent.mkdir(parents=True, exist_ok=True)
+                    link.symlink_to(f.resolve())
+            cmd = [sys.executable, "-m", "dicom_cae", "convert", str(src), f"{tmp}/out", "--no-progress", *setting_args(setting)]
             if args.model:
                 cmd += ["--model", args.model]
             t0 = time.time()
             subprocess.run(cmd, check=False, capture_output=True, cwd=ROOT)
-            rows = frames_of(Path(tmp))
+            rows = frames_of(Path(tmp) / "out")
         print(f"\n== {setting}: {len(rows)} frames, convert {time.time() - t0:.0f} s")
         by = defaultdict(list)
         for r in rows:

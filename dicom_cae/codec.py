@@ -8,8 +8,8 @@ Two encoders, by name, both writing plain baseline (SOF0) streams that any decod
   PS3.5 A.4.1 asks for the interchange format, tables included, not JFIF). mozjpeg writes
   progressive streams, which DICOM retired, so its coefficients are rewritten losslessly as a
   baseline stream by libjpeg-turbo: the same quantized coefficients, the same pixels. Both
-  libraries come from the ``jpeglib`` package. Measured on 12 slices against JPEG 2000 (BD-PSNR,
-  0.07-0.5 bpp, CT / MR): Pillow -1.68 / -1.23 dB, trellis with the flat table -0.72 / -0.60.
+  libraries come from the ``jpeglib`` package. What it gains over Pillow's encoder at the same
+  bytes: docs/evaluation.md (``evaluate`` shows both).
 - ``pillow``: libjpeg through Pillow with the IJG (Annex K) table and optimized Huffman
   tables, as the project coded before; kept so that ``evaluate`` can show the encoder's gain
   apart from the model's.

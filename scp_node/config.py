@@ -220,7 +220,7 @@ bind = "127.0.0.1"          # "0.0.0.0" to accept associations from the network
 port = 11112
 data_dir = "dicom-cae-data" # spool/, output/, kept/, failed/, state.sqlite
 
-quality = 30                # JPEG quality 1-100
+quality = 30                # JPEG quality 1-100 (the scale of the quantization table)
 # target_psnr = 38.0        # instead: per image, the lowest quality whose reconstruction reaches it
 # target_ssim = 0.95
 # target_ratio = 0.0093    # instead: per image, size and quality within this compression ratio

@@ -245,3 +245,26 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_completes(tmp_path):
     assert done.returncode == 0, done.stderr
     assert f"converted {n - written} instance(s)" in done.stdout and f"{written} already done" in done.stdout
     assert len(list(out.glob("*/report.json"))) == 1
+
+
+def test_a_default_conversion_applies_the_model(converted_defaults):
+    """Issue 15: at the defaults the model used to be applied to no frame (quality 30 was above
+    every band). A conversion with the defaults stores the model's correction (ModelWeight > 0)
+    on the sample CT, MR and CR images, and says so in words."""
+    weights = {}
+    for f in derived_images(converted_defaults):
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        tags = private_tags.read(ds)
+        weights[f.name] = tags["ModelWeight"]
+        assert tags["JPEGQuality"] == 30 and tags["ModelName"] == "deblock" and tags["JPEGEncoder"] == "trellis"
+        if tags["ModelWeight"][0] > 0:
+            assert "reconstructed by convolutional autoencoder deblock" in ds.DerivationDescription
+    assert len(weights) == 6
+    assert sum(w[0] > 0 for w in weights.values()) >= 5, weights
+
+
+@pytest.fixture(scope="module")
+def converted_defaults(tmp_path_factory):
+    out = tmp_path_factory.mktemp("defaults")
+    assert cli.main(["convert", "--no-progress", str(SAMPLES), str(out)]) == 1  # the bad samples fail
+    return out

@@ -56,7 +56,8 @@ def test_shipped_weights_match_their_card_and_beat_jpeg():
         assert row["model"]["model_used"] > 0.3, q
     from dicom_cae.pipeline import DEFAULT_QUALITY
 
-    assert card["validation"]["reader_by_quality"][str(DEFAULT_QUALITY)]["model"]["model_used"] >= 0.9
+    near = [row for q, row in card["validation"]["reader_by_quality"].items() if abs(int(q) - DEFAULT_QUALITY) <= 10]
+    assert near and all(row["model"]["model_used"] >= 0.9 for row in near)  # the model at (around) the default
 
 
 def test_default_model_improves_jpeg_on_a_sample_image(model):
