@@ -107,7 +107,7 @@ def _trellis_encode(pixels: np.ndarray, quality: int) -> bytes:
             flags=["+TRELLIS_QUANT", "+TRELLIS_QUANT_DC", "+OPTIMIZE_CODING", "-OPTIMIZE_SCANS"])
         jpeglib.version.set("turbo210")
         jpeglib.read_dct(progressive).write_dct(
-            baseline, flags=["+OPTIMIZE_CODING", "-PROGRESSIVE_MODE", "-WRITE_JFIF_HEADER"])
+            baseline, flags=["+OPTIMIZE_CODING"])  # libjpeg-turbo writes the coefficients as a baseline stream
         with open(baseline, "rb") as f:
             return _segments_without_app0(f.read())
 

@@ -53,7 +53,7 @@ M = [
  ("30 UIDs ignore the value mapping", "dicom_cae/pipeline.py", "key", "    return text if mapping == value_mapping.MINMAX else f\"{text}:{mapping}\"", "    return text", "tests/dicom_cae/test_derive.py::test_other_value_mappings_give_other_uids_and_both_live_in_one_folder"),
  ("31 stand-in series ignores the study", "dicom_cae/identity.py", "identify", 'entropy_srcs=["stand-in series", study, ', 'entropy_srcs=["stand-in series", ', "tests/dicom_cae/test_derive.py::test_a_stand_in_series_uid_depends_on_the_study"),
  # Issue 15: the codec.
- ("32 progressive stream", "dicom_cae/codec.py", "_trellis_encode", '"-PROGRESSIVE_MODE", ', "", "tests/dicom_cae/test_codec.py::test_trellis_stream_is_plain_baseline_with_flat_tables_and_no_jfif"),
+ ("32 mozjpeg's progressive stream kept", "dicom_cae/codec.py", "_trellis_encode", 'with open(baseline, "rb") as f:', 'with open(progressive, "rb") as f:', "tests/dicom_cae/test_codec.py::test_trellis_stream_is_plain_baseline_with_flat_tables_and_no_jfif"),
  ("33 JFIF segment kept", "dicom_cae/codec.py", "_trellis_encode", "return _segments_without_app0(f.read())", "return f.read()", "tests/dicom_cae/test_codec.py::test_trellis_stream_is_plain_baseline_with_flat_tables_and_no_jfif"),
  ("34 blocking not guarded", "dicom_cae/metrics.py", "<module>", 'LOWER_IS_BETTER = frozenset({"display_blockiness"})', "LOWER_IS_BETTER = frozenset()", f"{F}::test_a_reconstruction_with_more_blocking_than_plain_jpeg_is_not_stored"),
 ]

@@ -311,6 +311,8 @@ def test_a_smaller_coding_is_described_by_the_weights_that_restore_it(pipe):
     tags = private_tags.read(d.dataset)
     assert tags["WeightsSHA256"] == served.sha256 and tags["ModelName"] == served.name
     assert tags["CodingSize"] == 128 and "reduced to 128x128" in d.dataset.DerivationDescription
+    assert f"reconstructed by convolutional autoencoder {served.name}" in d.dataset.DerivationDescription
+    assert "has no weights for" not in d.dataset.DerivationDescription
     seed = pipeline.Pipeline(load("seed"), mapping=pipe.mapping)
     assert seed.reconstructor.for_coding(10, pipe.mapping, 128) is None
     (kept,) = seed.run([prep])
