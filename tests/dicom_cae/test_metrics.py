@@ -182,3 +182,45 @@ def test_the_guard_counts_blockiness_lower_as_better():
     jpeg = {"psnr": 30.0, "ssim": 0.9, "display_psnr": 28.0, "display_ssim": 0.85, "display_blockiness": 1.4}
     assert metrics.not_below({**jpeg, "psnr": 31.0, "display_blockiness": 1.1}, jpeg)
     assert not metrics.not_below({**jpeg, "psnr": 31.0, "display_blockiness": 1.5}, jpeg)
+
+
+def test_blockiness_of_a_flat_image_and_of_steps_only_at_the_edges():
+    from dicom_cae import codec
+
+    edges = codec.block_edges(256)
+    assert metrics.blockiness(np.full((256, 256), 0.4), edges) == 1.0  # no step anywhere: no blocks
+    steps = np.tile(((np.arange(256) // 8) % 2) * 0.1, (256, 1))  # flat blocks, steps at their edges only
+    assert metrics.blockiness(steps, edges) == math.inf
+
+
+def test_the_guard_holds_every_guarded_figure_and_tries_the_weights_in_order():
+    """Each of the GUARDED figures alone can refuse a stored image; a figure missing from either
+    side is not compared; the weights are tried 1, 0.75, 0.5, 0.25, then the JPEG decode."""
+    jpeg = {"psnr": 30.0, "ssim": 0.9, "display_psnr": 28.0, "display_ssim": 0.85, "display_blockiness": 1.4}
+    assert metrics.GUARDED == ("psnr", "ssim", "display_psnr", "display_ssim", "display_blockiness")
+    for k in metrics.GUARDED:
+        worse = {**jpeg, k: jpeg[k] + (0.1 if k in metrics.LOWER_IS_BETTER else -0.1)}
+        assert not metrics.not_below(worse, jpeg), k
+    assert metrics.not_below({k: v for k, v in jpeg.items() if k != "display_blockiness"}, jpeg)
+    assert metrics.MODEL_WEIGHTS == (1.0, 0.75, 0.5, 0.25, 0.0)
+    tried = []
+
+    def measure(w):
+        tried.append(w)
+        return {**jpeg, "psnr": 30.0 + (0.5 - w)}  # better than JPEG from w = 0.5 down
+
+    assert metrics.first_not_below(measure, lambda s: s, jpeg) == (0.5, {**jpeg, "psnr": 30.0})
+    assert tried == [1.0, 0.75, 0.5]
+    tried.clear()
+    assert metrics.first_not_below(lambda w: {**jpeg, "ssim": 0.0}, lambda s: s, jpeg) == (0.0, None)
+
+
+def test_psnr_b_adds_the_blocking_effect_only_when_edges_step_more():
+    """BEF is added only when the steps across the edges exceed the others (D_B > D_B^c): an
+    image whose edges step exactly as much as elsewhere is scored as PSNR."""
+    from dicom_cae import codec
+
+    edges = codec.block_edges(256)
+    ref = np.zeros((256, 256))
+    ramp = np.tile(np.arange(256) * 0.001, (256, 1))  # the same step everywhere
+    assert metrics.psnr_b(ref, ramp, edges) == pytest.approx(metrics.psnr(ref, ramp))
