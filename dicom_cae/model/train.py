@@ -85,22 +85,6 @@ def _loss_windows(images: "dataset.ImageSet") -> np.ndarray:
 LOG_FLOOR = 1e-6
 
 
-def reader_loss_np(target: np.ndarray, test: np.ndarray, windows: np.ndarray, coding_size: int,
-                   display_weight: float, block_weight: float) -> float:
-    """reader_loss for one image in numpy (for tests and the JPEG decode's figure)."""
-    loss = float(np.log(np.mean((target - test) ** 2) + LOG_FLOOR))
-    edges = codec.block_edges(coding_size)
-    for k, (a, b) in enumerate(windows):
-        tw = np.clip((target - a) / (b - a), 0, 1)
-        pw = np.clip((test - a) / (b - a), 0, 1)
-        loss += display_weight / len(windows) * float(np.log(np.mean((tw - pw) ** 2) + LOG_FLOOR))
-        if k == 0:
-            dt = [np.diff(tw, axis=1)[:, edges - 1], np.diff(tw, axis=0)[edges - 1]]
-            dp = [np.diff(pw, axis=1)[:, edges - 1], np.diff(pw, axis=0)[edges - 1]]
-            loss += block_weight * float(np.log(np.mean([np.mean((x - y) ** 2) for x, y in zip(dt, dp)]) + LOG_FLOOR))
-    return loss / (1.0 + display_weight + block_weight)
-
-
 def make_reader_loss(display_weight: float, block_weight: float, blockiness_weight: float = 0.0) -> Any:
     """The loss of a model trained for what a reader sees, per image, in decibels (the log of
     each error, so that every image and every window counts by its gain in dB, as PSNR is
