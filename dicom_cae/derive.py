@@ -424,3 +424,35 @@ def report_document(
 
     ds.file_meta = _file_meta(ds)
     return ds
+
+
+def describe(*, quality: int, coding_size: int, mapping_name: str, model_name: str, weights_sha256: str,
+             weights: list[float], compression_ratio: float, served: bool, max_quality: int = 100,
+             target: str = "", resampled_from: tuple[int, int] | None = None) -> str:
+    """The Derivation Description: how the image was coded, mapped and restored, in words, as
+    the private block's ModelWeight says it frame by frame. ``target``: what chose the coding
+    (a fidelity target or a byte budget, in words; empty for a quality given)."""
+    from dicom_cae import codec, mapping
+
+    if not served:
+        how = f"JPEG decode kept: {model_name} has no weights for a {coding_size}x{coding_size} coding"
+    elif quality > max_quality:
+        how = f"JPEG decode kept: above quality {max_quality} {model_name} does not improve on it"
+    elif not any(weights):
+        how = (f"JPEG decode kept: the reconstruction by {model_name} was below it in PSNR or SSIM "
+               "(min/max image or display window)")
+    else:
+        how = f"reconstructed by convolutional autoencoder {model_name} (weights sha256 {weights_sha256[:12]})"
+        if any(w < 1 for w in weights):
+            shown = ", ".join(f"{w:g}" for w in weights) if len(weights) <= 4 else f"{min(weights):g}-{max(weights):g}"
+            how += f", stored as JPEG decode + {shown} x its correction (not below plain JPEG)"
+    mapped = {
+        mapping.MINMAX: "values mapped linearly from each frame's minimum and maximum",
+        mapping.WINDOW: "values mapped window-aware (half of the 8-bit codes to the display windows)",
+    }[mapping_name]
+    coded = "" if coding_size == codec.SIZE else (
+        f" of the image reduced to {coding_size}x{coding_size} (bicubic back to 256x256)")
+    aim = f" ({target})" if target else ""
+    resampled = f"; resampled from {resampled_from[0]}x{resampled_from[1]} to 256x256" if resampled_from else ""
+    return (f"JPEG (ISO 10918-1) quality {quality}{coded}{aim}, {compression_ratio:.1f}:1 of the 8-bit "
+            f"256x256 image, {mapped}, {how}{resampled}. {NOT_FOR_DIAGNOSIS}")

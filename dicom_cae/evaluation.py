@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-from dicom_cae import codec, dataset, display, image, metrics
+from dicom_cae import codec, dataset, display, guard, image, metrics
 
 # reconstruct(jpeg_images, quality) -> images
 Reconstruct = Callable[[np.ndarray, int], np.ndarray]
@@ -79,29 +79,16 @@ RD_METRICS = ("bpp", "compression_ratio", "psnr", "ssim", "pixel_accuracy", "mse
               "display_psnr", "display_ssim", "display_pixel_accuracy", "hu_mae", "display_blockiness", "display_psnr_b")
 
 
-#: Per-image PSNR above this (identical images give infinity) counts as this in the means.
-PSNR_CAP = 100.0
-
-
 def measure_view(reference: np.ndarray, test_unit: np.ndarray, view: dataset.View, modality: str, *,
                  coding_size: int = codec.SIZE) -> dict[str, float]:
     """The seed's metrics (min/max image) and what a viewer sees (worst display window; HU
     over soft tissue for CT; blocking on a ``coding_size`` coding's grid) of ``test_unit``
-    (mapped [0, 1]) against ``reference`` (modality units, 256x256)."""
-    test = image.unit_to_modality(test_unit[None], view.norm)
-    seed = metrics.measure(image.seed_unit(reference[None], view.norm, clip=True)[0], image.seed_unit(test, view.norm)[0])
+    (mapped [0, 1]) against ``reference`` (modality units, 256x256): guard.measure_frame, as
+    the pipeline measures what it stores, summarized for tables (guard.FrameQuality.summary)."""
+    test = image.unit_to_modality(test_unit[None], view.norm)[0]
     shown = display.Shown(reference, list(view.windows), invert=view.norm.invert, coding_size=coding_size)
-    measured = shown.measure(test[0])
-    return {
-        "psnr": min(seed.psnr, PSNR_CAP), "ssim": seed.ssim, "pixel_accuracy": seed.pixel_accuracy, "mse": seed.mse,
-        "display_psnr": min(PSNR_CAP, *(q.quality.psnr for q in measured)),
-        "display_ssim": min(q.quality.ssim for q in measured),
-        "display_pixel_accuracy": min(q.quality.pixel_accuracy for q in measured),
-        # The most blocking window, as a multiple of the original's blockiness there (about 1).
-        "display_blockiness": max(q.blockiness / max(o, 1e-9) for q, o in zip(measured, shown.original_blockiness)),
-        "display_psnr_b": min(PSNR_CAP, *(q.psnr_b for q in measured)),
-        "hu_mae": display.hu_error(reference, test[0]).mae if modality == "CT" else float("nan"),
-    }
+    quality = guard.measure_frame(reference, test, view.norm, shown, is_ct=modality == "CT")
+    return quality.summary(shown.original_blockiness)
 
 
 def guarded(score: Callable[[float], dict[str, float]], jpeg: dict[str, float]) -> dict[str, float]:
@@ -177,11 +164,11 @@ DEFAULT_RATIOS = (0.0093, 0.0125, 0.0175, 0.025, 0.035, 0.045, 0.0625)
 def ratio_rows(images: dataset.ImageSet, ratios: list[float], reconstruct: Callable[[np.ndarray, int, int], np.ndarray],
                model_name: str) -> list[dict[str, object]]:
     """Adaptive coding at byte budgets: per image and budget, the coding size (codec.CODING_SIZES)
-    and quality that fit and store the best image (pipeline.choose_coding; ``reconstruct(jpeg,
+    and quality that fit and store the best image (targets.choose_coding; ``reconstruct(jpeg,
     quality, coding_size)``: the model for that coding, or the decode itself), beside JPEG 2000
     given the bytes that coding spent. The "quality" field holds the budget's index, so that
     these rows make curves like rd_rows."""
-    from dicom_cae.pipeline import choose_coding
+    from dicom_cae.targets import choose_coding
 
     rows: list[dict[str, object]] = []
     for k, ratio in enumerate(ratios):

@@ -43,6 +43,27 @@ def read(path: str | os.PathLike[str], *, pixels: bool = True) -> Dataset:
     return ds
 
 
+#: Pixel Data and its float and double float forms.
+PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+
+
+def without_pixels(ds: Dataset) -> Dataset:
+    """A copy of ``ds`` without its pixel data (the same element objects, its file meta and
+    encoding); ``ds`` itself is left whole, and returned as it is when it holds no pixels."""
+    if not any(tag in ds for tag in PIXEL_TAGS):
+        return ds
+    out = Dataset()
+    for elem in ds.elements():  # raw elements stay raw: nothing is decoded here
+        if elem.tag not in PIXEL_TAGS:
+            out[elem.tag] = elem
+    if hasattr(ds, "file_meta"):
+        out.file_meta = ds.file_meta
+    out.preamble = getattr(ds, "preamble", None)
+    if ds.original_encoding != (None, None):
+        out.set_original_encoding(*ds.original_encoding, ds.original_character_set)
+    return out
+
+
 def walk(root: str | os.PathLike[str], *, skip: tuple[str | os.PathLike[str], ...] = ()) -> list[Path]:
     """All regular files under ``root`` (recursively), sorted, skipping hidden ones, DICOMDIRs
     and the folders ``skip`` (an output folder inside the input, say)."""

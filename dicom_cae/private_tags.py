@@ -8,12 +8,17 @@ hold one value per frame, in frame order.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from dicom_cae import image, mapping
+
+if TYPE_CHECKING:
+    from dicom_cae.display import Window
+    from dicom_cae.guard import FrameMetrics
 
 PRIVATE_GROUP = 0x0071
 PRIVATE_CREATOR = "DICOM_CAE 1.0"
@@ -150,6 +155,66 @@ class PrivateBlock:
         for f in fields(self):  # lists given for per-frame values are kept as tuples
             if isinstance(getattr(self, f.name), list):
                 object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
+
+    @classmethod
+    def of_frames(cls, *, model_name: str, weights_sha256: str, software: str, encoder: str, quality: int,
+                  frames: tuple[FrameMetrics, ...], weights: list[float], norm: image.Normalization,
+                  windows: list[Window], reference: np.ndarray, stored: np.ndarray, streams: tuple[bytes, ...],
+                  coding_size: int, is_ct: bool, target_psnr: float | None = None, target_ssim: float | None = None,
+                  target_ratio: float | None = None, warnings: tuple[str, ...] = ()) -> PrivateBlock:
+        """The block of a derived instance: its frames' metrics (guard.FrameMetrics, stored
+        and plain JPEG), the model's weight in each, how values were mapped, and the error
+        statistics of ``stored`` against ``reference`` (both modality units, all frames)."""
+        from dicom_cae import display, metrics
+        from dicom_cae.guard import error_histogram
+
+        seed_stored = image.seed_unit(stored, norm)
+        seed_reference = image.seed_unit(reference, norm, clip=True)
+        percentiles, histograms, edges = [], [], np.asarray(ERROR_BIN_EDGES)
+        for i in range(len(frames)):
+            err = np.abs(stored[i] - reference[i])
+            percentiles += [float(v) for v in np.percentile(err, [50, 95, 99])] + [float(err.max())]
+            histograms += [int(v) for v in error_histogram(seed_stored[i] - seed_reference[i], edges)]
+
+        def shown(which: str, attr: str) -> list[float]:  # frames x windows, frame-major
+            return [getattr(q, attr) if attr in ("blockiness", "psnr_b") else getattr(q.quality, attr)
+                    for f in frames for q in getattr(f, which)]
+
+        def hu(which: str, attr: str) -> list[float] | None:
+            return [getattr(getattr(f, which), attr) for f in frames] if is_ct else None
+
+        return cls(
+            ModelName=model_name, WeightsSHA256=weights_sha256, SoftwareVersion=software, JPEGQuality=quality,
+            JPEGBytes=[f.jpeg_bytes for f in frames],
+            CompressionRatio=[metrics.compression_ratio(f.jpeg_bytes) for f in frames],
+            BitsPerPixel=[metrics.bits_per_pixel(f.jpeg_bytes) for f in frames],
+            MSE=[f.model.mse for f in frames], PSNR=[f.model.psnr for f in frames], SSIM=[f.model.ssim for f in frames],
+            PixelAccuracy=[f.model.pixel_accuracy for f in frames], PixelAccuracyTolerance=metrics.PIXEL_TOLERANCE,
+            MeanIntensityOriginal=[f.model.mean_reference for f in frames],
+            MeanIntensityReconstructed=[f.model.mean_test for f in frames],
+            JPEGOnlyPSNR=[f.jpeg.psnr for f in frames], JPEGOnlySSIM=[f.jpeg.ssim for f in frames],
+            JPEGOnlyPixelAccuracy=[f.jpeg.pixel_accuracy for f in frames], JPEGOnlyMSE=[f.jpeg.mse for f in frames],
+            NormalizationLow=list(norm.lo), NormalizationHigh=list(norm.hi), ValueMapping=norm.mapping_name,
+            MappingKnotCount=[len(norm.mapping(i).x) for i in range(len(frames))],
+            MappingKnots=[v for i in range(len(frames)) for v in mapping.knots(norm.mapping(i))],
+            DisplayWindowName=[w.name for w in windows], DisplayWindowCenter=[w.center for w in windows],
+            DisplayWindowWidth=[w.width for w in windows], DisplayWindowOrigin=[w.origin for w in windows],
+            DisplayPSNR=shown("display_model", "psnr"), DisplaySSIM=shown("display_model", "ssim"),
+            DisplayPixelAccuracy=shown("display_model", "pixel_accuracy"),
+            JPEGOnlyDisplayPSNR=shown("display_jpeg", "psnr"), JPEGOnlyDisplaySSIM=shown("display_jpeg", "ssim"),
+            JPEGOnlyDisplayPixelAccuracy=shown("display_jpeg", "pixel_accuracy"),
+            HUErrorRange=list(display.HU_SOFT_TISSUE) if is_ct else None,
+            HUMeanAbsoluteError=hu("hu_model", "mae"), HUBias=hu("hu_model", "bias"),
+            JPEGOnlyHUMeanAbsoluteError=hu("hu_jpeg", "mae"), JPEGOnlyHUBias=hu("hu_jpeg", "bias"),
+            AbsErrorPercentiles=percentiles, ErrorHistogram=histograms, JPEGStreams=b"".join(streams),
+            TargetPSNR=target_psnr, TargetSSIM=target_ssim, Warnings=list(warnings) or None, CodingSize=coding_size,
+            TargetRatio=target_ratio, ModelWeight=weights,
+            DisplayBlockiness=shown("display_model", "blockiness"),
+            JPEGOnlyDisplayBlockiness=shown("display_jpeg", "blockiness"),
+            OriginalDisplayBlockiness=[b for f in frames for b in f.original_blockiness],
+            DisplayPSNRB=shown("display_model", "psnr_b"), JPEGOnlyDisplayPSNRB=shown("display_jpeg", "psnr_b"),
+            JPEGEncoder=encoder,
+        )
 
     @classmethod
     def from_dataset(cls, ds: Dataset) -> PrivateBlock | None:

@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_cae import cli, codec, display, image, io, mapping, metrics, pipeline, private_tags
+from dicom_cae import cli, codec, display, image, io, mapping, metrics, pipeline, private_tags, targets
 from tests.conftest import SAMPLES, derived_images, shared
 
 
@@ -189,7 +189,7 @@ def test_every_coding_size_is_restored_by_the_model_told_its_size(pipe):
     from dicom_cae.model import load
 
     img = image.prepare(io.read(SAMPLES / "ct_phantom_1.dcm"), "ct", mapping=pipe.mapping)
-    preps = {size: pipeline._compress(io.read(SAMPLES / "ct_phantom_1.dcm"), "ct", img, 10, coding_size=size)
+    preps = {size: pipeline.compress(io.read(SAMPLES / "ct_phantom_1.dcm"), "ct", img, 10, coding_size=size)
              for size in (128, 160, 256)}
     outs = dict(zip(preps, pipe.reconstruct(list(preps.values()))))
     for size, prep in preps.items():
@@ -292,7 +292,7 @@ def test_the_ratio_search_goes_on_to_smaller_sizes_when_a_larger_cannot_fit():
     assert q1[256] > q1[128]
     budget = (q1[192] + q1[160]) // 2 if q1[192] > q1[160] else q1[128] + 1
     assert q1[256] > budget and q1[224] > budget
-    size, quality = pipeline.choose_coding(noisy, budget, lambda jpeg, q, s: jpeg)
+    size, quality = targets.choose_coding(noisy, budget, lambda jpeg, q, s: jpeg)
     assert size is not None and size < 224 and len(codec.encode_at(noisy[0], quality, size)) <= budget
 
 
@@ -304,7 +304,7 @@ def test_a_smaller_coding_is_described_by_the_weights_that_restore_it(pipe):
 
     ds = io.read(SAMPLES / "ct_phantom_1.dcm")
     img = image.prepare(ds, "ct", mapping=pipe.mapping)
-    prep = pipeline._compress(io.read(SAMPLES / "ct_phantom_1.dcm"), "ct", img, 10, coding_size=128)
+    prep = pipeline.compress(io.read(SAMPLES / "ct_phantom_1.dcm"), "ct", img, 10, coding_size=128)
     served = pipe.reconstructor.for_coding(10, pipe.mapping, 128)
     assert served is not None
     (d,) = pipe.run([prep])

@@ -119,7 +119,7 @@ def test_the_error_histogram_counts_as_numpy_histogram_does():
     import numpy as np
 
     from dicom_cae import private_tags
-    from dicom_cae.pipeline import error_histogram
+    from dicom_cae.guard import error_histogram
 
     edges = np.asarray(private_tags.ERROR_BIN_EDGES)
     err = np.random.default_rng(3).normal(0, 0.1, (256, 256)).astype(np.float32)

@@ -1,0 +1,145 @@
+"""What of a reconstruction is stored, and how a frame measures.
+
+``measure_frame`` is the one measurement of a frame against its original: the seed's
+metrics on the min/max image, what a viewer sees in each display window (with blocking), and
+the error in HU for CT. The pipeline stores with it and ``evaluate`` scores with it.
+
+``choose_stored`` is the never-below-JPEG guard: the encoder has the original, so it can
+choose, per frame, how much of the model's correction to keep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dicom_cae import codec, display, image, metrics
+
+#: PSNR of identical images is infinite; averages over images cap it here.
+PSNR_CAP = 100.0
+
+
+@dataclass(frozen=True)
+class FrameQuality:
+    """One frame against its original: seed's metrics, per display window, HU (CT only)."""
+
+    seed: metrics.Quality
+    shown: tuple[display.WindowQuality, ...] = ()
+    hu: display.HUError | None = None
+
+    def scores(self) -> dict[str, float]:
+        """The metrics.GUARDED figures: seed's PSNR and SSIM, the worst window's, the most
+        blocking window's blockiness."""
+        out = {"psnr": self.seed.psnr, "ssim": self.seed.ssim,
+               "display_psnr": min((q.quality.psnr for q in self.shown), default=self.seed.psnr),
+               "display_ssim": min((q.quality.ssim for q in self.shown), default=self.seed.ssim)}
+        if self.shown:
+            out["display_blockiness"] = max(q.blockiness for q in self.shown)
+        return out
+
+    def summary(self, original_blockiness: tuple[float, ...] | list[float]) -> dict[str, float]:
+        """For tables of many images (evaluate): PSNRs capped at PSNR_CAP, the worst window's
+        figures, blockiness as a multiple of the original's in the most blocking window."""
+        shown = self.shown
+        return {
+            "psnr": min(self.seed.psnr, PSNR_CAP), "ssim": self.seed.ssim, "pixel_accuracy": self.seed.pixel_accuracy,
+            "mse": self.seed.mse,
+            "display_psnr": min(PSNR_CAP, *(q.quality.psnr for q in shown)),
+            "display_ssim": min(q.quality.ssim for q in shown),
+            "display_pixel_accuracy": min(q.quality.pixel_accuracy for q in shown),
+            "display_blockiness": max(q.blockiness / max(o, 1e-9) for q, o in zip(shown, original_blockiness)),
+            "display_psnr_b": min(PSNR_CAP, *(q.psnr_b for q in shown)),
+            "hu_mae": self.hu.mae if self.hu is not None else float("nan"),
+        }
+
+
+def measure_frame(reference: np.ndarray, test: np.ndarray, norm: image.Normalization, shown: display.Shown, *,
+                  is_ct: bool, seed_reference: metrics.Reference | None = None) -> FrameQuality:
+    """``test`` against ``reference`` (one frame each, modality units, 256x256; ``norm`` that
+    frame's normalization, ``shown`` the reference in its display windows). ``seed_reference``:
+    the seed's min/max reference with its SSIM statistics, when measured more than once."""
+    if seed_reference is None:
+        seed_reference = metrics.Reference(image.seed_unit(reference[None], norm, clip=True)[0])
+    seed = metrics.measure(seed_reference, image.seed_unit(np.asarray(test)[None], norm)[0])
+    return FrameQuality(seed, tuple(shown.measure(test)), display.hu_error(reference, test) if is_ct else None)
+
+
+@dataclass(frozen=True)
+class FrameMetrics:
+    """The stored frame's quality and plain JPEG's at the same bytes."""
+
+    jpeg_bytes: int
+    stored: FrameQuality
+    plain: FrameQuality
+    original_blockiness: tuple[float, ...] = ()  # the original's, per display window
+
+    # The names the private block and the reports read.
+    model = property(lambda self: self.stored.seed)
+    jpeg = property(lambda self: self.plain.seed)
+    display_model = property(lambda self: self.stored.shown)
+    display_jpeg = property(lambda self: self.plain.shown)
+    hu_model = property(lambda self: self.stored.hu)
+    hu_jpeg = property(lambda self: self.plain.hu)
+
+    def scores(self, which: str) -> dict[str, float]:
+        """The metrics.GUARDED figures of the stored frame (``model``) or of plain JPEG (``jpeg``)."""
+        return (self.stored if which == "model" else self.plain).scores()
+
+
+def choose_stored(reference: np.ndarray, jpeg: np.ndarray, reconstruction: np.ndarray, norm: image.Normalization,
+                  windows: list[display.Window], *, is_ct: bool, jpeg_bytes: tuple[int, ...] = (),
+                  coding_size: int = codec.SIZE) -> tuple[np.ndarray, tuple[FrameMetrics, ...], list[float]]:
+    """What to store of each frame: its stored values, metrics, and the model's weight in it.
+
+    Per frame: JPEG decode + w x (reconstruction - JPEG decode) with the first weight w of
+    metrics.MODEL_WEIGHTS (1 first) whose stored image is not below the plain JPEG decode in
+    the seed's PSNR and SSIM, the worst display window's, and the most blocking window's
+    blockiness (metrics.not_below); w = 0 stores the JPEG decode (as does a reconstruction
+    equal to it, whose plain-JPEG metrics are then those of the stored image: measured once).
+    ``reference``: the original in modality units; ``jpeg``, ``reconstruction``: [0, 1].
+    """
+    jpeg_modality = image.unit_to_modality(jpeg, norm)
+    seed_reference = image.seed_unit(reference, norm, clip=True)
+    reconstruction = np.array(reconstruction, np.float32, copy=True)
+    stored_frames, frame_list, weights = [], [], []
+    for i in range(len(jpeg)):
+        one = image.one_frame(norm, i)
+        seed_ref = metrics.Reference(seed_reference[i])
+        shown = display.Shown(reference[i], windows, invert=norm.invert, coding_size=coding_size)
+        original = tuple(shown.original_blockiness)
+        nbytes = jpeg_bytes[i] if jpeg_bytes else 0
+
+        def measured(unit: np.ndarray, plain: FrameQuality | None) -> tuple[np.ndarray, FrameMetrics]:
+            """Frame i stored from ``unit`` ([0, 1]): its stored values, measured as read back in
+            modality units; plain JPEG's quality from ``plain`` or, when None, ``unit`` is the
+            JPEG decode itself (plain JPEG's image at the source's bit depth)."""
+            stored = image.to_stored(unit[None], one)
+            quality = measure_frame(reference[i], image.stored_to_modality(stored, one)[0], one, shown, is_ct=is_ct,
+                                    seed_reference=seed_ref)
+            return stored[0], FrameMetrics(nbytes, quality, plain or quality, original)
+
+        if np.array_equal(reconstruction[i], jpeg[i]):  # passed through: measured once, as JPEG
+            weight, (stored_i, fm) = 0.0, measured(jpeg[i], None)
+        else:
+            plain = measure_frame(reference[i], jpeg_modality[i], one, shown, is_ct=is_ct, seed_reference=seed_ref)
+            full = measured(reconstruction[i], plain)
+
+            def at(w: float, i: int = i, full: tuple[np.ndarray, FrameMetrics] = full,
+                   plain: FrameQuality = plain) -> tuple[np.ndarray, FrameMetrics]:
+                return full if w == 1 else measured(jpeg[i] + w * (reconstruction[i] - jpeg[i]), plain)
+
+            weight, found = metrics.first_not_below(at, lambda m: m[1].scores("model"), full[1].scores("jpeg"))
+            stored_i, fm = found if found is not None else measured(jpeg[i], None)
+        stored_frames.append(stored_i)
+        frame_list.append(fm)
+        weights.append(weight)
+    return np.stack(stored_frames), tuple(frame_list), weights
+
+
+def error_histogram(err: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Counts below edges[0], in each bin as numpy.histogram makes them ([e_k, e_k+1), the last
+    closed), and above edges[-1]: one pass without sorting the pixels."""
+    k = np.searchsorted(edges, err.ravel(), side="right")  # 0: below; len(edges): at or above the last edge
+    k[err.ravel() == edges[-1]] = len(edges) - 1  # the last bin is closed on the right
+    return np.bincount(k, minlength=len(edges) + 1)
