@@ -196,11 +196,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     recon = _load_model(args)
     pipe = Pipeline(recon, batch_size=args.batch_size, mapping=args.value_mapping)
-    from dicom_cae import runner
+    from dicom_cae import engines, runner
 
     settings = runner.Settings.of(pipe, quality=args.quality, target=target)
     try:
-        engine = runner.engine_for(settings, workers=args.workers or 0, dask=args.dask)
+        engine = engines.engine_for(settings, workers=args.workers or 0, dask=args.dask)
     except (OSError, TimeoutError) as exc:
         print(f"dicom-cae convert: error: cannot reach the Dask scheduler at {args.dask}: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -13,8 +13,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dicom_cae import identity, io, pipeline, report, runner
-from dicom_cae.errors import DicomInputError, NotAnImageError, NotDicomError
+from dicom_cae import engines, identity, io, pipeline, report, runner
+from dicom_cae.errors import DicomInputError, InstanceError, NotAnImageError, NotDicomError, cause_of
 from dicom_cae.pipeline import Pipeline, RatioTarget, Target
 from dicom_cae.store import Entry, Store
 
@@ -40,7 +40,7 @@ class Summary:
     duplicates: list[DicomInputError] = field(default_factory=list)  # same instance twice in SRC
     not_images: list[DicomInputError] = field(default_factory=list)
     not_dicom: list[DicomInputError] = field(default_factory=list)
-    failed: list[DicomInputError] = field(default_factory=list)
+    failed: list[InstanceError] = field(default_factory=list)  # its cause says whether the input is at fault
     warnings: list[DicomInputError] = field(default_factory=list)  # converted, with something made up
     studies: set[str] = field(default_factory=set)
     seconds: float = 0.0
@@ -59,9 +59,9 @@ def _record_failure(summary: Summary, path: Path, exc: Exception) -> None:
     elif isinstance(exc, NotAnImageError):
         summary.not_images.append(exc)
         LOGGER.info("not converted: %s", exc)
-    elif isinstance(exc, DicomInputError):
+    elif isinstance(exc, InstanceError):
         summary.failed.append(exc)
-        LOGGER.info("failed: %s", exc)
+        LOGGER.info("failed (%s, %s): %s", exc.cause, exc.stage, exc)
     else:
         LOGGER.exception("failed: %s", path)
         summary.failed.append(DicomInputError(str(path), f"{type(exc).__name__}: {exc}"))
@@ -76,13 +76,13 @@ def convert(
     target: Target | RatioTarget | None = None,
     progress: bool = True,
     workers: int = 2,
-    engine: runner.Engine | None = None,
+    engine: engines.Engine | None = None,
 ) -> Summary:
     """Convert every DICOM image under ``src`` into ``dst``; write reports and the errors file.
 
     Files that fail are listed in ``dst/errors.tsv`` with their reason; the rest go on. With
     a ``target``, each image gets the lowest JPEG quality that reaches it instead of ``quality``.
-    The batches run on ``engine`` (runner.engine_for: processes, a Dask cluster), else in this
+    The batches run on ``engine`` (engines.engine_for: processes, a Dask cluster), else in this
     process with ``workers`` threads per stage; the study reports too. Memory stays bounded: a
     few batches in flight, whatever the number of files. An output folder inside ``src`` is
     not walked.
@@ -103,12 +103,12 @@ LOCK_FILE = ".dicom-cae-convert.lock"
 
 
 def _convert(src: Path, dst: Path, pipe: Pipeline, quality: int, target: Target | RatioTarget | None, progress: bool,
-             workers: int, engine: runner.Engine | None, started: float) -> Summary:
+             workers: int, engine: engines.Engine | None, started: float) -> Summary:
     from tqdm import tqdm
 
     settings = runner.Settings.of(pipe, quality=quality, target=target)
     own = engine is None
-    engine = engine or runner.InProcess(threads=workers)
+    engine = engine or engines.create("in-process", settings, threads=workers)
     files = io.walk(src, skip=(dst,))  # an output folder inside the input is not input
     summary = Summary()
     bar = tqdm(total=len(files), unit="file", disable=not progress, file=sys.stderr, dynamic_ncols=True)
@@ -121,29 +121,13 @@ def _convert(src: Path, dst: Path, pipe: Pipeline, quality: int, target: Target 
     absolute = list(given)
     batches = [absolute[i : i + per_batch] for i in range(0, len(absolute), per_batch)]
 
-    def take(paths: list[str], fut) -> None:
-        try:
-            outcomes = fut.result()
-        except runner.SystemicError as exc:  # every file of the batch failed alike: each fails with the reason
-            LOGGER.error("a batch of %d file(s) failed: %s", len(paths), exc)
-            outcomes = [runner.Outcome(p, runner.FAILED, error=DicomInputError(str(given[p]), exc.reason)) for p in paths]
-        except Exception as exc:  # noqa: BLE001 (the engine: a process that died...): one file at a time
-            LOGGER.error("a batch of %d file(s) failed (%s: %s); running its files one by one", len(paths),
-                         type(exc).__name__, exc)
-            outcomes = []
-            for p in paths:
-                try:
-                    # Not skip_done: what the failed batch wrote is this run's work.
-                    outcomes += engine.submit(runner.run_batch, settings, [p], root, skip_done=False, threads=1).result()
-                except Exception as one:  # noqa: BLE001
-                    outcomes.append(runner.Outcome(p, runner.FAILED, error=DicomInputError(
-                        str(given[p]), getattr(one, "reason", None) or f"{type(one).__name__}: {one}")))
+    def take(paths: list[str], outcomes: list[runner.Outcome]) -> None:
         written = []
         for o in outcomes:
             bar.update(1)
             path = given.get(o.source, Path(o.source))
             if o.error is not None and o.error.source == o.source:  # named as the user gave it
-                o = dataclasses.replace(o, error=type(o.error)(str(path), o.error.reason))
+                o = dataclasses.replace(o, error=o.error.named(str(path)))
             if o.kind in (runner.NOT_IMAGE, runner.FAILED):
                 _record_failure(summary, path, o.error or DicomInputError(o.source, "failed"))
                 continue
@@ -160,21 +144,7 @@ def _convert(src: Path, dst: Path, pipe: Pipeline, quality: int, target: Target 
         store.add(written)
 
     try:
-        pending: deque[tuple[list[str], object]] = deque()
-        try:
-            for paths in batches:
-                pending.append((paths, engine.submit(runner.run_batch, settings, paths, root, threads=engine.threads)))
-                while len(pending) >= engine.slots:
-                    take(*pending[0])
-                    pending.popleft()  # only once taken: a Ctrl-C inside take leaves it to take again
-            while pending:
-                take(*pending[0])
-                pending.popleft()
-        except KeyboardInterrupt:  # Ctrl-C: no new batch; the ones running finish and are indexed; a rerun resumes
-            summary.interrupted = True
-            for paths, fut in pending:
-                if not fut.cancel():
-                    take(paths, fut)
+        summary.interrupted = not runner.Driver(engine, settings, root, runner.CONVERT).run(batches, take)
         bar.close()
         if summary.interrupted:
             summary.studies = set()  # no report of a study left half done: the rerun writes them
@@ -186,14 +156,17 @@ def _convert(src: Path, dst: Path, pipe: Pipeline, quality: int, target: Target 
                 fut.result()
             except Exception as exc:  # noqa: BLE001 (one study's report must not stop the run)
                 LOGGER.error("the report of study %s failed: %s", study, exc)
-                summary.failed.append(DicomInputError(str(store.study_dir(study)),
-                                                      f"study report not written: {type(exc).__name__}: {exc}"))
+                summary.failed.append(InstanceError(str(store.study_dir(study)),
+                                                    f"study report not written: {type(exc).__name__}: {exc}", "report",
+                                                    cause_of(exc)))
     finally:
         if own:
             engine.close()
         store.close()
     summary.studies = {identity.safe_name(s) for s in summary.studies if s}
-    lines = ["file\tkind\treason"]
+    # cause: input (the file's own content: it fails again) or the machine's (disk, memory,
+    # model, engine: convert again once that is mended).
+    lines = ["file\tkind\treason\tcause"]
     for kind, errs in (
         ("failed", summary.failed),
         ("not-an-image", summary.not_images),
@@ -201,7 +174,7 @@ def _convert(src: Path, dst: Path, pipe: Pipeline, quality: int, target: Target 
         ("not-dicom", summary.not_dicom),
         ("warning", summary.warnings),
     ):
-        lines += [f"{e.source}\t{kind}\t{e.reason}" for e in errs]
+        lines += [f"{e.source}\t{kind}\t{e.reason}\t{getattr(e, 'cause', 'input')}" for e in errs]
     io.write_text("\n".join(lines) + "\n", dst / ERRORS_FILE)
     summary.seconds = time.perf_counter() - started
     return summary

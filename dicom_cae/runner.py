@@ -3,29 +3,36 @@ mapping + JPEG (CPU) -> the model (batched) -> measure + derive + write (CPU), o
 
 The unit of work is ``run_batch(settings, paths, root)``: a plain, picklable function of small
 frozen values that returns one small ``Outcome`` per file (no pixels). An engine runs such
-batches: in this process (threads), in a local pool of processes, or on a Dask cluster (see
-dicom_cae.cluster). Each process loads the model once (``pipeline_for``); on Dask a worker
-plugin loads it when the worker joins. Errors cross process boundaries intact
+batches (dicom_cae.engines: this process, local processes, a Dask cluster). Each process
+loads the model once (``pipeline_for``). Errors cross process boundaries intact
 (dicom_cae.errors pickles). Everything that decides the output (model, weights, value
 mapping, quality or target) is in ``Settings``, so a batch gives the same files wherever it runs.
+
+``Driver`` is the one batch loop of every caller (convert, the node, the Orthanc plugin): the
+batches in flight, a batch that fails as a whole, the one-at-a-time fallback when a worker is
+lost, each as the caller's ``Policy`` says.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from dicom_cae import identity, io, private_tags
 from dicom_cae import mapping as value_mapping
 from dicom_cae.derive import derived_uids
-from dicom_cae.errors import DicomCaeError, DicomInputError, ModelError, NotAnImageError, is_resource_error
+from dicom_cae.errors import (ENGINE, INPUT, MODEL, DicomCaeError, DicomInputError, InstanceError, ModelError,
+                              NotAnImageError, cause_of)
 from dicom_cae.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_QUALITY, Pipeline, Prepared, RatioTarget, Target
 from dicom_cae.store import Store
+
+if TYPE_CHECKING:
+    from dicom_cae.engines import Engine
 
 LOGGER = logging.getLogger(__name__)
 
@@ -75,14 +82,14 @@ def shipped_identity(name: str) -> str | None:
 class SystemicError(DicomCaeError):
     """A failure that hit every instance of a batch alike and not for their input (the model, the
     disk, memory): the batch should be tried again as it is. ``stage`` is prepare, reconstruct or
-    write (a full disk or memory while finishing: errors.is_resource_error)."""
+    write (a full disk or memory while finishing); ``cause`` as errors.InstanceError's."""
 
-    def __init__(self, stage: str, reason: str) -> None:
+    def __init__(self, stage: str, reason: str, cause: str = MODEL) -> None:
         super().__init__(f"{stage}: {reason}")
-        self.stage, self.reason = stage, reason
+        self.stage, self.reason, self.cause = stage, reason, cause
 
     def __reduce__(self):
-        return (type(self), (self.stage, self.reason))
+        return (type(self), (self.stage, self.reason, self.cause))
 
 
 #: The kinds of Outcome.
@@ -100,7 +107,7 @@ class Outcome:
     sop_instance: str | None = None  # the source's SOP Instance UID
     derived: tuple[str, str] | None = None  # the derived (Series, SOP Instance) UIDs
     frames: int = 0
-    error: DicomInputError | None = None  # why (NOT_IMAGE, FAILED)
+    error: InstanceError | None = None  # why (NOT_IMAGE, FAILED): DicomInputError when the input is the cause
     warnings: tuple[str, ...] = ()
 
 
@@ -160,12 +167,7 @@ def _prepare(pipe: Pipeline, settings: Settings, store: Store, path: str, skip_d
             return item
         ds = io.read(path)
         source = f"SOP Instance {ident.sop_instance}" if by_sop else path
-        if isinstance(settings.target, RatioTarget):
-            item.prep = pipe.prepare_for_ratio(ds, source, settings.target)
-        elif settings.target is not None:
-            item.prep = pipe.prepare_for_target(ds, source, settings.target)
-        else:
-            item.prep = pipe.prepare(ds, source, quality=settings.quality)
+        item.prep = pipe.prepare_setting(ds, source, settings.target or settings.quality)
     except NotAnImageError as exc:
         item.outcome = _failed(item, NOT_IMAGE, exc)
     except DicomInputError as exc:
@@ -177,7 +179,7 @@ def _prepare(pipe: Pipeline, settings: Settings, store: Store, path: str, skip_d
     return item
 
 
-def _failed(item: _Item, kind: str, error: DicomInputError) -> Outcome:
+def _failed(item: _Item, kind: str, error: InstanceError) -> Outcome:
     ident = item.ident
     return Outcome(item.path, kind, study=ident.study if ident else None, sop_instance=ident.sop_instance if ident else None,
                    error=error)
@@ -202,9 +204,10 @@ def run_batch(settings: Settings, paths: list[str], root: str, *, skip_done: boo
         problems = [i for i in items if i.problem is not None]
         if problems and len(problems) == len(items):
             exc = problems[0].problem
-            raise SystemicError("prepare", f"{type(exc).__name__}: {exc}") from exc
+            raise SystemicError("prepare", f"{type(exc).__name__}: {exc}", cause_of(exc, MODEL)) from exc
         for i in problems:
-            i.outcome = _failed(i, FAILED, DicomInputError(i.path, f"{type(i.problem).__name__}: {i.problem}"))
+            i.outcome = _failed(i, FAILED, InstanceError(i.path, f"{type(i.problem).__name__}: {i.problem}", "prepare",
+                                                         cause_of(i.problem, INPUT)))
         todo, claimed = [], {}
         for i in items:
             if i.outcome is None:
@@ -218,15 +221,16 @@ def run_batch(settings: Settings, paths: list[str], root: str, *, skip_done: boo
         def finish(pair: tuple[_Item, Any]) -> Outcome:
             i, r = pair
             if isinstance(r, Exception):
-                return _failed(i, FAILED, DicomInputError(i.path, f"reconstruction failed: {type(r).__name__}: {r}"))
+                return _failed(i, FAILED, InstanceError(i.path, f"reconstruction failed: {type(r).__name__}: {r}",
+                                                        "reconstruct", cause_of(r, INPUT)))
             try:
                 d = pipe.finish(i.prep, r).dataset
                 out = store.write(d, durable=durable)
             except Exception as exc:  # noqa: BLE001 (this instance fails, the rest go on; unless the machine's at fault)
-                if is_resource_error(exc):  # a full disk, memory: the batch as a whole, to be tried again
-                    raise SystemicError("write", f"{type(exc).__name__}: {exc}") from exc
+                if cause_of(exc) != INPUT:  # a full disk, memory: the batch as a whole, to be tried again
+                    raise SystemicError("write", f"{type(exc).__name__}: {exc}", cause_of(exc)) from exc
                 LOGGER.exception("finishing %s failed", identity.printable(i.path, 200))
-                return _failed(i, FAILED, DicomInputError(i.path, f"{type(exc).__name__}: {exc}"))
+                return _failed(i, FAILED, InstanceError(i.path, f"{type(exc).__name__}: {exc}", "write", INPUT))
             return Outcome(i.path, WRITTEN, str(out.relative_to(store.root)), i.ident.study, i.ident.sop_instance,
                            (str(d.SeriesInstanceUID), str(d.SOPInstanceUID)), i.prep.frames, None, i.prep.warnings)
 
@@ -251,108 +255,117 @@ def _reconstruct(pipe: Pipeline, preps: list[Prepared]) -> list[Any]:
         except Exception as exc:  # noqa: BLE001
             out.append(exc)
     if all(isinstance(r, Exception) for r in out):
-        raise SystemicError("reconstruct", f"{type(out[0]).__name__}: {out[0]}") from out[0]
+        raise SystemicError("reconstruct", f"{type(out[0]).__name__}: {out[0]}", cause_of(out[0], MODEL)) from out[0]
     return out
 
 
-# -- engines ------------------------------------------------------------------------------------
-
-class Engine:
-    """Runs batches. ``submit`` returns a future (``result()`` gives the value or raises)."""
-
-    name = "engine"
-    slots = 1  # batches worth keeping in flight
-    threads = 2  # stage threads inside one batch
-
-    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> Engine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
-class InProcess(Engine):
-    """This process: two batches at a time in threads (one's model call while the other's CPU
-    stages run); the model is the one already loaded here."""
+# -- the driver ---------------------------------------------------------------------------------
 
-    name = "in-process"
+@dataclass(frozen=True)
+class Policy:
+    """What a caller wants of the driver, as data.
 
-    def __init__(self, threads: int = 2) -> None:
-        self.threads = threads
-        self.slots = 2
-        self._pool = ThreadPoolExecutor(self.slots, thread_name_prefix="batch")
+    ``requeue``: a batch that failed as a whole (SystemicError, an engine outage) stays queued
+    (the driver raises Deferred; the caller keeps its files and tries again) instead of each
+    instance failing with the reason. With ``requeue``, a batch that fails alike while being
+    prepared, or that kills its worker, is tried ``tries`` times, then its instances go on
+    their own (one at a time after a lost worker, so that one that kills its worker fails
+    alone); the model and the disk are waited for without limit. Without it, a lost worker
+    sends the batch's instances one at a time at once. ``skip_done``, ``durable``, ``by_sop``:
+    as run_batch's.
+    """
 
-    def submit(self, fn, *args, **kwargs):
-        return self._pool.submit(fn, *args, **kwargs)
-
-    def close(self) -> None:
-        self._pool.shutdown()
-
-
-def _start_process(settings: Settings, intra_threads: int, nice: int = 0) -> None:
-    if nice:
-        os.nice(nice)  # the node's receiving comes first
-    # Before TensorFlow starts: N processes on a few cores must not each start a thread per core.
-    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(intra_threads))
-    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    pipeline_for(settings)
+    requeue: bool = False
+    tries: int = 1
+    skip_done: bool = True
+    durable: bool = False
+    by_sop: bool = False
 
 
-class Processes(Engine):
-    """A local pool of ``n`` processes, each with the model loaded once (spawned, so that no
-    process inherits another's TensorFlow state)."""
+#: convert: a failure fails the instance (listed in errors.tsv); outputs of an earlier run are kept.
+CONVERT = Policy()
+#: The node and the Orthanc plugin: nothing received is failed for the machine's sake; durable writes.
+SERVICE = Policy(requeue=True, tries=3, skip_done=False, durable=True, by_sop=True)
 
-    name = "processes"
 
-    def __init__(self, n: int, settings: Settings, *, nice: int = 0) -> None:
-        if n < 1:
-            raise ValueError(f"workers must be at least 1, got {n}")
-        self.slots, self.threads = 2 * n, 1
-        self.n, self._settings, self._nice = n, settings, nice
-        self._pool = self._start()
+class Deferred(DicomCaeError):
+    """A batch that failed as a whole and stays queued (Policy.requeue): try it again later."""
 
-    def _start(self) -> ProcessPoolExecutor:
-        import multiprocessing
 
-        intra = max(1, (os.cpu_count() or 1) // self.n)
-        pool = ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_start_process, initargs=(self._settings, intra, self._nice))
-        # Start the processes now and load the model (the initializer): the work that follows
-        # does not wait for it (a task runs only once its process's initializer has returned).
-        for f in [pool.submit(os.getpid) for _ in range(self.n)]:
-            f.result()
-        return pool
+class Driver:
+    """The one batch loop: ``run`` sends batches of files to the engine, keeps ``engine.slots``
+    of them in flight, and gives each batch's Outcomes (one per file, in order) to the
+    caller's ``take``. A batch that fails as a whole is handled as the Policy says."""
 
-    def submit(self, fn, *args, **kwargs):
-        from concurrent.futures.process import BrokenProcessPool
+    def __init__(self, engine: Engine, settings: Settings, root: str | Path, policy: Policy = CONVERT) -> None:
+        self.engine, self.settings, self.policy = engine, settings, policy
+        self.root = str(Path(root).resolve())  # workers may run elsewhere: absolute
+        self._tries: dict[str, int] = {}  # file -> tries of batches that failed as a whole with it
 
+    def submit(self, paths: list[str], *, threads: int | None = None, skip_done: bool | None = None) -> Future:
+        p = self.policy
+        return self.engine.submit(run_batch, self.settings, paths, self.root,
+                                  skip_done=p.skip_done if skip_done is None else skip_done, durable=p.durable,
+                                  threads=self.engine.threads if threads is None else threads, by_sop=p.by_sop)
+
+    def run(self, batches: Iterable[list[str]], take: Callable[[list[str], list[Outcome]], None]) -> bool:
+        """Every batch through the engine; False when Ctrl-C stopped it: no new batch was sent,
+        the ones in flight finished and were taken (a rerun resumes). Deferred propagates
+        (Policy.requeue): the batches not taken are the caller's still."""
+        pending: deque[tuple[list[str], Future]] = deque()
         try:
-            return self._pool.submit(fn, *args, **kwargs)
-        except BrokenProcessPool:  # a process died (memory, a crashing decoder): a new pool
-            LOGGER.error("a worker process died; starting the pool again")
-            self._pool.shutdown(wait=False)
-            self._pool = self._start()
-            return self._pool.submit(fn, *args, **kwargs)
+            for paths in batches:
+                pending.append((paths, self.submit(paths)))
+                while len(pending) >= self.engine.slots:
+                    take(pending[0][0], self.outcomes(*pending[0]))
+                    pending.popleft()  # only once taken: a Ctrl-C inside take leaves it to take again
+            while pending:
+                take(pending[0][0], self.outcomes(*pending[0]))
+                pending.popleft()
+        except KeyboardInterrupt:
+            for paths, fut in pending:
+                if not fut.cancel():
+                    take(paths, self.outcomes(paths, fut))
+            return False
+        return True
 
-    def close(self) -> None:
-        self._pool.shutdown()
+    def outcomes(self, paths: list[str], fut: Future) -> list[Outcome]:
+        """The Outcomes of one submitted batch, as the Policy says when it failed as a whole."""
+        try:
+            out = fut.result()
+        except SystemicError as exc:
+            tries = self._count(paths)
+            if self.policy.requeue and (exc.stage != "prepare" or tries <= self.policy.tries):
+                raise Deferred(f"a batch of {len(paths)} failed alike: {exc}") from exc
+            LOGGER.error("a batch of %d file(s) failed alike: %s", len(paths), exc)
+            out = [Outcome(p, FAILED, error=InstanceError(p, exc.reason, exc.stage, exc.cause)) for p in paths]
+        except Exception as exc:  # noqa: BLE001 (the engine: a lost worker, a scheduler outage)
+            lost = self.engine.lost_worker(exc)
+            if self.policy.requeue and (not lost or self._count(paths) <= self.policy.tries):
+                raise Deferred(f"a batch of {len(paths)} failed: {type(exc).__name__}: {exc}") from exc
+            LOGGER.error("a batch of %d file(s) failed (%s: %s); running its files one by one", len(paths),
+                         type(exc).__name__, exc)
+            out = [self._alone(p) for p in paths]
+        for p in paths:
+            self._tries.pop(p, None)
+        return out
 
+    def _count(self, paths: list[str]) -> int:
+        tries = max(self._tries.get(p, 0) for p in paths) + 1
+        for p in paths:
+            self._tries[p] = tries
+        return tries
 
-def engine_for(settings: Settings, *, workers: int = 0, dask: str | None = None, nice: int = 0) -> Engine:
-    """The engine a command asks for: a Dask scheduler's address, N local processes (at this
-    niceness), or this one."""
-    if dask:
-        from dicom_cae.cluster import DaskEngine
-
-        return DaskEngine(dask, settings)
-    if workers and workers > 0:
-        return Processes(workers, settings, nice=nice)
-    return InProcess()
-
+    def _alone(self, path: str) -> Outcome:
+        """One file in a batch of its own (not skip_done: what the failed batch wrote is this run's work)."""
+        try:
+            return self.submit([path], threads=1, skip_done=False).result()[0]
+        except SystemicError as exc:
+            return Outcome(path, FAILED, error=InstanceError(path, exc.reason, exc.stage, exc.cause))
+        except Exception as exc:  # noqa: BLE001
+            reason = f"{type(exc).__name__}: {exc}"
+            if self.engine.lost_worker(exc):
+                reason = f"its worker process died processing it ({reason})"
+            return Outcome(path, FAILED, error=InstanceError(path, reason, "engine", cause_of(exc, ENGINE)))

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from dicom_cae import io, pipeline, runner
-from dicom_cae.errors import DicomInputError
+from dicom_cae import engines, io, pipeline, runner
+from dicom_cae.errors import DicomInputError, InstanceError
 from dicom_cae.identity import Identity, identify, printable, safe_name
 from dicom_cae.pipeline import Pipeline
 from dicom_cae.store import Entry, Store
@@ -27,10 +27,6 @@ from scp_node.state import State
 
 LOGGER = logging.getLogger(__name__)
 
-#: How often a batch whose every instance failed alike, not for its input, is tried again before
-#: each of its instances fails on its own (a model outage in a reconstruction is retried for ever).
-SYSTEMIC_TRIES = 3
-
 
 class Worker(threading.Thread):
     """Takes instances from the spool (across associations), up to a batch or a short wait,
@@ -41,7 +37,7 @@ class Worker(threading.Thread):
     """
 
     def __init__(self, cfg: Config, spool: Spool, state: State, pipe: Pipeline, counters: Counters,
-                 store: Store | None = None, engine: runner.Engine | None = None) -> None:
+                 store: Store | None = None, engine: engines.Engine | None = None) -> None:
         super().__init__(name="worker", daemon=True)
         self.cfg, self.spool, self.state, self.pipe, self.counters = cfg, spool, state, pipe, counters
         self.store = store or Store(cfg.output_dir)
@@ -50,14 +46,14 @@ class Worker(threading.Thread):
         self.idle = threading.Event()
         self.last_error: tuple[float, str] | None = None  # (since, what) while batches fail
         self.problems = Problems()
-        self._tries: dict[Path, int] = {}  # spool file -> batches that failed alike with it
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="prepare")
         self.target = (
             pipeline.Target(cfg.target_psnr, cfg.target_ssim, cfg.target_on) if cfg.target_psnr or cfg.target_ssim
             else pipeline.RatioTarget(cfg.target_ratio) if cfg.target_ratio else None
         )
         self.settings = runner.Settings.of(pipe, quality=cfg.quality, target=self.target)
-        self.engine = engine or runner.engine_for(self.settings, workers=cfg.workers, dask=cfg.dask, nice=10)
+        self.engine = engine or engines.engine_for(self.settings, workers=cfg.workers, dask=cfg.dask, nice=10)
+        self.driver = runner.Driver(self.engine, self.settings, self.store.root, runner.SERVICE)
 
     def stop(self) -> None:
         """Finish the batch in hand, then return from run()."""
@@ -141,43 +137,18 @@ class Worker(threading.Thread):
                 digests[sop] = item.digest
             if item.result is not None:
                 reason = getattr(item.result, "reason", None) or f"{type(item.result).__name__}: {item.result}"
-                self._fail(item, reason)
+                self._fail(item, reason, item.result if isinstance(item.result, InstanceError) else None)
             else:
                 todo.append(item)
         if not todo:
             return
         paths = [str(i.path.resolve()) for i in todo]  # a Dask worker may run in another folder
-        tries = max(self._tries.get(i.path, 0) for i in todo) + 1
-        try:
-            outcomes = self._run(paths)
-        except runner.SystemicError as exc:
-            if exc.stage != "prepare":
-                raise  # the model: retried for ever, the batch stays spooled
-            # Every instance failed alike and not for its input (a model failing in a target
-            # search, memory): the batch stays spooled, a few times; then each fails on its own.
-            for i in todo:
-                self._tries[i.path] = tries
-            if tries <= SYSTEMIC_TRIES:
-                raise
-            outcomes = [runner.Outcome(p, runner.FAILED, error=DicomInputError(p, exc.reason)) for p in paths]
-        except Exception as exc:  # noqa: BLE001 (the engine)
-            if not _killed_a_worker(exc):
-                raise  # a scheduler outage, a model that fails to load...: the batch stays spooled, retried for ever
-            # A worker process died on this batch: a few tries, then one instance at a time, so that
-            # an instance that kills its worker fails alone.
-            for i in todo:
-                self._tries[i.path] = tries
-            if tries <= SYSTEMIC_TRIES:
-                raise
-            # Then one instance at a time: one that kills its worker fails alone.
-            outcomes = []
-            for p in paths:
-                try:
-                    outcomes += self._run([p])
-                except Exception as exc:  # noqa: BLE001
-                    outcomes.append(runner.Outcome(p, runner.FAILED, error=DicomInputError(p, f"{type(exc).__name__}: {exc}")))
+        outcomes: list[runner.Outcome] = []
+        # runner.SERVICE: a batch that fails as a whole stays spooled (Deferred propagates to
+        # run(), which tries again in 5 s): the model and the disk for ever; a batch that fails
+        # alike while prepared, or kills its worker, a few times, then its instances on their own.
+        self.driver.run([paths], lambda _, out: outcomes.extend(out))
         for item, o in zip(todo, outcomes):
-            self._tries.pop(item.path, None)
             if o.kind == runner.WRITTEN:
                 out = self.store.root / o.output
                 # Indexed and recorded before the spool copy goes: a crash in between processes it again.
@@ -193,13 +164,9 @@ class Worker(threading.Thread):
             elif o.kind == runner.NOT_IMAGE:
                 self._keep(item, o.error.reason if o.error else "not an image")
             elif o.kind == runner.FAILED:
-                self._fail(item, o.error.reason if o.error else "failed")
+                self._fail(item, o.error.reason if o.error else "failed", o.error)
             else:  # the same instance twice in the batch: done once
                 self._resent(item)
-
-    def _run(self, paths: list[str]) -> list[runner.Outcome]:
-        return self.engine.submit(runner.run_batch, self.settings, paths, str(self.store.root.resolve()),
-                                  skip_done=False, durable=True, threads=self.engine.threads, by_sop=True).result()
 
     def _copy_aside(self, item: Loaded, folder: Path, suffix: str = "") -> Path:
         study = safe_name(item.identity.study) if item.identity else "unidentified"
@@ -220,9 +187,10 @@ class Worker(threading.Thread):
         LOGGER.warning("not processed, kept as received: SOP Instance %s: %s", printable(item.name), printable(reason, 200))
         self.spool.remove(item.path)
 
-    def _fail(self, item: Loaded, reason: str) -> None:
+    def _fail(self, item: Loaded, reason: str, error: InstanceError | None = None) -> None:
         dest = self._copy_aside(item, self.cfg.failed_dir)
-        io.write_text(reason + "\n", dest.with_suffix(".txt"))
+        cause = f"cause: {error.cause} (stage: {error.stage})" if error is not None else "cause: input (stage: read)"
+        io.write_text(f"{reason}\n{cause}\n", dest.with_suffix(".txt"))
         self.state.record(item.name, item.study, "failed", reason=reason, output=str(dest), digest=item.digest)
         self.counters.add("failed")
         LOGGER.error("failed: SOP Instance %s: %s", printable(item.name), printable(reason, 300))
@@ -266,14 +234,6 @@ class Loaded:
     @property
     def study(self) -> str | None:
         return self.identity.study if self.identity else None
-
-
-def _killed_a_worker(exc: BaseException) -> bool:
-    """A local worker process that died (BrokenProcessPool) or a Dask task that killed its
-    workers (KilledWorker)."""
-    from concurrent.futures.process import BrokenProcessPool
-
-    return isinstance(exc, BrokenProcessPool) or type(exc).__name__ == "KilledWorker"
 
 
 def _identity(ds: Dataset | None, path: Path) -> Identity | None:

@@ -56,6 +56,9 @@ M = [
  ("32 mozjpeg's progressive stream kept", "dicom_cae/codec.py", "_trellis_encode", 'with open(baseline, "rb") as f:', 'with open(progressive, "rb") as f:', "tests/dicom_cae/test_codec.py::test_trellis_stream_is_plain_baseline_with_flat_tables_and_no_jfif"),
  ("33 JFIF segment kept", "dicom_cae/codec.py", "_trellis_encode", "return _segments_without_app0(f.read())", "return f.read()", "tests/dicom_cae/test_codec.py::test_trellis_stream_is_plain_baseline_with_flat_tables_and_no_jfif"),
  ("34 blocking not guarded", "dicom_cae/metrics.py", "<module>", 'LOWER_IS_BETTER = frozenset({"display_blockiness"})', "LOWER_IS_BETTER = frozenset()", f"{F}::test_a_reconstruction_with_more_blocking_than_plain_jpeg_is_not_stored"),
+ ("35 the node gives up at once on a batch that lost its worker", "dicom_cae/runner.py", "Driver.outcomes", "(not lost or self._count(paths) <= self.policy.tries)", "(not lost)", "tests/dicom_cae/test_runner.py::test_the_node_tries_a_batch_that_lost_its_worker_again_then_file_by_file"),
+ ("36 no file-by-file fallback after a lost worker", "dicom_cae/runner.py", "Driver.outcomes", "out = [self._alone(p) for p in paths]", "out = [Outcome(p, FAILED) for p in paths]", "tests/dicom_cae/test_runner.py::test_convert_runs_a_batch_that_lost_its_worker_file_by_file"),
+ ("37 a full disk reported as bad input", "dicom_cae/runner.py", "run_batch", "if cause_of(exc) != INPUT:", "if False:", "tests/dicom_cae/test_runner.py::test_a_full_disk_is_not_reported_as_bad_input"),
 ]
 
 

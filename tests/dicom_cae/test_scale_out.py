@@ -34,9 +34,9 @@ def _outputs(out: Path) -> dict[str, tuple[bytes, list[float]]]:
     return found
 
 
-def _errors(out: Path) -> list[tuple[str, str, str]]:
+def _errors(out: Path) -> list[tuple[str, str, str, str]]:
     rows = [line.split("\t") for line in (out / "errors.tsv").read_text().splitlines()[1:]]
-    return sorted((Path(f).name, kind, reason.replace(f, Path(f).name)) for f, kind, reason in rows)
+    return sorted((Path(f).name, kind, reason.replace(f, Path(f).name), cause) for f, kind, reason, cause in rows)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_a_dask_cluster_writes_what_a_local_run_writes(dask_cluster, local_run, 
     assert len(local) == 6
     assert _outputs(tmp_path) == local  # same files, same pixels, same metrics
     assert _errors(tmp_path) == _errors(local_run)  # the failure crossed the process boundary intact
-    assert any("cannot decode Pixel Data" in reason for _, kind, reason in _errors(tmp_path) if kind == "failed")
+    assert any("cannot decode Pixel Data" in reason and cause == "input" for _, kind, reason, cause in _errors(tmp_path) if kind == "failed")
     # The reports ran on the workers, from the store's index.
     index = Store(tmp_path)
     assert (tmp_path / INDEX).is_file() and len(index.entries()) == 6
@@ -100,7 +100,7 @@ def test_the_first_of_two_different_files_with_one_uid_wins_on_any_engine(tmp_pa
     r = subprocess.run([sys.executable, "-m", "dicom_cae", "convert", str(src), str(out), "--quality", "10", "--no-progress",
                         "--batch-size", "1", "--workers", "2"], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr
-    assert [(Path(f).name, kind) for f, kind, _ in _errors(out)] == [("b.dcm", "duplicate")]
+    assert [(Path(f).name, kind) for f, kind, *_ in _errors(out)] == [("b.dcm", "duplicate")]
     assert _outputs(out) == _outputs(local)
 
 

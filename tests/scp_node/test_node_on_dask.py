@@ -38,17 +38,19 @@ def test_the_node_processes_on_the_cluster(dask_cluster, tmp_path, pipe):
         node.stop()
 
 
-def test_only_a_dead_worker_sends_a_batch_one_instance_at_a_time():
+def test_only_a_dead_worker_counts_as_a_lost_worker():
     """Review: a scheduler outage or a model that fails to load must leave the batch spooled
-    (retried for ever); only a worker process that died on it makes the node isolate the
-    instance that killed it."""
+    (retried for ever); only a worker process that died on it makes the driver isolate the
+    instance that killed it. Each engine says which of its failures lost a worker."""
     from concurrent.futures.process import BrokenProcessPool
 
     from distributed import KilledWorker
 
-    from scp_node.worker import _killed_a_worker
+    from dicom_cae.engines.dask import DaskEngine
+    from dicom_cae.engines.local import Processes
 
-    assert _killed_a_worker(BrokenProcessPool("a process died"))
-    assert _killed_a_worker(KilledWorker("task", "worker", 3))
-    assert not _killed_a_worker(OSError("scheduler unreachable"))
-    assert not _killed_a_worker(TimeoutError())
+    dask, local = object.__new__(DaskEngine), object.__new__(Processes)  # no cluster or pool needed to ask
+    assert dask.lost_worker(KilledWorker("task", "worker", 3)) and local.lost_worker(BrokenProcessPool("died"))
+    for engine in (dask, local):
+        assert not engine.lost_worker(OSError("scheduler unreachable"))
+        assert not engine.lost_worker(TimeoutError())

@@ -291,38 +291,6 @@ def test_a_study_is_not_marked_reported_when_an_instance_arrived_during_its_repo
         node.stop()
 
 
-@pytest.fixture
-def small_volume(tmp_path):
-    """A 96 MB tmpfs (more than the node's 64 MB "disk low" mark once freed) mounted for the test
-    (CI runs as root); skipped (failed under CI=true) where mounting is refused. Yields (mount
-    point, fill(), free())."""
-    from tests.conftest import missing
-
-    point = tmp_path / "volume"
-    point.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", str(point)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        missing(f"cannot mount a tmpfs for the full-disk test: {proc.stderr.strip() or proc.returncode}")
-
-    def fill() -> None:
-        for n, size in enumerate((1 << 20, 1 << 16, 1 << 12, 512)):  # down to the last free block
-            with open(point / f"filler{n}", "ab", buffering=0) as f:
-                try:
-                    while True:
-                        f.write(b"\0" * size)
-                except OSError:
-                    pass
-
-    def free() -> None:
-        for f in point.glob("filler*"):
-            f.unlink()
-
-    try:
-        yield point, fill, free
-    finally:
-        subprocess.run(["umount", "-l", str(point)], capture_output=True)
-
-
 def _ct_study(folder, n):
     folder.mkdir(exist_ok=True)
     study = generate_uid()

@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 
 from distributed import Client, WorkerPlugin
+from distributed.scheduler import KilledWorker
 
-from dicom_cae.runner import Engine, Settings, pipeline_for
+from dicom_cae.engines import Engine
+from dicom_cae.runner import Settings, pipeline_for
 
 
 class ModelPlugin(WorkerPlugin):
@@ -31,7 +33,7 @@ class DaskEngine(Engine):
     name = "dask"
     threads = 1
 
-    def __init__(self, address: str, settings: Settings, *, timeout: float = 30) -> None:
+    def __init__(self, settings: Settings, *, address: str, timeout: float = 30) -> None:
         self.client = Client(address, timeout=timeout, set_as_default=False)
         key = hashlib.sha256(repr(settings.model_key).encode()).hexdigest()[:12]
         self.client.register_plugin(ModelPlugin(settings), name=f"dicom-cae-model-{key}")  # once per model
@@ -42,6 +44,9 @@ class DaskEngine(Engine):
 
     def submit(self, fn, *args, **kwargs):
         return self.client.submit(fn, *args, pure=False, **kwargs)
+
+    def lost_worker(self, exc: BaseException) -> bool:
+        return isinstance(exc, KilledWorker)  # the task killed the workers it ran on
 
     def close(self) -> None:
         self.client.close()
