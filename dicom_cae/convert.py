@@ -111,7 +111,8 @@ def _convert(src: Path, dst: Path, pipe: Pipeline, quality: int, target: Target 
     engine = engine or engines.create("in-process", settings, threads=workers)
     files = io.walk(src, skip=(dst,))  # an output folder inside the input is not input
     summary = Summary()
-    bar = tqdm(total=len(files), unit="file", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    # One bar over the files as their outcome is known (written, done before, failed), then one over the reports.
+    bar = tqdm(total=len(files), desc="instances", unit="file", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     sources: dict[str, dict[str, Path]] = {}  # study -> source SOP Instance UID -> file, for the reports' pictures
     per_batch = max(1, pipe.batch_size)
     root = str(dst.resolve())
@@ -151,14 +152,18 @@ def _convert(src: Path, dst: Path, pipe: Pipeline, quality: int, target: Target 
 
         reports = [(study, engine.submit(_report, root, study, [str(p) for p in store.study_files(study)], sources.get(study, {})))
                    for study in sorted(s for s in summary.studies if s)]
+        done = tqdm(total=len(reports), desc="study reports", unit="report", disable=not progress or not reports,
+                    file=sys.stderr, dynamic_ncols=True)
         for study, fut in reports:
             try:
                 fut.result()
+                done.update(1)
             except Exception as exc:  # noqa: BLE001 (one study's report must not stop the run)
                 LOGGER.error("the report of study %s failed: %s", study, exc)
                 summary.failed.append(InstanceError(str(store.study_dir(study)),
                                                     f"study report not written: {type(exc).__name__}: {exc}", "report",
                                                     cause_of(exc)))
+        done.close()
     finally:
         if own:
             engine.close()

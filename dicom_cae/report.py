@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -240,8 +239,6 @@ def build(study_dir: str | os.PathLike[str], files: list[Path] | None = None) ->
 REPORT_HTML = "report.html"
 
 
-#: Reports rendered in threads of one process take turns (matplotlib keeps global state).
-_RENDER = threading.Lock()
 
 
 def document_series(study: str) -> str:
@@ -295,22 +292,22 @@ def write(
         header["Warnings"] = "; ".join(report["warnings"])
     if identifiers:
         header = {"Patient": str(template.get("PatientName", "")), "Patient ID": str(template.get("PatientID", "")), **header}
-    with _RENDER:  # matplotlib is not thread-safe: one study renders at a time per process
-        panels = report_html.worst_panels(study_files(study_dir, files), report["per_image"], sources)
-        figs = report_html.rasterize(report_html.figures(report, panels))
-        io.write_text(report_html.render_html(report, figs, header), study_dir / REPORT_HTML)
-        if document:
-            pdf = report_html.render_pdf(report, figs, header)
-            refs = sorted({(r["sop_class_uid"], r["sop_instance_uid"]) for r in report["per_image"]})
-            series_uid = document_series(report["study_instance_uid"])
-            instance_uid = generate_uid(derive.UID_PREFIX, entropy_srcs=["report", report["study_instance_uid"], *(u for _, u in refs)])
-            doc = derive.report_document(
-                template, pdf, refs, series_uid=series_uid, instance_uid=instance_uid,
-                title="JPEG + CAE quality report", identifies_patient=identifiers, now=now,
-            )
-            folder = study_dir / series_uid
-            for old in folder.glob("*.dcm"):  # an earlier version, about fewer instances
-                if old.stem != instance_uid:
-                    old.unlink()
-            io.write(doc, folder / f"{instance_uid}.dcm")
+    # The pictures are drawn once, for the HTML and the PDF alike.
+    panels = report_html.worst_panels(study_files(study_dir, files), report["per_image"], sources)
+    figs = report_html.figures(report, panels)
+    io.write_text(report_html.render_html(report, figs, header), study_dir / REPORT_HTML)
+    if document:
+        pdf = report_html.render_pdf(report, figs, header)
+        refs = sorted({(r["sop_class_uid"], r["sop_instance_uid"]) for r in report["per_image"]})
+        series_uid = document_series(report["study_instance_uid"])
+        instance_uid = generate_uid(derive.UID_PREFIX, entropy_srcs=["report", report["study_instance_uid"], *(u for _, u in refs)])
+        doc = derive.report_document(
+            template, pdf, refs, series_uid=series_uid, instance_uid=instance_uid,
+            title="JPEG + CAE quality report", identifies_patient=identifiers, now=now,
+        )
+        folder = study_dir / series_uid
+        for old in folder.glob("*.dcm"):  # an earlier version, about fewer instances
+            if old.stem != instance_uid:
+                old.unlink()
+        io.write(doc, folder / f"{instance_uid}.dcm")
     return path

@@ -1,7 +1,9 @@
-"""Readable per-study reports: a self-contained HTML page and a PDF, with plots.
+"""Readable per-study reports: a self-contained HTML page and a PDF, with charts.
 
 Everything comes from the derived instances (their private tags and pixels); the original
-images are shown too when their files are at hand (``sources``).
+images are shown too when their files are at hand (``sources``). The charts and image panels
+are drawn once (dicom_cae.charts, Pillow) and the same pixels go into the HTML and the PDF
+(dicom_cae.pdf): a report costs a few hundredths of a second, not seconds.
 """
 
 from __future__ import annotations
@@ -14,17 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
-
-import dicom_cae  # noqa: E402
-from dicom_cae import codec, display, image, io, private_tags  # noqa: E402
-from dicom_cae.errors import DicomInputError  # noqa: E402
-from dicom_cae.derive import NOT_FOR_DIAGNOSIS  # noqa: E402
+import dicom_cae
+from dicom_cae import charts, codec, display, image, io, pdf, private_tags
+from dicom_cae.derive import NOT_FOR_DIAGNOSIS
+from dicom_cae.errors import DicomInputError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -50,26 +47,11 @@ class Panel:
     reconstruction: np.ndarray
 
 
-DPI = 100
-
-
-def rasterize(figs: dict[str, plt.Figure]) -> dict[str, np.ndarray]:
-    """Each figure drawn once, as RGB pixels at DPI: the HTML and the PDF show the same pixels
-    (drawing a figure is most of a report's cost; it is done once per figure, then closed)."""
-    out = {}
-    for key, fig in figs.items():
-        fig.set_dpi(DPI)
-        fig.canvas.draw()
-        out[key] = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-        plt.close(fig)
-    return out
-
-
 def _png(pixels: np.ndarray) -> str:
     from PIL import Image
 
     buf = _io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG", compress_level=3)
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -129,80 +111,63 @@ def worst_panels(study_files: list[Path], rows: list[dict[str, Any]], sources: d
     return panels
 
 
-def figures(report: dict[str, Any], panels: list[Panel]) -> dict[str, plt.Figure]:
+def figures(report: dict[str, Any], panels: list[Panel]) -> dict[str, np.ndarray]:
+    """The report's pictures as RGB arrays: the regression and Bland-Altman charts, the error
+    histogram and PSNR per image, and the worst images (when there are any)."""
     rows = report["per_image"]
     x = np.array([r["mean_original"] for r in rows], float)
     y = np.array([r["mean_reconstructed"] for r in rows], float)
     reg = report["regression"]
-    figs: dict[str, plt.Figure] = {}
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    a1.scatter(x, y, s=18, alpha=0.8, label="image")
+    figs: dict[str, np.ndarray] = {}
+    S, line = charts.Series, np.array([0.0, 1.0])
+    lim = np.array([min(x.min(), y.min()), max(x.max(), y.max())]) if len(x) else line
+    fit = []
     if reg["slope"] is not None:
-        xs = np.linspace(x.min(), x.max(), 2)
-        a1.plot(xs, reg["slope"] * xs + reg["intercept"], "r-", label=f"fit: y = {reg['slope']:.4f} x + {reg['intercept']:.4f}, R\u00b2 = {reg['r2']:.4f}")
-    lim = [min(x.min(), y.min()), max(x.max(), y.max())] if len(x) else [0, 1]
-    a1.plot(lim, lim, "k:", lw=0.8, label="identity")
-    a1.set_xlabel("mean intensity, original (normalized)")
-    a1.set_ylabel("mean intensity, reconstructed")
-    a1.set_title("Regression of mean intensity")
-    a1.legend(fontsize=8)
+        xs = np.array([x.min(), x.max()])
+        fit = [S(xs, reg["slope"] * xs + reg["intercept"], "line", charts.RED,
+                 f"fit: y = {reg['slope']:.4f} x + {reg['intercept']:.4f}, R^2 = {reg['r2']:.4f}")]  # the font has no superscript
+    regression = charts.Chart("Regression of mean intensity", "mean intensity, original (normalized)",
+                              "mean intensity, reconstructed",
+                              [S(x, y, label="image"), *fit, S(lim, lim, "line", charts.BLACK, "identity", dashed=True)])
     mean, diff = (x + y) / 2, y - x
-    a2.scatter(mean, diff, s=18, alpha=0.8)
+    agreement = [S(mean, diff), S(mean, np.zeros(1), "hline", charts.BLACK, dashed=True)]
     if len(diff):
         bias, sd = diff.mean(), diff.std(ddof=1) if len(diff) > 1 else 0.0
-        for v, style, text in ((bias, "r-", f"bias {bias:+.5f}"), (bias + 1.96 * sd, "r--", f"+1.96 SD {bias + 1.96 * sd:+.5f}"), (bias - 1.96 * sd, "r--", f"-1.96 SD {bias - 1.96 * sd:+.5f}")):
-            a2.axhline(v, color="r", ls=style[1:], lw=1)
-            a2.annotate(text, (1.0, v), xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=8)
-    a2.axhline(0, color="k", ls=":", lw=0.8)
-    a2.set_xlabel("mean of original and reconstructed")
-    a2.set_ylabel("reconstructed - original")
-    a2.set_title("Bland-Altman of mean intensity")
-    fig.subplots_adjust(left=0.07, right=0.985, bottom=0.13, top=0.92, wspace=0.25)  # fixed: no layout search
-    figs["regression"] = fig
+        for v, dashed, text in ((bias, False, f"bias {bias:+.5f}"), (bias + 1.96 * sd, True, f"+1.96 SD {bias + 1.96 * sd:+.5f}"),
+                                (bias - 1.96 * sd, True, f"-1.96 SD {bias - 1.96 * sd:+.5f}")):
+            agreement.append(S(mean, np.array([v, v]), "hline", charts.RED, dashed=dashed, note=text))
+    bland = charts.Chart("Bland-Altman of mean intensity", "mean of original and reconstructed",
+                         "reconstructed - original", agreement)
+    figs["regression"] = charts.side_by_side([charts.draw(regression, (550, 420)), charts.draw(bland, (550, 420))])
 
-    fig, (h1, h2) = plt.subplots(1, 2, figsize=(11, 3.8))
     hist = np.array(report["error"]["histogram"], float)
     edges = np.array(private_tags.ERROR_BIN_EDGES)
     centers = (edges[:-1] + edges[1:]) / 2
-    h1.bar(centers, hist[1:-1], width=0.0095, color="tab:blue")
-    h1.set_yscale("log")
-    h1.set_xlabel("error, reconstructed - original (normalized units)")
-    h1.set_ylabel("pixels")
-    h1.set_title(f"Per-pixel error ({hist[0] + hist[-1]:.0f} pixels beyond \u00b10.2)")
-    order = [r["instance_number"] or i for i, r in enumerate(rows)]
+    errors = charts.Chart(f"Per-pixel error ({hist[0] + hist[-1]:.0f} pixels beyond \u00b10.2)",
+                          "error, reconstructed - original (normalized units)", "pixels",
+                          [S(centers, hist[1:-1], "bars", width=0.0095)], logy=True)
+    order = np.array([r["instance_number"] or i for i, r in enumerate(rows)], float)
     shown = all(r.get("display_psnr") is not None for r in rows)
     key = "display_psnr" if shown else "psnr"
-    h2.plot(order, [r[key] for r in rows], "o-", ms=3, label="JPEG + CAE")
-    h2.plot(order, [r["jpeg_only"][key] for r in rows], "s--", ms=3, label="plain JPEG, same bytes")
-    h2.set_xlabel("instance number")
-    h2.xaxis.get_major_locator().set_params(integer=True)
-    h2.set_ylabel("PSNR (dB)")
-    h2.set_title("PSNR per image" + (", worst display window" if shown else ""))
-    h2.legend(fontsize=8)
-    fig.subplots_adjust(left=0.07, right=0.985, bottom=0.14, top=0.91, wspace=0.22)
-    figs["error"] = fig
+    per_image = charts.Chart("PSNR per image" + (", worst display window" if shown else ""), "instance number", "PSNR (dB)",
+                             [S(order, np.array([r[key] for r in rows], float), "line", charts.BLUE, "JPEG + CAE"),
+                              S(order, np.array([r["jpeg_only"][key] for r in rows], float), "line", charts.ORANGE,
+                                "plain JPEG, same bytes", dashed=True)], integer_x=True)
+    figs["error"] = charts.side_by_side([charts.draw(errors, (550, 380)), charts.draw(per_image, (550, 380))])
 
     if panels:
         with_original = any(p.original is not None for p in panels)
         cols = ["original", "JPEG", "reconstruction", "|error| x4"] if with_original else ["JPEG", "reconstruction", "correction (recon. - JPEG) x4"]
-        fig, axes = plt.subplots(len(panels), len(cols), figsize=(3.1 * len(cols), 3.2 * len(panels)), squeeze=False)
-        for r, p in enumerate(panels):
+        grid = []
+        for p in panels:
             if with_original and p.original is not None:
-                shown = [p.original, p.jpeg, p.reconstruction, np.clip(np.abs(p.reconstruction - p.original) * 4, 0, 1)]
+                shown_ = [p.original, p.jpeg, p.reconstruction, np.clip(np.abs(p.reconstruction - p.original) * 4, 0, 1)]
             elif with_original:
-                shown = [np.zeros_like(p.jpeg), p.jpeg, p.reconstruction, np.zeros_like(p.jpeg)]
+                shown_ = [None, p.jpeg, p.reconstruction, None]
             else:
-                shown = [p.jpeg, p.reconstruction, np.clip(0.5 + (p.reconstruction - p.jpeg) * 4, 0, 1)]
-            for c, (ax, img) in enumerate(zip(axes[r], shown)):
-                ax.imshow(img, cmap="magma" if cols[c].startswith("|error|") else "gray", vmin=0, vmax=1)
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if r == 0:
-                    ax.set_title(cols[c], fontsize=10)
-            axes[r][0].set_ylabel(p.label, fontsize=8)
-        fig.subplots_adjust(left=0.07, right=0.99, bottom=0.01, top=1 - 0.35 / (3.2 * len(panels)), wspace=0.04, hspace=0.12)
-        figs["worst"] = fig
+                shown_ = [p.jpeg, p.reconstruction, np.clip(0.5 + (p.reconstruction - p.jpeg) * 4, 0, 1)]
+            grid.append((p.label, shown_))
+        figs["worst"] = charts.grid(grid, cols, [c.startswith("|error|") for c in cols])
     return figs
 
 
@@ -310,58 +275,78 @@ original resampled to 256x256 before any 8-bit quantization; see docs/private-ta
 """
 
 
-A4 = (8.27, 11.69)  # inches: every page of the PDF is A4 portrait
+MARGIN = 42  # points
 
 
-def _a4(pdf: PdfPages, number: int) -> plt.Figure:
+def _page(doc: pdf.Document, number: int) -> pdf.Page:
     """A new A4 page carrying the use restriction and its number at the foot."""
-    page = plt.figure(figsize=A4)
-    page.text(0.06, 0.025, f"{NOT_FOR_DIAGNOSIS}  Page {number}.", fontsize=7, color="#556")
+    page = doc.page()
+    page.text(MARGIN, pdf.A4[1] - 20, f"{NOT_FOR_DIAGNOSIS}  Page {number}.", 7, color=(0.33, 0.33, 0.4))
     return page
 
 
+def _table(page: pdf.Page, y: float, head: list[str], rows: list[list[str]], widths: list[float], size: float = 7.5,
+           pad: float = 3.5) -> float:
+    """A ruled table from ``y`` (top); columns ``widths`` points wide; returns the y below it."""
+    step = size * 1.75
+    total = sum(widths)
+    page.fill(MARGIN, y, total, step)
+    for r, cells in enumerate([head, *rows]):
+        base = y + step * (r + 1) - step / 2 + size * 0.35
+        x = MARGIN
+        for c, (cell, w) in enumerate(zip(cells, widths)):
+            text = cell
+            while text and pdf.width(text, size, "bold" if r == 0 else "regular") > w - 2 * pad:
+                text = text[:-1]
+            page.text(x + pad, base, text, size, "bold" if r == 0 else "regular")
+            x += w
+        page.line(MARGIN, y + step * (r + 1), MARGIN + total, y + step * (r + 1), 0.4, 0.75)
+    x = MARGIN
+    for w in [0.0, *widths]:
+        x += w
+        page.line(x, y, x, y + step * (len(rows) + 1), 0.4, 0.75)
+    page.line(MARGIN, y, MARGIN + total, y, 0.4, 0.75)
+    return y + step * (len(rows) + 1)
+
+
 def render_pdf(report: dict[str, Any], figs: dict[str, np.ndarray], header: dict[str, str]) -> bytes:
-    buf = _io.BytesIO()
-    with PdfPages(buf, metadata={"Title": f"dicom-cae report {report['study_instance_uid']}", "Creator": f"dicom-cae {dicom_cae.__version__}"}) as pdf:
-        page = _a4(pdf, 1)
-        page.text(0.06, 0.96, "JPEG + autoencoder reconstruction: study report", fontsize=15, weight="bold")
-        yy = 0.93
-        for k, v in header.items():
-            page.text(0.06, yy, f"{k}:", fontsize=8, weight="bold")
-            page.text(0.30, yy, v, fontsize=7, family="monospace", wrap=True)
-            yy -= 0.018
-        rows = _summary_rows(report)
-        table = page.add_axes([0.06, yy - 0.05 - 0.03 * len(rows), 0.88, 0.03 * (len(rows) + 1)])
-        table.axis("off")
-        # The metric's name gets half the width: the names are long, and a cut name is no name.
-        tbl = table.table(cellText=[list(r) for r in rows], colLabels=["metric: JPEG + CAE (plain JPEG)", "mean", "median", "worst"],
-                          loc="center", cellLoc="left", colWidths=[0.5, 0.5 / 3, 0.5 / 3, 0.5 / 3])
-        tbl.auto_set_font_size(False)
-        tbl.set_fontsize(7.5)
-        tbl.scale(1, 1.4)
-        reg = report["regression"]
-        page.text(0.06, yy - 0.10 - 0.03 * len(rows), f"Regression of mean intensity: slope {_fmt(reg['slope'])}, intercept {_fmt(reg['intercept'])}, R\u00b2 {_fmt(reg['r2'])}, n = {reg['n']}", fontsize=9)
-        pdf.savefig(page)
-        plt.close(page)
-        number = 2
-        for key in ("regression", "error", "worst"):
-            if key in figs:  # the HTML's pixels, fitted to an A4 page
-                page = _a4(pdf, number)
-                ax = page.add_axes([0.04, 0.06, 0.92, 0.90])
-                ax.imshow(figs[key], interpolation="lanczos")
-                ax.set_anchor("N")
-                ax.axis("off")
-                pdf.savefig(page, dpi=150)
-                plt.close(page)
-                number += 1
-        _pdf_per_image(pdf, report, number)
-    return buf.getvalue()
+    """The report as an A4 PDF: the header and summary, each picture on a page of its own (the
+    HTML's pixels), then every image as pages of a table; each page with the use restriction."""
+    doc = pdf.Document(f"dicom-cae report {report['study_instance_uid']}", f"dicom-cae {dicom_cae.__version__}")
+    room = pdf.A4[0] - 2 * MARGIN
+    page = _page(doc, 1)
+    page.text(MARGIN, 50, "JPEG + autoencoder reconstruction: study report", 15, "bold")
+    y = 74
+    for k, v in header.items():
+        page.text(MARGIN, y, f"{k}:", 8, "bold")
+        for line in pdf.fit(v, 7, room - 150, "mono"):
+            page.text(MARGIN + 150, y, line, 7, "mono")
+            y += 10
+        y += 2
+    # The metric's name gets half the width: the names are long, and a cut name is no name.
+    y = _table(page, y + 10, ["metric: JPEG + CAE (plain JPEG)", "mean", "median", "worst"],
+               [list(r) for r in _summary_rows(report)], [room / 2] + [room / 6] * 3)
+    reg = report["regression"]
+    page.text(MARGIN, y + 22, f"Regression of mean intensity: slope {_fmt(reg['slope'])}, intercept {_fmt(reg['intercept'])}, "
+                              f"R\u00b2 {_fmt(reg['r2'])}, n = {reg['n']}", 9)
+    number = 2
+    for key, title in (("regression", "Mean intensity: original against reconstructed"), ("error", "Per-pixel error"),
+                       ("worst", f"The {min(WORST, report['images'])} worst images, shown in their worst display window")):
+        if key in figs:
+            page = _page(doc, number)
+            page.text(MARGIN, 50, title, 11, "bold")
+            px = figs[key]
+            w = min(room, (pdf.A4[1] - 120) * px.shape[1] / px.shape[0])  # fits the page either way
+            page.image(px, MARGIN, 64, w)
+            number += 1
+    _pdf_per_image(doc, report, number)
+    return bytes(doc)
 
 
 PDF_ROWS = 48
 
 
-def _pdf_per_image(pdf: PdfPages, report: dict[str, Any], number: int) -> None:
+def _pdf_per_image(doc: pdf.Document, report: dict[str, Any], number: int) -> None:
     """Every image, as pages of a table."""
     head = ["instance", "frame", "worst window", "PSNR there (JPEG)", "HU MAE (JPEG)", "HU bias", "PSNR min/max (JPEG)", "bpp"]
     rows = [
@@ -371,16 +356,11 @@ def _pdf_per_image(pdf: PdfPages, report: dict[str, Any], number: int) -> None:
          f"{_fmt(r['psnr'], 2)} ({_fmt(r['jpeg_only']['psnr'], 2)})", _fmt(r["bpp"], 3)]
         for r in report["per_image"]
     ]
+    room = pdf.A4[0] - 2 * MARGIN
+    widths = [w * room for w in (0.08, 0.06, 0.2, 0.15, 0.14, 0.09, 0.18, 0.1)]
     for start in range(0, len(rows), PDF_ROWS):
         chunk = rows[start : start + PDF_ROWS]
-        page = _a4(pdf, number)
+        page = _page(doc, number)
         number += 1
-        page.text(0.06, 0.96, f"Every image ({start + 1}-{start + len(chunk)} of {len(rows)}): JPEG + CAE (plain JPEG)",
-                  fontsize=11, weight="bold")
-        ax = page.add_axes([0.04, 0.93 - 0.0185 * (len(chunk) + 1), 0.92, 0.0185 * (len(chunk) + 1)])
-        ax.axis("off")
-        tbl = ax.table(cellText=chunk, colLabels=head, loc="upper center", cellLoc="left")
-        tbl.auto_set_font_size(False)
-        tbl.set_fontsize(6.5)
-        pdf.savefig(page)
-        plt.close(page)
+        page.text(MARGIN, 50, f"Every image ({start + 1}-{start + len(chunk)} of {len(rows)}): JPEG + CAE (plain JPEG)", 11, "bold")
+        _table(page, 62, head, chunk, widths, 6.5)
