@@ -1,6 +1,12 @@
 """The runner on its engines, against DCMTK dcmcjpeg and bare model inference, in one run.
 
-    python bench/engine.py [--data DIR] [--files 96] [--quality 10] [--no-dask]
+    python bench/engine.py [--data DIR] [--files 96] [--quality Q] [--no-dask]
+    python bench/engine.py --mixed [--studies 30] [--per-study 7]
+
+``--mixed``: the held-out style check: >= 25 studies of mixed CT, MR, CR and DX (the files of
+../shared/data's series, a new Study Instance UID every ``--per-study`` files, round robin over
+the series), converted with the defaults, reports included, against DCMTK ``dcmcjpeg`` on the
+same files in the same run; prints the ratio (goal >= 0.5).
 
 On the same real CT files (512x512), each measurement in fresh processes:
 - DCMTK ``dcmcjpeg`` over every file, one process per file (as a site would script it);
@@ -34,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ct" / "pancreas-ct-cb-001"
 ENV = {**os.environ, "TCP_NODELAY": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+DEFAULT_QUALITY = 30  # dicom_cae.pipeline.DEFAULT_QUALITY (not imported: TensorFlow stays out of this process)
 
 
 def _files(data: Path, n: int) -> list[Path]:
@@ -72,6 +79,56 @@ def one_study(files: list[Path], folder: Path) -> None:
         ds.save_as(folder / f"{i:04d}.dcm")
 
 
+def mixed_studies(root: Path, folder: Path, studies: int, per_study: int) -> dict[str, int]:
+    """``studies`` studies of ``per_study`` files (fewer where a series has fewer) taken round
+    robin from every series under ``root`` (ct/, mr/, cr/, dx/), uncompressed; returns the
+    studies per modality."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    sys.path.insert(0, str(ROOT))
+    from dicom_cae import io
+
+    series = [io.walk(d) for kind in ("ct", "mr", "cr", "dx") for d in sorted((root / kind).glob("*")) if d.is_dir()]
+    series = [s for s in series if s]
+    folder.mkdir(parents=True, exist_ok=True)
+    made: dict[str, int] = {}
+    k = 0
+    while k < studies and any(series):
+        for files in series:
+            if k >= studies or not files:
+                continue
+            chunk, files[:] = files[:per_study], files[per_study:]
+            for i, f in enumerate(chunk):
+                ds = pydicom.dcmread(f)
+                if ds.file_meta.TransferSyntaxUID.is_compressed:
+                    ds.decompress()
+                ds.StudyInstanceUID = generate_uid(entropy_srcs=["bench mixed study", str(k)])
+                ds.SeriesInstanceUID = generate_uid(entropy_srcs=["bench mixed series", str(k)])
+                ds.save_as(folder / f"{k:03d}-{i:02d}.dcm")
+            made[str(ds.Modality)] = made.get(str(ds.Modality), 0) + 1
+            k += 1
+    return made
+
+
+def mixed(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        src = tmp / "mixed"
+        made = mixed_studies(args.data_root, src, args.studies, args.per_study)
+        n = len(list(src.glob("*.dcm")))
+        print(f"data: {n} files in {sum(made.values())} studies ({', '.join(f'{v} {k}' for k, v in sorted(made.items()))}); "
+              f"defaults; {os.cpu_count()} CPU(s)")
+        ref = dcmcjpeg(src, tmp / "dcmcjpeg")
+        run = convert(src, tmp / "out", None)
+        reports = len(list((tmp / "out").glob("*/report.json")))
+    print(f"DCMTK dcmcjpeg, one process per file: {ref:.1f} files/s")
+    print(f"dicom-cae convert, defaults (--workers auto), {reports} study reports included: {run['files_per_s']:.1f} files/s "
+          f"({run['seconds']:.1f} s; command wall {run['wall_s']:.1f} s, peak RSS {run['peak_rss_mb']:.0f} MB)")
+    print(f"ratio convert / dcmcjpeg: {run['files_per_s'] / ref:.2f} (goal >= 0.5)")
+    return 0
+
+
 def dcmcjpeg(folder: Path, out: Path) -> float:
     tool = shutil.which("dcmcjpeg")
     if tool is None:
@@ -84,14 +141,15 @@ def dcmcjpeg(folder: Path, out: Path) -> float:
     return len(files) / (time.perf_counter() - t0)
 
 
-def convert(src: Path, out: Path, quality: int, *extra: str) -> dict:
+def convert(src: Path, out: Path, quality: int | None, *extra: str) -> dict:
     """One `dicom-cae convert` in a fresh process: files/s by its own clock, wall s, peak RSS."""
     # A launcher whose only descendants are this conversion's processes: their largest peak RSS.
     launcher = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
                 "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", launcher, sys.executable, "-m", "dicom_cae", "convert", str(src), str(out),
-                           "--quality", str(quality), "--no-progress", *extra], capture_output=True, text=True, env=ENV, cwd=ROOT)
+                           *(["--quality", str(quality)] if quality else []), "--no-progress", *extra],
+                          capture_output=True, text=True, env=ENV, cwd=ROOT)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"convert failed:\n{proc.stdout}\n{proc.stderr[-3000:]}")
@@ -153,11 +211,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--files", type=int, default=96)
-    p.add_argument("--quality", type=int, default=10)  # the model works up to 15; at 30 it passes JPEG through
+    p.add_argument("--quality", type=int, default=None, help="JPEG quality (default: the library's)")
     p.add_argument("--no-dask", action="store_true")
+    p.add_argument("--mixed", action="store_true", help="the many-studies, mixed-modality check against dcmcjpeg")
+    p.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
+    p.add_argument("--studies", type=int, default=30)
+    p.add_argument("--per-study", type=int, default=7)
     args = p.parse_args(argv)
+    if args.mixed:
+        return mixed(args)
     files = _files(args.data, args.files)
-    print(f"data: {len(files)} files of {args.data.name}; JPEG quality {args.quality}; {os.cpu_count()} CPU(s)")
+    print(f"data: {len(files)} files of {args.data.name}; JPEG quality {args.quality or 'default'}; {os.cpu_count()} CPU(s)")
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -167,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         one_study(files[: len(files) // 2], half)
         results["dcmcjpeg one study"] = dcmcjpeg(big, tmp / "dcmcjpeg-big")
         results["dcmcjpeg small studies"] = dcmcjpeg(small, tmp / "dcmcjpeg-small")
-        infer_rate = infer(big, args.quality)
+        infer_rate = infer(big, args.quality or DEFAULT_QUALITY)
         results["inference images/s"] = infer_rate
         runs: dict[str, dict] = {}
         engines = [("this process", ()), ("1 worker process", ("--workers", "1")), ("2 worker processes", ("--workers", "2"))]

@@ -156,8 +156,9 @@ class Shown:
         out = []
         for w, r in zip(self.wins, self.references):
             shown = self._show(w, test)
-            out.append(WindowQuality(w, metrics.measure(r, shown), metrics.blockiness(shown, self.edges),
-                                     metrics.psnr_b(r.image, shown, self.edges, self.block)))
+            s = metrics.steps(shown, self.edges)  # once, for both blocking measures
+            out.append(WindowQuality(w, metrics.measure(r, shown), metrics.blockiness(s),
+                                     metrics.psnr_b(r.image, shown, self.edges, self.block, test_steps=s)))
         return out
 
 
@@ -167,11 +168,6 @@ def measure(reference: np.ndarray, test: np.ndarray, wins: list[Window], *, inve
     (both modality units) as shown through each window (inverted for MONOCHROME1, as a viewer
     shows it)."""
     return Shown(reference, wins, invert=invert, coding_size=coding_size).measure(test)
-
-
-def worst(qualities: list[WindowQuality]) -> WindowQuality:
-    """The window in which the image is shown worst (lowest PSNR)."""
-    return min(qualities, key=lambda q: q.quality.psnr)
 
 
 def hu_error(reference: np.ndarray, test: np.ndarray, value_range: tuple[float, float] = HU_SOFT_TISSUE) -> HUError:
