@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default="blockres", metavar="NAME", help="architecture (default blockres)")
     t.add_argument("--epochs", type=_positive, default=5, help="epochs (default 5)")
     t.add_argument("--passes", type=_positive, default=1, help="passes over the training set per epoch, each with new JPEG qualities and flips (default 1)")
-    t.add_argument("--batch-size", type=_positive, default=16, help="batch size (default 16)")
+    t.add_argument("--batch-size", type=_positive, default=16, help="training batch size (default 16)")
     t.add_argument("--learning-rate", type=float, default=3e-4, help="initial learning rate, cosine decay (default 3e-4)")
     t.add_argument("--qualities", type=_qualities, help="JPEG qualities to train at, comma separated (default 1-50 spread; one value trains a single-quality model)")
     t.add_argument("--val-qualities", type=_qualities, help="JPEG qualities to validate at after each epoch (default 1,10)")
@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--qualities", type=_qualities, default=DEFAULT_RD_QUALITIES, metavar="Q,Q,...",
                    help="JPEG qualities (default " + ",".join(map(str, DEFAULT_RD_QUALITIES)) + ")")
     _add_model_args(e)
-    e.add_argument("--batch-size", type=_positive, default=16, metavar="N", help="images per model batch (default 16)")
+    e.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE, metavar="N",
+                   help=f"images per model batch (default {DEFAULT_BATCH_SIZE})")
     e.add_argument("--out", default="runs/evaluate", metavar="DIR", help="output folder (default runs/evaluate)")
     _add_mapping_arg(e)
     e.add_argument("--ratios", type=_ratios, default=None, metavar="R,R,...",
@@ -240,7 +241,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     try:
         with engine:
-            s = convert(src, args.dst, pipe, quality=args.quality, target=target, progress=not args.no_progress, engine=engine)
+            s = convert(src, args.dst, pipe, progress=not args.no_progress, engine=engine, settings=settings)
     except io.FolderInUse as exc:
         print(f"dicom-cae convert: error: another conversion (pid {exc.holder}) is writing into {args.dst}; "
               "run this one when it has finished, or into another folder", file=sys.stderr)

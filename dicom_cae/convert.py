@@ -77,12 +77,14 @@ def convert(
     progress: bool = True,
     workers: int = 2,
     engine: engines.Engine | None = None,
+    settings: runner.Settings | None = None,
 ) -> Summary:
     """Convert every DICOM image under ``src`` into ``dst``; write reports and the errors file.
 
     Files that fail are listed in ``dst/errors.tsv`` with their reason; the rest go on. With
     a ``target``, each image gets the lowest JPEG quality that reaches it instead of ``quality``.
-    The batches run on ``engine`` (engines.engine_for: processes, a Dask cluster), else in this
+    ``settings``: built once by the caller (runner.Settings), else from ``pipe``, ``quality`` and
+    ``target``. The batches run on ``engine`` (engines.engine_for: processes, a Dask cluster), else in this
     process with ``workers`` threads per stage; the study reports too. Memory stays bounded: a
     few batches in flight, whatever the number of files. An output folder inside ``src`` is
     not walked.
@@ -93,7 +95,8 @@ def convert(
     src, dst = Path(src), Path(dst)
     lock = io.lock_folder(dst, LOCK_FILE)  # raises io.FolderInUse: one convert writes into a folder at a time
     try:
-        return _convert(src, dst, pipe, quality, target, progress, workers, engine, started)
+        settings = settings or runner.Settings.of(pipe, quality=quality, target=target)
+        return _convert(src, dst, pipe, settings, progress, workers, engine, started)
     finally:
         os.close(lock)
 
@@ -102,11 +105,10 @@ def convert(
 LOCK_FILE = ".dicom-cae-convert.lock"
 
 
-def _convert(src: Path, dst: Path, pipe: Pipeline, quality: int, target: Target | RatioTarget | None, progress: bool,
-             workers: int, engine: engines.Engine | None, started: float) -> Summary:
+def _convert(src: Path, dst: Path, pipe: Pipeline, settings: runner.Settings, progress: bool, workers: int,
+             engine: engines.Engine | None, started: float) -> Summary:
     from tqdm import tqdm
 
-    settings = runner.Settings.of(pipe, quality=quality, target=target)
     own = engine is None
     engine = engine or engines.create("in-process", settings, threads=workers)
     files = io.walk(src, skip=(dst,))  # an output folder inside the input is not input

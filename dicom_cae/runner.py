@@ -50,6 +50,38 @@ class Settings:
     identity: str | None = None  # the digest of every weight file the model uses (checked where it runs)
 
     @classmethod
+    def build(cls, *, model: str | None = None, weights: str | None = None, mapping: str | None = None,
+              quality: int | None = None, target: Target | None = None, target_ratio: float | None = None,
+              batch_size: int | None = None) -> Settings:
+        """The settings a command, the node's configuration or the Orthanc plugin asks for, each
+        default and check in one place, decided before any model loads (the weights' identity
+        from the model cards, or the digest of the weights file).
+
+        Raises ValueError for a value out of range, ModelError for a model that ships no weights.
+        """
+        from dicom_cae import codec, weights as shipped
+
+        if target_ratio is not None:
+            if target is not None:
+                raise ValueError("a fidelity target and a ratio target exclude each other")
+            target = RatioTarget(float(target_ratio))
+        quality = DEFAULT_QUALITY if quality is None else int(quality)
+        codec.check_quality(quality)
+        batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        name = model or shipped.DEFAULT_MODEL
+        if weights:
+            path = Path(weights).resolve()
+            identity = shipped.sha256_of(path)
+        else:
+            path, identity = None, shipped_identity(name)
+            if identity is None:
+                raise ModelError(f"no weights ship for model {name!r}")
+        return cls(name, str(path) if path else None, value_mapping.check(mapping or value_mapping.DEFAULT), quality,
+                   target, batch_size, identity)
+
+    @classmethod
     def of(cls, pipe: Pipeline, *, quality: int = DEFAULT_QUALITY, target: Target | RatioTarget | None = None) -> Settings:
         """The settings of an already loaded pipeline (its weights by path unless they ship)."""
         r = pipe.reconstructor
@@ -69,7 +101,7 @@ def shipped_identity(name: str) -> str | None:
     the model cards alone; None when no weights ship for ``name``."""
     import hashlib
 
-    from dicom_cae.model.reconstructor import shipped_card_list
+    from dicom_cae.weights import shipped_card_list
 
     cards = [c for c in shipped_card_list() if c["model"] == name]
     general = [c["sha256"] for c in cards if "serves" not in c]

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dicom_cae.pipeline import DEFAULT_QUALITY
+from dicom_cae import mapping as value_mapping
+from dicom_cae.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_QUALITY
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -50,10 +51,10 @@ class Config:
     target_ssim: float | None = None
     target_ratio: float | None = None  # instead of quality: coding size and quality within this byte budget
     target_on: str = "display"  # where the target is measured: worst display window, or "seed" (min/max)
-    value_mapping: str = "window"  # minmax (the seed's) or window: see dicom_cae.mapping
+    value_mapping: str = value_mapping.DEFAULT  # window, or minmax (the seed's): see dicom_cae.mapping
     model: str | None = None
     weights: str | None = None
-    batch_size: int = 16
+    batch_size: int = DEFAULT_BATCH_SIZE
     batch_wait_s: float = 1.0
     study_quiet_s: float = 30.0
     workers: int = 0  # N > 0: process in N local processes (each loads the model once); 0: in the node's process
@@ -127,8 +128,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("workers and dask exclude each other")
     if cfg.dask is not None and "://" not in cfg.dask:
         raise ConfigError(f"dask: a scheduler address such as tcp://HOST:8786, got {cfg.dask!r}")
-    if cfg.value_mapping not in ("minmax", "window"):
-        raise ConfigError(f"value_mapping: 'minmax' or 'window', got {cfg.value_mapping!r}")
+    if cfg.value_mapping not in value_mapping.NAMES:
+        raise ConfigError(f"value_mapping: one of {', '.join(map(repr, value_mapping.NAMES))}, got {cfg.value_mapping!r}")
     if cfg.target_ratio is not None and not 0 < cfg.target_ratio <= 1:
         raise ConfigError(f"target_ratio: a compression ratio in (0, 1], got {cfg.target_ratio}")
     if cfg.target_ratio is not None and (cfg.target_psnr or cfg.target_ssim):
@@ -213,22 +214,22 @@ def load(path: str | Path | None = None, **overrides: Any) -> Config:
     return validate(_build(Config, values, str(path or "settings")))
 
 
-EXAMPLE = """\
+EXAMPLE = f"""\
 # dicom-cae serve settings (every key is optional; these are the defaults)
 ae_title = "DICOM_CAE"
 bind = "127.0.0.1"          # "0.0.0.0" to accept associations from the network
 port = 11112
 data_dir = "dicom-cae-data" # spool/, output/, kept/, failed/, state.sqlite
 
-quality = 30                # JPEG quality 1-100 (the scale of the quantization table)
+quality = {DEFAULT_QUALITY:<18}# JPEG quality 1-100 (the scale of the quantization table)
 # target_psnr = 38.0        # instead: per image, the lowest quality whose reconstruction reaches it
 # target_ssim = 0.95
 # target_ratio = 0.0093    # instead: per image, size and quality within this compression ratio
 target_on = "display"       # target measured in the worst display window, or "seed" (min/max image)
-value_mapping = "window"    # how values become the image JPEG codes: window, or minmax (the seed's)
+value_mapping = "{value_mapping.DEFAULT}"    # how values become the image JPEG codes: window, or minmax (the seed's)
 # model = "blockres"        # see 'dicom-cae models'
 # weights = "path/to/file.weights.h5"
-batch_size = 16
+batch_size = {DEFAULT_BATCH_SIZE}
 batch_wait_s = 1.0          # wait this long for a batch to fill
 study_quiet_s = 30.0        # a study is complete after this long without new instances
 # workers = 2               # process in 2 local processes, each with the model (default: in the node)

@@ -19,28 +19,7 @@ from dicom_cae.model.architectures import ARCHITECTURES, SIZE, build
 
 LOGGER = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "deblock"
-WEIGHTS_PACKAGE = "dicom_cae.weights"
-
-
-def sha256_of(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def shipped_card_list() -> list[dict[str, Any]]:
-    """Model cards of all the weights that ship inside the package."""
-    out = []
-    root = resources.files(WEIGHTS_PACKAGE)
-    for entry in sorted(root.iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".json"):
-            card = json.loads(entry.read_text())
-            card["weights_path"] = str(root / card["weights_file"])
-            out.append(card)
-    return out
+from dicom_cae.weights import DEFAULT_MODEL, WEIGHTS_PACKAGE, sha256_of, shipped_card_list  # noqa: E402,F401
 
 
 def shipped_cards() -> dict[str, dict[str, Any]]:

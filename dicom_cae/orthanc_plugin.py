@@ -1,0 +1,470 @@
+"""dicom-cae inside Orthanc: the plugin (loaded by Orthanc's Python plugin) and the command that
+runs an Orthanc with it.
+
+When Orthanc says a study is stable, the study is queued (a durable SQLite queue in the
+plugin's data folder) and the callback returns at once. A thread of the plugin takes queued
+studies one at a time: it copies the study's original image instances out of Orthanc, runs
+them through the same batch driver as ``convert`` and the node (runner.Driver, the service
+policy: a failure of the machine leaves the study queued) on local worker processes (the
+model never loads inside Orthanc), posts the derived instances and the report (Encapsulated
+PDF) back into Orthanc as new series of the same study, and marks the study done.
+
+Never a loop, never twice: an instance carrying dicom-cae's private block (a derived image)
+or no pixels (the report) is never processed; the derived UIDs are deterministic, so a study
+processed again, or completed after a restart, gives the same instances, which Orthanc keeps
+once. The queue survives a restart or a SIGKILL: what was pending is taken again.
+
+In Orthanc: ``/dicom-cae/health`` (the queue and its problems), ``/dicom-cae/studies/{id}/report``
+(the study's HTML report), ``POST /dicom-cae/studies/{id}/reprocess`` (queue it again, with
+other settings in a JSON body: quality, target_ratio, value_mapping). An instance that cannot
+be processed gets the metadata ``DicomCaeError`` (its reason) and a warning in Orthanc's log.
+
+The command ``dicom-cae orthanc`` writes an Orthanc configuration (storage in the data folder,
+the Python and DICOMweb plugins, this plugin, StableAge) and runs the Orthanc on the PATH with it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LOGGER = logging.getLogger(__name__)
+
+#: The user metadata an instance that could not be processed gets (declared in Orthanc's
+#: configuration under "UserMetadata"; the command's configuration has it).
+ERROR_METADATA = "DicomCaeError"
+ERROR_METADATA_INDEX = 4242
+CONFIG_KEY = "DicomCae"
+PENDING, DONE, PROBLEM = "pending", "done", "problem"
+RETRY_S = 30.0  # a study whose processing failed as a whole is tried again after this
+
+
+# -- the durable queue ---------------------------------------------------------------------------
+
+class StudyQueue:
+    """Orthanc study ids to process, kept in SQLite (WAL, synchronous FULL): a study queued is
+    processed even if Orthanc is killed before it is; one marked done is not processed again
+    unless asked (reprocess)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS studies (id TEXT PRIMARY KEY, state TEXT NOT NULL, "
+                         "settings TEXT, tries INTEGER NOT NULL DEFAULT 0, problem TEXT, updated REAL NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS failures (study TEXT, instance TEXT, reason TEXT, cause TEXT, "
+                         "PRIMARY KEY (study, instance))")
+
+    def add(self, study: str, settings: dict[str, Any] | None = None, *, again: bool = False) -> None:
+        """Queue ``study`` (a study done already only when ``again``)."""
+        with self._lock:
+            row = self._db.execute("SELECT state FROM studies WHERE id = ?", (study,)).fetchone()
+            if row is not None and row[0] == DONE and not again:
+                # Instances arrived after it was done: complete it (what was derived is kept).
+                pass
+            self._db.execute(
+                "INSERT INTO studies (id, state, settings, tries, problem, updated) VALUES (?, ?, ?, 0, NULL, ?) "
+                "ON CONFLICT(id) DO UPDATE SET state = excluded.state, tries = 0, problem = NULL, "
+                "settings = COALESCE(excluded.settings, studies.settings), updated = excluded.updated",
+                (study, PENDING, json.dumps(settings) if settings else None, time.time()))
+
+    def next(self) -> tuple[str, dict[str, Any] | None] | None:
+        """The oldest pending study (a problem one once RETRY_S has passed), or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, settings FROM studies WHERE state = ? OR (state = ? AND updated <= ?) ORDER BY updated LIMIT 1",
+                (PENDING, PROBLEM, time.time() - RETRY_S)).fetchone()
+        return None if row is None else (row[0], json.loads(row[1]) if row[1] else None)
+
+    def done(self, study: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE studies SET state = ?, problem = NULL, updated = ? WHERE id = ?", (DONE, time.time(), study))
+
+    def problem(self, study: str, what: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE studies SET state = ?, tries = tries + 1, problem = ?, updated = ? WHERE id = ?",
+                             (PROBLEM, what, time.time(), study))
+
+    def failed(self, study: str, instance: str, reason: str, cause: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)", (study, instance, reason, cause))
+
+    def state(self, study: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT state FROM studies WHERE id = ?", (study,)).fetchone()
+        return row[0] if row else None
+
+    def summary(self) -> dict[str, Any]:
+        with self._lock:
+            counts = dict(self._db.execute("SELECT state, COUNT(*) FROM studies GROUP BY state").fetchall())
+            problems = [{"study": s, "tries": t, "problem": p} for s, t, p in
+                        self._db.execute("SELECT id, tries, problem FROM studies WHERE state = ?", (PROBLEM,))]
+            failures = [{"study": s, "instance": i, "reason": r, "cause": c} for s, i, r, c in
+                        self._db.execute("SELECT study, instance, reason, cause FROM failures ORDER BY study")]
+        return {"queue": {k: counts.get(k, 0) for k in (PENDING, PROBLEM, DONE)}, "problems": problems,
+                "failed_instances": failures}
+
+
+# -- the plugin (inside Orthanc) -------------------------------------------------------------------
+
+@dataclass
+class Options:
+    """The plugin's settings (Orthanc's configuration, under "DicomCae")."""
+
+    data_dir: str
+    python: str = sys.executable  # the interpreter of the worker processes (inside Orthanc, not Orthanc itself)
+    workers: int = 1
+    quality: int | None = None
+    target_ratio: float | None = None
+    value_mapping: str | None = None
+    model: str | None = None
+    batch_size: int | None = None
+
+    @classmethod
+    def of(cls, config: dict[str, Any]) -> Options:
+        known = {k: config[k] for k in cls.__dataclass_fields__ if k in config}
+        unknown = sorted(set(config) - set(known))
+        if unknown:
+            raise ValueError(f"unknown {CONFIG_KEY} setting(s): {', '.join(unknown)}; known: "
+                             f"{', '.join(cls.__dataclass_fields__)}")
+        return cls(**known)
+
+
+class Plugin:
+    """The queue, the worker thread and the REST routes, inside Orthanc."""
+
+    def __init__(self, orthanc: Any, options: Options) -> None:
+        self.orthanc, self.options = orthanc, options
+        self.root = Path(options.data_dir)
+        self.queue = StudyQueue(self.root / "queue.sqlite")
+        self.store_root = self.root / "derived"
+        self.work = self.root / "work"
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.current: str | None = None
+        self.last_error: str | None = None
+        self._engines: dict[tuple, Any] = {}
+        self.thread = threading.Thread(target=self._loop, name="dicom-cae", daemon=True)
+
+    # callbacks: each returns at once (the Python plugin holds the GIL in a callback)
+    def on_change(self, change_type: Any, level: Any, resource: str) -> None:
+        try:
+            if change_type == self.orthanc.ChangeType.STABLE_STUDY:
+                self.queue.add(resource)
+                self.wake.set()
+            elif change_type == self.orthanc.ChangeType.ORTHANC_STOPPED:
+                self.stopping.set()
+                self.wake.set()
+        except Exception:  # noqa: BLE001 (a plugin's exception must never reach Orthanc)
+            self.orthanc.LogError(f"dicom-cae: {traceback.format_exc()}")
+
+    def health(self, output: Any, uri: str, **request: Any) -> None:
+        doc = {"status": "degraded" if self.last_error else "ok", "processing": self.current,
+               "last_error": self.last_error, **self.queue.summary()}
+        output.AnswerBuffer(json.dumps(doc, indent=1), "application/json")
+
+    def report(self, output: Any, uri: str, **request: Any) -> None:
+        study = request["groups"][0]
+        path = self._study_folder(study) / "report.html" if self._study_folder(study) else None
+        if path is None or not path.exists():
+            output.SendHttpStatusCode(404)
+            return
+        output.AnswerBuffer(path.read_bytes(), "text/html")
+
+    def reprocess(self, output: Any, uri: str, **request: Any) -> None:
+        if request.get("method") != "POST":
+            output.SendMethodNotAllowed("POST")
+            return
+        study = request["groups"][0]
+        body = request.get("body") or b""
+        try:
+            settings = json.loads(body) if body.strip() else None
+            if settings is not None:
+                self._settings(settings)  # checked now: a mistyped setting is answered, not queued
+        except (ValueError, TypeError) as exc:
+            output.AnswerBuffer(json.dumps({"error": str(exc)}), "application/json")
+            return
+        self.queue.add(study, settings, again=True)
+        self.wake.set()
+        output.AnswerBuffer(json.dumps({"queued": study, "settings": settings}), "application/json")
+
+    # the worker thread
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            item = self.queue.next()
+            if item is None:
+                self.wake.wait(2.0)
+                self.wake.clear()
+                continue
+            study, settings = item
+            self.current = study
+            try:
+                self.process(study, settings)
+                self.queue.done(study)
+                self.last_error = None
+            except Exception as exc:  # noqa: BLE001 (the model, the disk, Orthanc: the study stays queued)
+                what = f"{type(exc).__name__}: {exc}"
+                self.last_error = f"study {study}: {what}"
+                self.queue.problem(study, what)
+                self.orthanc.LogWarning(f"dicom-cae: study {study} stays queued (tried again in {RETRY_S:g} s): {what}")
+                LOGGER.debug("%s", traceback.format_exc())
+            finally:
+                self.current = None
+
+    def _settings(self, override: dict[str, Any] | None = None) -> Any:
+        from dicom_cae import runner
+
+        o = {k: v for k, v in vars(self.options).items() if v is not None}
+        o.update(override or {})
+        return runner.Settings.build(model=o.get("model"), mapping=o.get("value_mapping"), quality=o.get("quality"),
+                                     target_ratio=o.get("target_ratio"), batch_size=o.get("batch_size"))
+
+    def _engine(self, settings: Any) -> Any:
+        key = settings.model_key
+        if key not in self._engines:
+            from dicom_cae import engines
+
+            spawn_with(self.options.python)
+            self._engines[key] = engines.create("processes", settings, workers=max(1, int(self.options.workers)))
+        return self._engines[key]
+
+    def _study_folder(self, study: str) -> Path | None:
+        info = self._get(f"/studies/{study}")
+        uid = info.get("MainDicomTags", {}).get("StudyInstanceUID") if info else None
+        if not uid:
+            return None
+        from dicom_cae.store import Store
+
+        return Store(self.store_root).study_dir(uid)
+
+    def _get(self, uri: str) -> Any:
+        try:
+            return json.loads(self.orthanc.RestApiGet(uri))
+        except Exception:  # noqa: BLE001 (gone from Orthanc)
+            return None
+
+    def process(self, study: str, override: dict[str, Any] | None = None) -> None:
+        """One study: its original images through the driver, the results into Orthanc."""
+        from dicom_cae import io, private_tags, report, runner
+        from dicom_cae.store import Entry, Store
+
+        settings = self._settings(override)
+        instances = self._get(f"/studies/{study}/instances") or []
+        folder = self.work / study
+        folder.mkdir(parents=True, exist_ok=True)
+        paths, ids = [], {}
+        for inst in instances:
+            path = folder / f"{inst['ID']}.dcm"
+            if not path.exists():
+                tmp = io.temporary(path)
+                tmp.write_bytes(self.orthanc.GetDicomForInstance(inst["ID"]))
+                os.replace(tmp, path)
+            try:
+                ds = io.read(path, pixels=False)
+            except Exception:  # noqa: BLE001 (the driver says what is wrong with it)
+                ds = None
+            if ds is not None and (private_tags.is_ours(ds) or "PixelData" not in ds and str(ds.get("Modality", "")) == "DOC"):
+                continue  # dicom-cae's own output (a derived image, the report): never processed again
+            paths.append(str(path.resolve()))
+            ids[paths[-1]] = inst["ID"]
+        store = Store(self.store_root)
+        outcomes: list[runner.Outcome] = []
+        policy = runner.Policy(requeue=True, tries=3, skip_done=True, durable=True, by_sop=True)
+        driver = runner.Driver(self._engine(settings), settings, self.store_root, policy)
+        batches = [paths[i : i + settings.batch_size] for i in range(0, len(paths), settings.batch_size)]
+        driver.run(batches, lambda _, out: outcomes.extend(out))  # Deferred: the study stays queued
+        derived, sources, study_uid = [], {}, None
+        for o in outcomes:
+            if o.kind in (runner.WRITTEN, runner.DONE) and o.output:
+                out = store.root / o.output
+                self._post(out.read_bytes())
+                derived.append(out)
+                sources[o.sop_instance] = Path(o.source)
+                study_uid = o.study
+                store.add([Entry(o.derived[1], o.derived[0], o.study, o.sop_instance, o.source, o.output)])
+            elif o.kind == runner.FAILED and o.error is not None:
+                iid = ids.get(o.source, o.source)
+                self.queue.failed(study, iid, o.error.reason, o.error.cause)
+                self.orthanc.LogWarning(f"dicom-cae: instance {iid} not processed ({o.error.cause}): {o.error.reason}")
+                try:
+                    self.orthanc.RestApiPut(f"/instances/{iid}/metadata/{ERROR_METADATA}",
+                                            f"{o.error.cause}: {o.error.reason}"[:1000])
+                except Exception:  # noqa: BLE001 (the metadata is not declared in this Orthanc's configuration)
+                    pass
+        if study_uid:
+            report.write(store.study_dir(study_uid), sources=sources, files=sorted(set(store.study_files(study_uid))))
+            for doc in store.study_dir(study_uid).glob("*/*.dcm"):
+                if doc.parent.name == report.document_series(study_uid):
+                    self._post(doc.read_bytes())
+        store.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def _post(self, data: bytes) -> None:
+        self.orthanc.RestApiPost("/instances", data)  # an instance Orthanc holds already is kept once
+
+
+def spawn_with(python: str) -> None:
+    """Worker processes started from inside Orthanc run ``python`` with its own module path.
+
+    Inside Orthanc, ``sys.executable`` is Orthanc itself and ``sys.path`` leads to the Python
+    that Orthanc embeds (Debian's); a spawned process is given the parent's path, and a mix of
+    two standard libraries fails (modules built into one are files in the other). So the
+    interpreter is set, and the path each spawned process gets is that interpreter's own
+    (with the folders that hold dicom-cae first)."""
+    import multiprocessing
+    import multiprocessing.spawn as spawn
+    import subprocess
+
+    multiprocessing.set_executable(python)
+    own = json.loads(subprocess.run([python, "-c", "import json, sys; print(json.dumps(sys.path[1:]))"],
+                                    capture_output=True, text=True, check=True).stdout)
+    ours = [p for p in sys.path if p not in own and (Path(p) / "dicom_cae").is_dir()]
+    path = ours + own
+    original = getattr(spawn.get_preparation_data, "__wrapped__", spawn.get_preparation_data)
+
+    def preparation_data(name: str) -> dict:
+        data = original(name)
+        data["sys_path"] = path
+        data.pop("init_main_from_path", None)  # Orthanc's __main__ is no file to run
+        return data
+
+    preparation_data.__wrapped__ = original
+    spawn.get_preparation_data = preparation_data
+
+
+def register_private_tags(orthanc: Any) -> None:
+    """Name every element of the private block in Orthanc's dictionary (its tags view, /tags)."""
+    from dicom_cae import private_tags
+
+    for e in private_tags.ELEMENTS:
+        vr = getattr(orthanc.ValueRepresentation, e.vr, None)
+        if vr is None:
+            continue
+        orthanc.RegisterPrivateDictionaryTag(private_tags.PRIVATE_GROUP, 0x1000 | e.offset, vr, e.keyword, 1, 0,
+                                             private_tags.PRIVATE_CREATOR)
+
+
+def start() -> Plugin:
+    """Called by the PythonScript inside Orthanc: read the "DicomCae" settings, register the
+    callbacks and routes, start the worker thread."""
+    import orthanc  # provided by Orthanc's Python plugin
+
+    config = json.loads(orthanc.GetConfiguration()).get(CONFIG_KEY, {})
+    plugin = Plugin(orthanc, Options.of(config))
+    try:
+        register_private_tags(orthanc)
+    except Exception:  # noqa: BLE001 (names in the tags view are a nicety)
+        orthanc.LogWarning(f"dicom-cae: private tags not registered: {traceback.format_exc()}")
+    orthanc.RegisterOnChangeCallback(plugin.on_change)
+    orthanc.RegisterRestCallback("/dicom-cae/health", plugin.health)
+    orthanc.RegisterRestCallback("/dicom-cae/studies/([^/]+)/report", plugin.report)
+    orthanc.RegisterRestCallback("/dicom-cae/studies/([^/]+)/reprocess", plugin.reprocess)
+    plugin.thread.start()
+    orthanc.LogWarning(f"dicom-cae: plugin started, data in {plugin.root}, {plugin.queue.summary()['queue']}")
+    return plugin
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc")
+
+
+def _plugin_library(name: str) -> str | None:
+    for d in PLUGIN_DIRS:
+        for p in sorted(Path(d).glob(f"lib{name}.so*")):
+            return str(p)
+    return None
+
+
+def configuration(data_dir: Path, *, dicom_port: int, http_port: int, aet: str = "DICOM_CAE", stable_age: int = 10,
+                  workers: int = 1, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The Orthanc configuration that runs dicom-cae inside it."""
+    paths = [p for p in sys.path if p.endswith("site-packages")]
+    root = str(Path(__file__).resolve().parents[1])
+    script = data_dir / "dicom_cae_plugin.py"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(
+        "# Written by `dicom-cae orthanc`: Orthanc's Python plugin runs this at start.\n"
+        "import sys\n"
+        f"sys.path[:0] = {[root, *paths]!r}  # dicom-cae and the packages it needs\n"
+        "from dicom_cae import orthanc_plugin\n"
+        "PLUGIN = orthanc_plugin.start()\n")
+    plugins = [p for p in (_plugin_library("OrthancPython"), _plugin_library("OrthancDicomWeb")) if p]
+    cfg = {
+        "Name": "dicom-cae",
+        "StorageDirectory": str(data_dir / "orthanc-storage"),
+        "IndexDirectory": str(data_dir / "orthanc-storage"),
+        "DicomAet": aet,
+        "DicomPort": dicom_port,
+        "HttpPort": http_port,
+        "RemoteAccessAllowed": False,  # HTTP from this machine only
+        "AuthenticationEnabled": False,
+        "StableAge": stable_age,
+        "Plugins": plugins,
+        "PythonScript": str(script),
+        "PythonVerbose": False,
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        "UserMetadata": {ERROR_METADATA: ERROR_METADATA_INDEX},
+        "DicomModalities": {},
+        "OverwriteInstances": False,
+        CONFIG_KEY: {"data_dir": str(data_dir / "dicom-cae"), "python": sys.executable, "workers": workers},
+    }
+    for k, v in (extra or {}).items():
+        cfg[CONFIG_KEY][k] = v
+    return cfg
+
+
+def register(sub: Any) -> None:
+    """The ``dicom-cae orthanc`` command (the dicom_cae.commands entry point)."""
+    p = sub.add_parser("orthanc", help="run Orthanc with dicom-cae inside it (its Python plugin)")
+    p.add_argument("--data-dir", default="dicom-cae-orthanc", help="Orthanc's storage and the plugin's data (default ./dicom-cae-orthanc)")
+    p.add_argument("--dicom-port", type=int, default=4242)
+    p.add_argument("--http-port", type=int, default=8042)
+    p.add_argument("--aet", default="DICOM_CAE")
+    p.add_argument("--stable-age", type=int, default=10, metavar="S", help="seconds without a new instance before a study is processed")
+    p.add_argument("--workers", type=int, default=1, help="worker processes that run the model (default 1)")
+    p.add_argument("--config", help="a JSON file whose keys are added to (and override) the written configuration")
+    p.add_argument("--print-config", action="store_true", help="print the configuration and exit (for a site's own Orthanc)")
+    p.set_defaults(func=run_command)
+
+
+def run_command(args: Any) -> int:
+    data_dir = Path(args.data_dir).resolve()
+    extra = json.loads(Path(args.config).read_text()) if args.config else {}
+    cfg = configuration(data_dir, dicom_port=args.dicom_port, http_port=args.http_port, aet=args.aet,
+                        stable_age=args.stable_age, workers=args.workers)
+    ours = extra.pop(CONFIG_KEY, {})
+    cfg.update(extra)
+    cfg[CONFIG_KEY].update(ours)
+    if args.print_config:
+        print(json.dumps(cfg, indent=2))
+        return 0
+    orthanc = shutil.which("Orthanc")
+    if orthanc is None:
+        print("dicom-cae orthanc: error: Orthanc is not on the PATH (Debian: apt-get install orthanc orthanc-python "
+              "orthanc-dicomweb)", file=sys.stderr)
+        return 2
+    if not any("OrthancPython" in p for p in cfg["Plugins"]):
+        print("dicom-cae orthanc: error: Orthanc's Python plugin is missing (Debian: apt-get install orthanc-python)",
+              file=sys.stderr)
+        return 2
+    path = data_dir / "orthanc.json"
+    path.write_text(json.dumps(cfg, indent=2))
+    print(f"dicom-cae orthanc: DICOM {args.aet} on port {args.dicom_port}, http://127.0.0.1:{args.http_port}/ "
+          f"(configuration {path})", file=sys.stderr)
+    env = {**os.environ, "TCP_NODELAY": os.environ.get("TCP_NODELAY", "1")}
+    os.execve(orthanc, [orthanc, str(path)], env)
+    return 0  # not reached
