@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -31,7 +33,21 @@ class InProcess(Engine):
         self._pool.shutdown()
 
 
+def _leave_with_parent() -> None:
+    """End this worker process when the process that started it is gone (SIGKILLed: a pool's
+    workers wait on a queue that never closes, and would stay for ever, each with a model)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _start_process(settings: Settings, intra_threads: int, nice: int = 0) -> None:
+    _leave_with_parent()
     if nice:
         os.nice(nice)  # the node's receiving comes first
     # Before TensorFlow starts: N processes on a few cores must not each start a thread per core.

@@ -104,6 +104,26 @@ def running(data: Path):
         o.stop()
 
 
+def _processes() -> list[tuple[int, int, str]]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                out.append((int(d.name), ppid, (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def _children_of(pid: int) -> list[int]:
+    return [p for p, ppid, _ in _processes() if ppid == pid]
+
+
+def _orphaned_workers() -> list[int]:
+    return [p for p, ppid, cmd in _processes() if ppid == 1 and "multiprocessing.spawn" in cmd]
+
+
 def _uid(name: str) -> str:
     return str(pydicom.dcmread(SAMPLES / name, stop_before_pixels=True).StudyInstanceUID)
 
@@ -216,3 +236,34 @@ def test_a_study_sent_again_and_a_restart_derive_nothing_twice(processed):
     wait_until(lambda: o.get("/dicom-cae/health")["processing"] is None, timeout=120, what="the plugin idle")
     after = o.series(study)
     assert {k: v["instances"] for k, v in after.items()} == {k: v["instances"] for k, v in before.items()}
+
+
+def test_orthanc_killed_while_a_study_is_processed_completes_it_after_a_restart(tmp_path):
+    """SIGKILL once derived instances are being written; after a restart the study is completed
+    from the durable queue: every image derived once, one report, nothing twice."""
+    _plugin_present()
+    from tests.conftest import shared
+
+    series = shared("ct", "lung-dx-a0002-b40f")  # 30 slices: two batches of 16
+    files = sorted(p for p in series.rglob("*") if p.is_file())
+    study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    data = tmp_path / "data"
+    o = Orthanc(data)
+    o.start()
+    try:
+        o.send(files)
+        derived = data / "dicom-cae" / "derived"
+        wait_until(lambda: any(derived.rglob("*.dcm")), timeout=240, what="the first derived instances")
+        orthanc_pid = o.proc.pid
+        o.stop(signal.SIGKILL)
+    finally:
+        o.stop()
+    assert len([p for p in derived.rglob("*.dcm")]) < len(files)  # killed halfway
+    # Its worker processes leave with it (they would wait for work for ever, each with a model).
+    wait_until(lambda: not _children_of(orthanc_pid) and not _orphaned_workers(), timeout=30, what="the workers to end")
+    with running(data) as o:
+        wait_until(lambda: any(v["modality"] == "DOC" for v in o.series(study).values()), timeout=300,
+                   what="the study completed after the restart")
+        counts = sorted((v["modality"], v["instances"]) for v in o.series(study).values())
+        assert counts == [("CT", len(files)), ("CT", len(files)), ("DOC", 1)], counts
+        assert o.get("/dicom-cae/health")["queue"] == {"pending": 0, "problem": 0, "done": 1}
