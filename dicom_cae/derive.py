@@ -406,6 +406,7 @@ def report_document(
     ds.ContentTime = now.strftime("%H%M%S")
     ds.InstanceCreationDate = ds.ContentDate
     ds.InstanceCreationTime = ds.ContentTime
+    ds.SeriesDate, ds.SeriesTime = ds.ContentDate, ds.ContentTime  # a PACS lists the report's series by it
     ds.AcquisitionDateTime = now.strftime("%Y%m%d%H%M%S")
     ds.BurnedInAnnotation = "YES" if identifies_patient else "NO"
     ds.DocumentTitle = title[:64]

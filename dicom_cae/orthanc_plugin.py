@@ -238,7 +238,8 @@ class Plugin:
             from dicom_cae import engines
 
             spawn_with(self.options.python)
-            self._engines[key] = engines.create("processes", settings, workers=max(1, int(self.options.workers)))
+            # At a lower priority: Orthanc's own work (receiving, answering queries) comes first.
+            self._engines[key] = engines.create("processes", settings, workers=max(1, int(self.options.workers)), nice=10)
         return self._engines[key]
 
     def _study_folder(self, study: str) -> Path | None:
@@ -258,7 +259,7 @@ class Plugin:
 
     def process(self, study: str, override: dict[str, Any] | None = None) -> None:
         """One study: its original images through the driver, the results into Orthanc."""
-        from dicom_cae import io, private_tags, report, runner
+        from dicom_cae import io, private_tags, report, runner  # noqa: F401 (report: its series UID)
         from dicom_cae.store import Entry, Store
 
         settings = self._settings(override)
@@ -281,31 +282,39 @@ class Plugin:
             paths.append(str(path.resolve()))
             ids[paths[-1]] = inst["ID"]
         store = Store(self.store_root)
-        outcomes: list[runner.Outcome] = []
+        derived, sources, studies = [], {}, set()
+
+        def take(_: list[str], outcomes: list[runner.Outcome]) -> None:
+            """Each batch's results into Orthanc as they come (while the workers go on)."""
+            for o in outcomes:
+                if o.kind in (runner.WRITTEN, runner.DONE) and o.output:
+                    out = store.root / o.output
+                    self._post(out.read_bytes())
+                    derived.append(out)
+                    sources[o.sop_instance] = Path(o.source)
+                    studies.add(o.study)
+                    store.add([Entry(o.derived[1], o.derived[0], o.study, o.sop_instance, o.source, o.output)])
+                elif o.kind == runner.FAILED and o.error is not None:
+                    iid = ids.get(o.source, o.source)
+                    self.queue.failed(study, iid, o.error.reason, o.error.cause)
+                    self.orthanc.LogWarning(f"dicom-cae: instance {iid} not processed ({o.error.cause}): {o.error.reason}")
+                    try:
+                        self.orthanc.RestApiPut(f"/instances/{iid}/metadata/{ERROR_METADATA}",
+                                                f"{o.error.cause}: {o.error.reason}"[:1000])
+                    except Exception:  # noqa: BLE001 (the metadata is not declared in this Orthanc's configuration)
+                        pass
+
         policy = runner.Policy(requeue=True, tries=3, skip_done=True, durable=True, by_sop=True)
         driver = runner.Driver(self._engine(settings), settings, self.store_root, policy)
         batches = [paths[i : i + settings.batch_size] for i in range(0, len(paths), settings.batch_size)]
-        driver.run(batches, lambda _, out: outcomes.extend(out))  # Deferred: the study stays queued
-        derived, sources, study_uid = [], {}, None
-        for o in outcomes:
-            if o.kind in (runner.WRITTEN, runner.DONE) and o.output:
-                out = store.root / o.output
-                self._post(out.read_bytes())
-                derived.append(out)
-                sources[o.sop_instance] = Path(o.source)
-                study_uid = o.study
-                store.add([Entry(o.derived[1], o.derived[0], o.study, o.sop_instance, o.source, o.output)])
-            elif o.kind == runner.FAILED and o.error is not None:
-                iid = ids.get(o.source, o.source)
-                self.queue.failed(study, iid, o.error.reason, o.error.cause)
-                self.orthanc.LogWarning(f"dicom-cae: instance {iid} not processed ({o.error.cause}): {o.error.reason}")
-                try:
-                    self.orthanc.RestApiPut(f"/instances/{iid}/metadata/{ERROR_METADATA}",
-                                            f"{o.error.cause}: {o.error.reason}"[:1000])
-                except Exception:  # noqa: BLE001 (the metadata is not declared in this Orthanc's configuration)
-                    pass
-        if study_uid:
-            report.write(store.study_dir(study_uid), sources=sources, files=sorted(set(store.study_files(study_uid))))
+        driver.run(batches, take)  # Deferred: the study stays queued
+        study_uid = next(iter(studies), None)
+        if study_uid:  # the report on a worker too: nothing heavy runs inside Orthanc
+            from dicom_cae.convert import _report
+
+            files = [str(p) for p in sorted(set(store.study_files(study_uid)))]
+            self._engine(settings).submit(_report, str(store.root.resolve()), study_uid, files,
+                                          {k: Path(v) for k, v in sources.items()}).result()
             for doc in store.study_dir(study_uid).glob("*/*.dcm"):
                 if doc.parent.name == report.document_series(study_uid):
                     self._post(doc.read_bytes())
