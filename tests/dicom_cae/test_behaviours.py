@@ -78,6 +78,7 @@ def _seed_psnr_ssim(pipe, path, quality):
     return d.frames[0].model.psnr, d.frames[0].model.ssim, d.frames[0].jpeg.psnr
 
 
+@pytest.mark.slow
 def test_an_ssim_target_is_met_and_the_quality_below_misses_it(pipe):
     path = SAMPLES / "mr_nonsquare.dcm"
     target = pipeline.Target(ssim=0.9)
@@ -93,6 +94,7 @@ def test_the_fidelity_search_reaches_high_qualities(pipe):
     assert _seed_psnr_ssim(pipe, path, prep.quality)[0] >= 42.0
 
 
+@pytest.mark.slow
 def test_the_fidelity_search_measures_the_models_output(pipe):
     """A target the model reaches at quality 5 where plain JPEG does not: the search (over
     coding sizes and qualities) must spend no more than that, and plain JPEG at what it chose
@@ -130,6 +132,7 @@ def test_errors_tsv_lists_each_kind(odd_folder, tmp_path, pipe):
     assert len(derived_images(out)) == 1  # the duplicate was not converted twice
 
 
+@pytest.mark.slow
 def test_a_rerun_with_another_target_converts_again(tmp_path, pipe):
     out = tmp_path / "out"
     one = tmp_path / "one"

@@ -206,6 +206,7 @@ def test_a_second_conversion_into_the_same_folder_stops_with_a_clear_line(tmp_pa
     assert io.walk(tmp_path / "o") and not any(p.name.startswith(".dicom-cae") for p in io.walk(tmp_path / "o"))
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_a_rerun_completes(tmp_path):
     """Issue 16 item 13: Ctrl-C (SIGINT) during convert printed a KeyboardInterrupt traceback
     and left no errors.tsv. Now: exit 130, no traceback, errors.tsv and the index of what was

@@ -31,6 +31,7 @@ def test_jpeg2000_stays_within_the_jpeg_byte_budget():
         assert codec.j2k_decode(j2k).shape == (256, 256)
 
 
+@pytest.mark.slow
 def test_evaluate_writes_compressai_json_plot_and_tables(tmp_path, capsys):
     out = tmp_path / "eval"
     assert cli.main(["evaluate", str(SAMPLES), "--qualities", "1,5,10,20", "--out", str(out)]) == 0
@@ -54,6 +55,7 @@ def test_evaluate_writes_compressai_json_plot_and_tables(tmp_path, capsys):
     assert len(rows) == 1 + 6 * 4 * 4  # images x qualities x codecs (JPEG, JPEG (Pillow), JPEG + model, JPEG 2000)
 
 
+@pytest.mark.slow
 def test_fidelity_target_picks_the_lowest_quality_that_reaches_it(pipe, tmp_path):
     ds = io.read(SAMPLES / "mr_nonsquare.dcm")
     target = pipeline.Target(psnr=32.0)

@@ -26,6 +26,9 @@ CT_STUDY = ["ct_phantom_1.dcm", "ct_phantom_2.dcm", "ct_phantom_3.dcm", "sr_not_
 MR_STUDY = ["mr_nonsquare.dcm"]
 
 
+pytestmark = pytest.mark.slow  # real peers and processes: the full suite, not the fast tier
+
+
 def _bad_ct(folder: Path) -> Path:
     """A CT instance of the sample CT study that storescu sends but whose pixels cannot be
     decoded (it claims twice the rows its Pixel Data holds)."""

@@ -18,6 +18,9 @@ from dicom_cae.store import INDEX, Store
 from tests.conftest import ROOT, SAMPLES, derived_images, free_port
 
 
+pytestmark = pytest.mark.slow  # real peers and processes: the full suite, not the fast tier
+
+
 def _convert(out: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "dicom_cae", "convert", str(SAMPLES), str(out), "--quality", "10", "--no-progress", *extra],

@@ -21,6 +21,7 @@ def split(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_train_writes_weights_card_log_and_curves(split, tmp_path, capsys):
     out = tmp_path / "run"
     rc = cli.main([
@@ -52,6 +53,7 @@ def test_train_refuses_a_split_that_shares_patients(split, tmp_path, capsys):
     assert "the split must be at patient level" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_training_changes_the_weights_and_lowers_the_loss(split, tmp_path):
     """Starting from the shipped weights, at one quality without augmentation: the loss falls
     from the first epoch to the last and the weights that come out are not the ones that went in."""

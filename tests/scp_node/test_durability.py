@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import signal
 import subprocess
@@ -14,6 +16,9 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
 from tests.conftest import ROOT, derived_images, shared, wait_until
+
+
+pytestmark = pytest.mark.slow  # real peers and processes: the full suite, not the fast tier
 
 
 def start_node(data_dir: Path) -> tuple[subprocess.Popen, int]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import contextlib
 import json
 import socket
@@ -57,6 +59,7 @@ def test_backoff_doubles_and_is_capped():
     assert [backoff(a, 5, 60) for a in range(6)] == [5, 10, 20, 40, 60, 60]
 
 
+@pytest.mark.slow
 def test_derived_series_reach_orthanc_and_nothing_is_lost_while_it_is_down(tmp_path, pipe):
     http_port, dicom_port = free_port(), free_port()
     forward = {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": dicom_port, "retry_initial_s": 0.3, "retry_max_s": 1.0}

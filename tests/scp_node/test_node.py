@@ -49,6 +49,7 @@ def storescu(node, *args, aet="MODALITY"):
     )
 
 
+@pytest.mark.slow
 def test_storescu_sends_a_ct_series_every_instance_is_processed(tmp_path, pipe):
     src = shared("ct", "lung-dx-a0002-b40f")
     with running_node(tmp_path, pipe, http_port=0) as node:
@@ -135,6 +136,7 @@ def test_unknown_calling_ae_title_and_host_are_rejected(tmp_path, pipe):
         assert node.counters.snapshot()["rejected"] == 1
 
 
+@pytest.mark.slow
 def test_four_associations_at_once(tmp_path, pipe):
     src = sorted(shared("mr", "trio-mprage").glob("*.dcm"))[:40]
     with running_node(tmp_path, pipe) as node:
@@ -306,6 +308,7 @@ def _trickle(port, stop, sockets, *, silent=False):
                 return
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("silent", [False, True], ids=["one byte a second", "silent"])
 def test_thirty_slow_senders_do_not_shut_out_a_modality(tmp_path, pipe, silent):
     """Issue 16 item 3: 30 connections that trickle an A-ASSOCIATE-RQ (or send nothing) held

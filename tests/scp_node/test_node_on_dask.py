@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import numpy as np
 import pydicom
 from pynetdicom import AE
@@ -11,6 +13,9 @@ from pynetdicom.sop_class import CTImageStorage
 from scp_node.config import load
 from scp_node.node import Node
 from tests.conftest import SAMPLES, derived_images, wait_until
+
+
+pytestmark = pytest.mark.slow  # real peers and processes: the full suite, not the fast tier
 
 
 def test_the_node_processes_on_the_cluster(dask_cluster, tmp_path, pipe):

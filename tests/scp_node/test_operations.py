@@ -45,6 +45,7 @@ def test_a_second_node_on_the_same_data_folder_is_refused(tmp_path, pipe):
         pass
 
 
+@pytest.mark.slow
 def test_a_port_in_use_or_an_address_not_of_this_host_is_one_line_and_exit_2(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -133,6 +134,7 @@ def test_health_is_degraded_while_forwarding_fails(tmp_path, pipe):
         assert "association with the destination failed" in fwd["last_error"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting", [{}, {"target_psnr": 30.0}], ids=["quality", "fidelity target"])
 def test_health_is_degraded_while_processing_fails(tmp_path, pipe, setting):
     """Also when the model runs inside the fidelity search (regression: there a model failure
@@ -163,6 +165,7 @@ def test_health_is_degraded_while_processing_fails(tmp_path, pipe, setting):
         assert _health(port)["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_sigterm_while_reports_are_due_exits_cleanly(tmp_path):
     """Many small studies due at once, SIGTERM: the report in hand is finished, the exit is 0
     (not an abort), nothing is lost, and a newline in a received UID forged no log line."""
@@ -305,6 +308,7 @@ def _ct_study(folder, n):
     return study, files
 
 
+@pytest.mark.slow
 def test_a_full_output_volume_keeps_instances_spooled_until_space_is_freed(tmp_path, pipe, small_volume):
     """Issue 16 item 1: with output/ on a small full volume, three acknowledged CT instances went
     to failed/ ("No space left on device") for ever. Now a full disk is the machine's problem,
@@ -361,6 +365,7 @@ def test_a_full_data_volume_answers_out_of_resources_and_leaves_no_temp_file(tmp
         wait_until(lambda: node.counters.snapshot()["processed"] == 2, timeout=120, what="both derived")
 
 
+@pytest.mark.slow
 def test_a_study_report_that_meets_a_full_disk_is_written_once_space_is_freed(tmp_path, pipe, small_volume):
     """Issue 16 item 1, the report: a report that failed on ENOSPC cleared the study's flag and
     was never tried again unless more of the study arrived. Now it stays due (tried again with
