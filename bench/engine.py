@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         infer_rate = infer(big, args.quality or DEFAULT_QUALITY)
         results["inference images/s"] = infer_rate
         runs: dict[str, dict] = {}
-        engines = [("this process", ()), ("1 worker process", ("--workers", "1")), ("2 worker processes", ("--workers", "2"))]
+        engines = [("this process", ("--workers", "0")), ("1 worker process", ("--workers", "1")),
+                   ("2 worker processes", ("--workers", "2"))]
         for label, extra in engines:
             runs[f"{label}, one study"] = convert(big, tmp / f"out-{len(runs)}", args.quality, *extra)
             runs[f"{label}, small studies"] = convert(small, tmp / f"out-{len(runs)}", args.quality, *extra)

@@ -295,7 +295,8 @@ def write(
     # The pictures are drawn once, for the HTML and the PDF alike.
     panels = report_html.worst_panels(study_files(study_dir, files), report["per_image"], sources)
     figs = report_html.figures(report, panels)
-    io.write_text(report_html.render_html(report, figs, header), study_dir / REPORT_HTML)
+    io.write_text(report_html.render_html(report, figs, header, report_html.panel_columns(panels) if panels else None),
+                  study_dir / REPORT_HTML)
     if document:
         pdf = report_html.render_pdf(report, figs, header)
         refs = sorted({(r["sop_class_uid"], r["sop_instance_uid"]) for r in report["per_image"]})

@@ -111,6 +111,14 @@ def worst_panels(study_files: list[Path], rows: list[dict[str, Any]], sources: d
     return panels
 
 
+def panel_columns(panels: list[Panel]) -> list[str]:
+    """What the worst images' panel shows, column by column: the original first when a source
+    file was at hand (convert, the node, the plugin: each keeps it for the report)."""
+    if any(p.original is not None for p in panels):
+        return ["original", "JPEG", "reconstruction", "|error| x4"]
+    return ["JPEG", "reconstruction", "correction (recon. - JPEG) x4"]
+
+
 def figures(report: dict[str, Any], panels: list[Panel]) -> dict[str, np.ndarray]:
     """The report's pictures as RGB arrays: the regression and Bland-Altman charts, the error
     histogram and PSNR per image, and the worst images (when there are any)."""
@@ -156,8 +164,8 @@ def figures(report: dict[str, Any], panels: list[Panel]) -> dict[str, np.ndarray
     figs["error"] = charts.side_by_side([charts.draw(errors, (550, 380)), charts.draw(per_image, (550, 380))])
 
     if panels:
-        with_original = any(p.original is not None for p in panels)
-        cols = ["original", "JPEG", "reconstruction", "|error| x4"] if with_original else ["JPEG", "reconstruction", "correction (recon. - JPEG) x4"]
+        cols = panel_columns(panels)
+        with_original = cols[0] == "original"
         grid = []
         for p in panels:
             if with_original and p.original is not None:
@@ -216,7 +224,9 @@ window.addEventListener('load', function () {
 """
 
 
-def render_html(report: dict[str, Any], figs: dict[str, np.ndarray], header: dict[str, str]) -> str:
+def render_html(report: dict[str, Any], figs: dict[str, np.ndarray], header: dict[str, str],
+                columns: list[str] | None = None) -> str:
+    """The page; ``columns``: what the worst images' panel shows (panel_columns), said in words."""
     meta = "".join(f"<tr><td>{html.escape(k)}</td><td class='mono'>{html.escape(v)}</td></tr>" for k, v in header.items())
     summary = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in _summary_rows(report))
     reg = report["regression"]
@@ -242,6 +252,8 @@ def render_html(report: dict[str, Any], figs: dict[str, np.ndarray], header: dic
                if hu_range else "")
     imgs = {k: f"<img alt='{k}' src='data:image/png;base64,{_png(f)}'>" for k, f in figs.items()}
     worst = imgs.get("worst", "<p class='note'>No images.</p>")
+    if "worst" in figs and columns:
+        worst = f"<p class='note'>Columns: {html.escape(' | '.join(columns))}.</p>\n{worst}"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>dicom-cae report {html.escape(report['study_instance_uid'])}</title>
 <style>{CSS}</style>{SELF_CHECK}</head><body>

@@ -90,6 +90,11 @@ class Config:
         return Path(self.data_dir) / "failed"
 
     @property
+    def originals_dir(self) -> Path:
+        """Processed originals, kept until their study's report shows them beside the derived images."""
+        return Path(self.data_dir) / "originals"
+
+    @property
     def conflicts_dir(self) -> Path:
         return Path(self.data_dir) / "conflicts"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import time
 from hashlib import sha1
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from dicom_cae import io, report
 from dicom_cae.errors import is_resource_error
+from dicom_cae.identity import safe_name
 from dicom_cae.pipeline import Pipeline
 from dicom_cae.store import Store
 from scp_node import server
@@ -240,9 +242,15 @@ class Node:
     def _complete(self, study_uid: str) -> None:
         folder = self.store.study_dir(study_uid)
         derived = self.store.study_files(study_uid) if study_uid else []
+        originals = self.cfg.originals_dir / safe_name(study_uid) if study_uid else None
         if not derived:
+            if originals is not None:
+                shutil.rmtree(originals, ignore_errors=True)
             return
-        path = report.write(folder, files=derived)
+        # The originals the worker kept, by SOP Instance UID: shown beside the derived images.
+        sources = {p.stem: p for p in originals.glob("*.dcm")} if originals is not None else {}
+        path = report.write(folder, files=derived, sources=sources)
+        shutil.rmtree(originals, ignore_errors=True)  # shown: no longer needed
         LOGGER.info("study %s complete: report %s", study_uid, path)
         if self.forwarder:  # the derived instances and the report's document
             files = sorted({str(p) for p in derived} | {str(p) for p in folder.glob("*/*.dcm") if p.parent.name == report.document_series(folder.name)})

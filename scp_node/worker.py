@@ -160,13 +160,24 @@ class Worker(threading.Thread):
                     self.counters.add("warnings")
                     LOGGER.warning("SOP Instance %s: %s", printable(item.name), warning)
                 LOGGER.info("processed SOP Instance %s -> %s", printable(item.name), o.derived[1])
-                self.spool.remove(item.path)
+                self._keep_original(item)
             elif o.kind == runner.NOT_IMAGE:
                 self._keep(item, o.error.reason if o.error else "not an image")
             elif o.kind == runner.FAILED:
                 self._fail(item, o.error.reason if o.error else "failed", o.error)
             else:  # the same instance twice in the batch: done once
                 self._resent(item)
+
+    def _keep_original(self, item: Loaded) -> None:
+        """The processed original leaves the spool for originals/<study>/ (a rename), where its
+        study's report shows it beside the derived image; the report removes the folder."""
+        dest = self.cfg.originals_dir / safe_name(item.identity.study) / f"{safe_name(item.name)}.dcm"
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(item.path, dest)
+        except OSError:  # the report shows it without its original then; nothing is lost
+            LOGGER.debug("original of %s not kept for the report", printable(item.name))
+            self.spool.remove(item.path)
 
     def _copy_aside(self, item: Loaded, folder: Path, suffix: str = "") -> Path:
         study = safe_name(item.identity.study) if item.identity else "unidentified"

@@ -59,6 +59,7 @@ M = [
  ("35 the node gives up at once on a batch that lost its worker", "dicom_cae/runner.py", "Driver.outcomes", "(not lost or self._count(paths) <= self.policy.tries)", "(not lost)", "tests/dicom_cae/test_runner.py::test_the_node_tries_a_batch_that_lost_its_worker_again_then_file_by_file"),
  ("36 no file-by-file fallback after a lost worker", "dicom_cae/runner.py", "Driver.outcomes", "out = [self._alone(p) for p in paths]", "out = [Outcome(p, FAILED) for p in paths]", "tests/dicom_cae/test_runner.py::test_convert_runs_a_batch_that_lost_its_worker_file_by_file"),
  ("37 a full disk reported as bad input", "dicom_cae/runner.py", "run_batch", "if cause_of(exc) != INPUT:", "if False:", "tests/dicom_cae/test_runner.py::test_a_full_disk_is_not_reported_as_bad_input"),
+ ("38 node reports without the original", "scp_node/node.py", "Node._complete", "report.write(folder, files=derived, sources=sources)", "report.write(folder, files=derived)", "tests/scp_node/test_node.py::test_the_node_report_shows_the_original_beside_the_derived_image"),
 ]
 
 

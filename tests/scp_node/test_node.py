@@ -78,6 +78,17 @@ def test_storescu_sends_a_ct_series_every_instance_is_processed(tmp_path, pipe):
         assert health["status"] == "ok" and health["received"] == 30
 
 
+def test_the_node_report_shows_the_original_beside_the_derived_image(tmp_path, pipe):
+    """Issue 16 item 15: the node's reports showed JPEG | reconstruction | correction only, though
+    the node has the original in hand when it processes. It keeps it until the study's report."""
+    with running_node(tmp_path, pipe) as node:
+        proc = storescu(node, *[str(SAMPLES / f"ct_phantom_{i}.dcm") for i in (1, 2, 3)])
+        assert proc.returncode == 0, proc.stderr
+        page = wait_until(lambda: next(node.cfg.output_dir.glob("*/report.html"), None), what="the study report")
+        assert "Columns: original | JPEG | reconstruction | |error| x4." in page.read_text()
+        wait_until(lambda: not any(node.cfg.originals_dir.rglob("*.dcm")), what="the originals gone once shown")
+
+
 def test_a_study_in_a_compressed_transfer_syntax(tmp_path, pipe):
     folder = tmp_path / "rle"
     folder.mkdir()
