@@ -60,6 +60,10 @@ M = [
  ("36 no file-by-file fallback after a lost worker", "dicom_cae/runner.py", "Driver.outcomes", "out = [self._alone(p) for p in paths]", "out = [Outcome(p, FAILED) for p in paths]", "tests/dicom_cae/test_runner.py::test_convert_runs_a_batch_that_lost_its_worker_file_by_file"),
  ("37 a full disk reported as bad input", "dicom_cae/runner.py", "run_batch", "if cause_of(exc) != INPUT:", "if False:", "tests/dicom_cae/test_runner.py::test_a_full_disk_is_not_reported_as_bad_input"),
  ("38 node reports without the original", "scp_node/node.py", "Node._complete", "report.write(folder, files=derived, sources=sources)", "report.write(folder, files=derived)", "tests/scp_node/test_node.py::test_the_node_report_shows_the_original_beside_the_derived_image"),
+ ("39 Bland-Altman as original - reconstructed", "dicom_cae/report.py", "build", 'r["mean_reconstructed"] - r["mean_original"]', 'r["mean_original"] - r["mean_reconstructed"]', "tests/dicom_cae/test_report.py::test_the_agreement_statistics_have_their_signs_and_figures_from_the_tags"),
+ ("40 a damaged file without a suffix passed over as not DICOM", "dicom_cae/convert.py", "<module>", 'DICOM_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima", "")', 'DICOM_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima")', "tests/dicom_cae/test_convert.py::test_a_damaged_file_without_a_suffix_is_failed_not_passed_over_as_not_dicom"),
+ ("41 the index's source column holds the study", "dicom_cae/convert.py", "_convert", "Entry(o.derived[1], o.derived[0], o.study, o.sop_instance, str(path), o.output)", "Entry(o.derived[1], o.derived[0], o.study, o.study, str(path), o.output)", "tests/dicom_cae/test_store.py::test_the_index_names_each_derived_instance_by_its_own_uids_and_its_source"),
+ ("42 one failed reconstruction fails its batch", "dicom_cae/runner.py", "_reconstruct", "            out.append(exc)", "            raise", "tests/dicom_cae/test_runner.py::test_one_instance_whose_reconstruction_fails_fails_alone"),
 ]
 
 

@@ -269,3 +269,20 @@ def converted_defaults(tmp_path_factory):
     out = tmp_path_factory.mktemp("defaults")
     assert cli.main(["convert", "--no-progress", str(SAMPLES), str(out)]) == 1  # the bad samples fail
     return out
+
+
+def test_a_damaged_file_without_a_suffix_is_failed_not_passed_over_as_not_dicom(tmp_path, pipe):
+    """Files from a modality's export often have no suffix (IM0001): a damaged one is a failed
+    image (exit 1), while a README.txt beside them is not DICOM (listed, exit 0 for it)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    data = (SAMPLES / "ct_phantom_1.dcm").read_bytes()
+    (src / "IM0001").write_bytes(data[: len(data) // 3])  # cut inside the pixel data
+    (src / "IM0002").write_bytes(b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00garbage" * 40)  # a DICOM preamble, then junk
+    (src / "IM0003").write_bytes(bytes(range(256)) * 64)  # its header overwritten: no DICOM left to recognise
+    (src / "README.txt").write_text("exported by the modality\n")
+    summary = convert(src, tmp_path / "out", pipe, progress=False)
+    rows = {r.split("\t")[0].rsplit("/", 1)[1]: r.split("\t")[1] for r in
+            (tmp_path / "out" / ERRORS_FILE).read_text().splitlines()[1:]}
+    assert rows == {"IM0001": "failed", "IM0002": "failed", "IM0003": "failed", "README.txt": "not-dicom"}
+    assert summary.exit_code == 1

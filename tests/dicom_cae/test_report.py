@@ -8,8 +8,9 @@ import subprocess
 import tempfile
 
 import pydicom
+import pytest
 
-from dicom_cae import cli
+from dicom_cae import cli, private_tags
 from tests.conftest import ROOT, dciodvfy_errors, need_tool
 
 ARTIFACTS = ROOT / "test-artifacts"
@@ -133,3 +134,28 @@ def test_every_pdf_page_is_a4_and_says_not_for_primary_diagnosis(converted_sampl
             for _, name in METRICS:
                 if name.startswith(("Mean", "PSNR", "SSIM", "Pixel", "Blockiness")):
                     assert name in text, name
+
+
+def test_the_agreement_statistics_have_their_signs_and_figures_from_the_tags(converted_samples):
+    """Bland-Altman is reconstructed - original (a reconstruction brighter than its original is a
+    positive bias), its limits are bias -/+ 1.96 SD, and the regression is reconstructed on
+    original: each recomputed here from the private tags of the derived files."""
+    import numpy as np
+
+    out, _ = converted_samples
+    for study in out.glob("*/report.json"):
+        rep = json.loads(study.read_text())
+        tags = [private_tags.read(pydicom.dcmread(f)) for f in study.parent.rglob("*.dcm")
+                if pydicom.dcmread(f, stop_before_pixels=True).Modality != "DOC"]
+        x = np.array([v for t in tags for v in t["MeanIntensityOriginal"]])
+        y = np.array([v for t in tags for v in t["MeanIntensityReconstructed"]])
+        ba = rep["bland_altman"]
+        assert ba["bias"] == pytest.approx(float(np.mean(y - x)), abs=1e-6)  # the report rounds to 6 decimals
+        if len(x) > 1:
+            sd = float(np.std(y - x, ddof=1))
+            assert ba["sd"] == pytest.approx(sd, abs=1e-6)
+            assert ba["lower"] == pytest.approx(ba["bias"] - 1.96 * sd, abs=2e-6)
+            assert ba["upper"] == pytest.approx(ba["bias"] + 1.96 * sd, abs=2e-6)
+            slope, intercept = np.polyfit(x, y, 1)
+            assert rep["regression"]["slope"] == pytest.approx(slope, abs=1e-6)
+            assert rep["regression"]["intercept"] == pytest.approx(intercept, abs=1e-6)

@@ -101,3 +101,22 @@ def test_an_engine_is_found_by_its_entry_point_name(pipe):
         assert engine.threads == 3
     with pytest.raises(ValueError, match="no engine called 'ray'"):
         engines.create("ray", settings)
+
+
+def test_one_instance_whose_reconstruction_fails_fails_alone(pipe):
+    """The model over a batch fails because of one instance: each is then run alone; the one
+    that fails is failed (as reconstruction), the others are reconstructed as in the batch."""
+    import dataclasses
+
+    import numpy as np
+
+    from dicom_cae import io, pipeline
+
+    good = [pipeline.prepare(io.read(p), p, quality=10) for p in CT[:2]]
+    bad = dataclasses.replace(good[0], jpeg=np.zeros((1, 100, 100), np.float32))  # no 256x256 frame: the model refuses it
+    out = runner._reconstruct(pipe, [good[0], bad, good[1]])
+    assert isinstance(out[1], Exception) and not isinstance(out[0], Exception) and not isinstance(out[2], Exception)
+    alone = pipe.reconstruct([good[0]])[0]
+    assert np.array_equal(out[0], alone)
+    with pytest.raises(runner.SystemicError, match="reconstruct"):
+        runner._reconstruct(pipe, [bad, bad])  # every one fails alike: the batch as a whole
