@@ -9,9 +9,10 @@ import logging
 import os
 import sys
 import time
-from collections import deque
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dicom_cae import engines, identity, io, pipeline, report, runner
 from dicom_cae.errors import DicomInputError, InstanceError, NotAnImageError, NotDicomError, cause_of
@@ -119,8 +120,18 @@ def _convert(src: Path, dst: Path, pipe: Pipeline, settings: runner.Settings, pr
     per_batch = max(1, pipe.batch_size)
     root = str(dst.resolve())
     store = Store(root)  # absolute: report tasks may run on other machines
-    files = _first_of_each(files, summary, bar, workers)
+    files, study_of = _first_of_each(files, summary, bar, workers)
     given = {str(Path(p).resolve()): p for p in files}  # workers may run elsewhere: absolute paths
+    # A study's report is written as soon as its last file is in (beside the conversion of the
+    # others), when the headers named its study; the rest once every batch is in.
+    study_of = {str(Path(p).resolve()): s for p, s in study_of.items() if s}
+    remaining = Counter(study_of.values())
+    reports: dict[str, Any] = {}
+
+    def report_soon(study: str) -> None:
+        reports[study] = engine.submit(_report, root, study, [str(p) for p in store.study_files(study)],
+                                       sources.get(study, {}))
+
     absolute = list(given)
     batches = [absolute[i : i + per_batch] for i in range(0, len(absolute), per_batch)]
 
@@ -145,18 +156,24 @@ def _convert(src: Path, dst: Path, pipe: Pipeline, settings: runner.Settings, pr
             summary.frames += o.frames
             summary.warnings += [DicomInputError(str(path), w) for w in o.warnings]
         store.add(written)
+        for o in outcomes:
+            study = study_of.get(o.source)
+            if study:
+                remaining[study] -= 1
+                if remaining[study] == 0 and study in summary.studies and study not in reports:
+                    report_soon(study)
 
     try:
         summary.interrupted = not runner.Driver(engine, settings, root, runner.CONVERT).run(batches, take)
         bar.close()
-        if summary.interrupted:
-            summary.studies = set()  # no report of a study left half done: the rerun writes them
+        if summary.interrupted:  # no report of a study left half done (those complete have theirs): the rerun writes them
+            summary.studies = set(reports)
 
-        reports = [(study, engine.submit(_report, root, study, [str(p) for p in store.study_files(study)], sources.get(study, {})))
-                   for study in sorted(s for s in summary.studies if s)]
+        for study in sorted(s for s in summary.studies if s and s not in reports):
+            report_soon(study)
         done = tqdm(total=len(reports), desc="study reports", unit="report", disable=not progress or not reports,
                     file=sys.stderr, dynamic_ncols=True)
-        for study, fut in reports:
+        for study, fut in sorted(reports.items()):
             try:
                 fut.result()
                 done.update(1)
@@ -187,9 +204,10 @@ def _convert(src: Path, dst: Path, pipe: Pipeline, settings: runner.Settings, pr
     return summary
 
 
-def _first_of_each(files: list[Path], summary: Summary, bar, workers: int) -> list[Path]:
+def _first_of_each(files: list[Path], summary: Summary, bar, workers: int) -> tuple[list[Path], dict[Path, str]]:
     """The files without second copies of an instance (same Study and SOP Instance UID), which
-    are listed as duplicates: the first in walking order is converted, whatever engine runs it."""
+    are listed as duplicates: the first in walking order is converted, whatever engine runs it;
+    and the Study Instance UID each file's header names (where it could be read)."""
     from concurrent.futures import ThreadPoolExecutor
 
     def key(path: Path) -> tuple[str, str] | None:
@@ -202,7 +220,7 @@ def _first_of_each(files: list[Path], summary: Summary, bar, workers: int) -> li
     with ThreadPoolExecutor(max(1, workers)) as pool:
         keys = list(pool.map(key, files))
     first: dict[tuple[str, str], Path] = {}
-    out = []
+    out, studies = [], {}
     for path, k in zip(files, keys):
         if k is not None and k in first:
             summary.duplicates.append(DicomInputError(str(path), f"same SOP Instance UID as {first[k]}, converted once"))
@@ -210,8 +228,9 @@ def _first_of_each(files: list[Path], summary: Summary, bar, workers: int) -> li
             continue
         if k is not None:
             first[k] = path
+            studies[path] = k[0]
         out.append(path)
-    return out
+    return out, studies
 
 
 def _report(root: str, study: str, files: list[str], sources: dict[str, Path]) -> str:
