@@ -243,7 +243,9 @@ def run_batch(settings: Settings, paths: list[str], root: str, *, skip_done: boo
         todo, claimed = [], {}
         for i in items:
             if i.outcome is None:
-                if i.output is not None and i.output in claimed:  # the same instance twice in this batch: once
+                # The same instance twice in this batch: written once (convert and the node take
+                # duplicates out before; this keeps any other caller from writing one twice).
+                if i.output is not None and i.output in claimed:
                     i.outcome = Outcome(i.path, DONE, str(i.output.relative_to(store.root)), i.ident.study, i.ident.sop_instance)
                     continue
                 claimed[i.output] = i

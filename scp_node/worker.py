@@ -111,12 +111,12 @@ class Worker(threading.Thread):
                 ds = io.read(path, pixels=False)
             except Exception:  # noqa: BLE001
                 ds = None
-            return Loaded(path, ds, _identity(ds, path), _input_error(path, exc), "")
+            return Loaded(path, _identity(ds, path), _input_error(path, exc), "")
         try:
             ident = identify(ds, f"SOP Instance in {path.name}")
         except DicomInputError as exc:
-            return Loaded(path, ds, None, exc, "")
-        return Loaded(path, None, ident, None, _content_digest(ds, path))
+            return Loaded(path, None, exc, "")
+        return Loaded(path, ident, None, _content_digest(ds, path))
 
     def process(self, files: list[Path]) -> None:
         """Process one batch on the runner. An instance's own problem sends it to failed/ (or
@@ -227,12 +227,10 @@ class Worker(threading.Thread):
 
 @dataclass(frozen=True)
 class Loaded:
-    """One spooled instance after reading: its dataset when it cannot be processed (None when
-    unreadable), identity (None when it cannot be named), the error (None: to be processed),
-    and a digest of its content."""
+    """One spooled instance after reading: its identity (None when it cannot be named), the
+    error (None: to be processed), and a digest of its content."""
 
     path: Path
-    ds: Dataset | None
     identity: Identity | None
     result: Exception | None
     digest: str
