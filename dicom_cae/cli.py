@@ -31,16 +31,19 @@ def _quality(text: str) -> int:
 AUTO_WORKERS_FILES = 64
 
 
-def _workers(text: str) -> int | str:
-    if text == "auto":
-        return text
+def _at_least(text: str, minimum: int) -> int:
     try:
         n = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of processes or 'auto': {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if n < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {n}")
     return n
+
+
+def _workers(text: str) -> int | str:
+    """A number of processes (0: this process) or 'auto'."""
+    return text if text == "auto" else _at_least(text, 0)
 
 
 def auto_workers(files: int, cpus: int | None) -> int:
@@ -50,13 +53,7 @@ def auto_workers(files: int, cpus: int | None) -> int:
 
 
 def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
+    return _at_least(text, 1)
 
 
 def _qualities(text: str) -> tuple[int, ...]:

@@ -286,3 +286,8 @@ def test_a_damaged_file_without_a_suffix_is_failed_not_passed_over_as_not_dicom(
             (tmp_path / "out" / ERRORS_FILE).read_text().splitlines()[1:]}
     assert rows == {"IM0001": "failed", "IM0002": "failed", "IM0003": "failed", "README.txt": "not-dicom"}
     assert summary.exit_code == 1
+
+
+def test_workers_auto_takes_processes_only_where_they_pay():
+    """convert's default engine: one process per CPU (up to 4) from 64 files on 2 CPUs or more."""
+    assert [cli.auto_workers(n, c) for n, c in ((63, 2), (64, 2), (64, 1), (500, 8), (500, None))] == [0, 2, 0, 4, 0]
