@@ -195,7 +195,8 @@ class Plugin:
             if settings is not None:
                 self._settings(settings)  # checked now: a mistyped setting is answered, not queued
         except (ValueError, TypeError) as exc:
-            output.AnswerBuffer(json.dumps({"error": str(exc)}), "application/json")
+            body = json.dumps({"error": str(exc)})
+            output.SendHttpStatus(400, body, len(body))  # a bad request, answered: nothing queued
             return
         self.queue.add(study, settings, again=True)
         self.wake.set()

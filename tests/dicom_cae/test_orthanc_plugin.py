@@ -270,3 +270,23 @@ def test_orthanc_killed_while_a_study_is_processed_completes_it_after_a_restart(
         counts = sorted((v["modality"], v["instances"]) for v in o.series(study).values())
         assert counts == [("CT", len(files)), ("CT", len(files)), ("DOC", 1)], counts
         assert o.get("/dicom-cae/health")["queue"] == {"pending": 0, "problem": 0, "done": 1}
+
+
+def test_a_study_reprocessed_with_another_quality_gets_another_derived_series(processed):
+    """POST /dicom-cae/studies/{id}/reprocess with other settings: a second derived series (its
+    UIDs depend on the settings) beside the first, which stays; a mistyped setting is refused."""
+    o = processed
+    uid = _uid(MR_STUDY[0])
+    study = next(i["ID"] for i in json.loads(o.request("POST", "/tools/lookup", uid.encode())) if i["Type"] == "Study")
+    before = o.series(uid)
+    import urllib.error
+
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        o.request("POST", f"/dicom-cae/studies/{study}/reprocess", b'{"quality": 0}')
+    assert refused.value.code == 400 and b"quality" in refused.value.read()
+    o.request("POST", f"/dicom-cae/studies/{study}/reprocess", b'{"quality": 20}')
+    wait_until(lambda: len([v for v in o.series(uid).values() if v["modality"] == "MR"]) == 3, timeout=120,
+               what="a second derived series")
+    after = o.series(uid)
+    assert set(before) < set(after)
+    assert any("q20" in v["description"] for v in after.values())
