@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,9 +307,18 @@ def test_a_corpus_of_bad_datasets_stops_nothing(tmp_path, pipe, raw_sending, cap
         poison = json.loads((node.cfg.output_dir / POISON_STUDY / "report.json").read_text())
         assert poison["images"] >= 3 and poison["regression"]["r2"] is not None
         assert node.health()["status"] == "ok"
-    # A received string never forges a log line.
+    # A received string never forges a log line: every record of the run (ours and pynetdicom's,
+    # with their exception text) through the node's own formatter; a line that does not start
+    # with a record's timestamp is a record's continuation ("  | ").
+    from scp_node.cli import OneLineFormatter
+
     ours = [r.getMessage() for r in caplog.records if r.name.startswith(("scp_node", "dicom_cae"))]
     assert any("FORGED" in m for m in ours) and not any("FORGED" in m and "\n" in m for m in ours)
+    formatter = OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    lines = "\n".join(formatter.format(r) for r in caplog.records).split("\n")
+    stamp = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ [\w.]+: ")
+    assert len(caplog.records) > 53 and all(stamp.match(line) or line.startswith("  | ") for line in lines)
+    assert not any(line.startswith("FORGED") or "\r" in line for line in lines)
 
 
 def test_a_deflated_dataset_that_inflates_past_the_limit_is_refused(tmp_path, pipe, raw_sending):
