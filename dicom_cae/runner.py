@@ -183,21 +183,21 @@ class _Item:
 def _prepare(pipe: Pipeline, settings: Settings, store: Store, path: str, skip_done: bool, by_sop: bool) -> _Item:
     item = _Item(path)
     try:
-        ds = io.read(path, pixels=False)  # enough to know whether it was converted before
+        ds = io.read(path)  # once: its pixels are decoded only when it is prepared
         if private_tags.is_ours(ds):
             raise NotAnImageError(path, f"a derived instance of dicom-cae's own ({private_tags.PRIVATE_CREATOR} block): "
                                         "not derived again")
         ident = identity.identify(ds, path)
-        identity.apply(ds, ident)
         item.ident = ident
-        if skip_done:
-            uids = derived_uids(ds, key=_key(pipe, settings))
+        if skip_done:  # on a copy: the stand-in UIDs (and their warnings) are prepare's to apply
+            named = io.without_pixels(ds)
+            identity.apply(named, ident)
+            uids = derived_uids(named, key=_key(pipe, settings))
             item.output = store.path_of(ident.study, uids.series, uids.instance)
         if skip_done and item.output.exists():
             item.outcome = Outcome(path, DONE, str(item.output.relative_to(store.root)), ident.study, ident.sop_instance,
                                    (uids.series, uids.instance))
             return item
-        ds = io.read(path)
         source = f"SOP Instance {ident.sop_instance}" if by_sop else path
         item.prep = pipe.prepare_setting(ds, source, settings.target or settings.quality)
     except NotAnImageError as exc:
