@@ -175,7 +175,13 @@ def _convert(src: Path, dst: Path, pipe: Pipeline, settings: runner.Settings, pr
                     file=sys.stderr, dynamic_ncols=True)
         for study, fut in sorted(reports.items()):
             try:
-                fut.result()
+                try:
+                    fut.result()
+                except Exception as exc:  # noqa: BLE001 (a worker lost to another task: this report once more)
+                    if not engine.lost_worker(exc):
+                        raise
+                    report_soon(study)
+                    reports[study].result()
                 done.update(1)
             except Exception as exc:  # noqa: BLE001 (one study's report must not stop the run)
                 LOGGER.error("the report of study %s failed: %s", study, exc)

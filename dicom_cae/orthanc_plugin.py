@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dicom_cae.errors import DicomCaeError
+
 LOGGER = logging.getLogger(__name__)
 
 #: The user metadata an instance that could not be processed gets (declared in Orthanc's
@@ -64,39 +66,51 @@ class StudyQueue:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("CREATE TABLE IF NOT EXISTS studies (id TEXT PRIMARY KEY, state TEXT NOT NULL, "
-                         "settings TEXT, tries INTEGER NOT NULL DEFAULT 0, problem TEXT, updated REAL NOT NULL)")
+                         "settings TEXT, tries INTEGER NOT NULL DEFAULT 0, problem TEXT, updated REAL NOT NULL, "
+                         "version INTEGER NOT NULL DEFAULT 0, fingerprint TEXT)")
         self._db.execute("CREATE TABLE IF NOT EXISTS failures (study TEXT, instance TEXT, reason TEXT, cause TEXT, "
                          "PRIMARY KEY (study, instance))")
+        self._db.execute("CREATE TABLE IF NOT EXISTS posted (sop_instance_uid TEXT PRIMARY KEY)")
 
     def add(self, study: str, settings: dict[str, Any] | None = None, *, again: bool = False) -> None:
-        """Queue ``study`` (a study done already only when ``again``)."""
+        """Queue ``study``: pending again, its version moved on (a study taken while this
+        happens is not marked done over it). ``again``: processed anew even if nothing changed."""
         with self._lock:
-            row = self._db.execute("SELECT state FROM studies WHERE id = ?", (study,)).fetchone()
-            if row is not None and row[0] == DONE and not again:
-                # Instances arrived after it was done: complete it (what was derived is kept).
-                pass
             self._db.execute(
-                "INSERT INTO studies (id, state, settings, tries, problem, updated) VALUES (?, ?, ?, 0, NULL, ?) "
+                "INSERT INTO studies (id, state, settings, tries, problem, updated, version) VALUES (?, ?, ?, 0, NULL, ?, 1) "
                 "ON CONFLICT(id) DO UPDATE SET state = excluded.state, tries = 0, problem = NULL, "
-                "settings = COALESCE(excluded.settings, studies.settings), updated = excluded.updated",
+                "settings = COALESCE(excluded.settings, studies.settings), updated = excluded.updated, "
+                "version = studies.version + 1" + (", fingerprint = NULL" if again else ""),
                 (study, PENDING, json.dumps(settings) if settings else None, time.time()))
 
-    def next(self) -> tuple[str, dict[str, Any] | None] | None:
-        """The oldest pending study (a problem one once RETRY_S has passed), or None."""
+    def next(self) -> tuple[str, dict[str, Any] | None, int, str | None] | None:
+        """The oldest pending study (a problem one once RETRY_S has passed): (id, settings,
+        version, fingerprint of what was processed last), or None."""
         with self._lock:
             row = self._db.execute(
-                "SELECT id, settings FROM studies WHERE state = ? OR (state = ? AND updated <= ?) ORDER BY updated LIMIT 1",
-                (PENDING, PROBLEM, time.time() - RETRY_S)).fetchone()
-        return None if row is None else (row[0], json.loads(row[1]) if row[1] else None)
+                "SELECT id, settings, version, fingerprint FROM studies WHERE state = ? OR (state = ? AND updated <= ?) "
+                "ORDER BY updated LIMIT 1", (PENDING, PROBLEM, time.time() - RETRY_S)).fetchone()
+        return None if row is None else (row[0], json.loads(row[1]) if row[1] else None, row[2], row[3])
 
-    def done(self, study: str) -> None:
+    def done(self, study: str, version: int, fingerprint: str | None = None) -> None:
+        """Done, unless it was queued again while being processed (then it stays pending)."""
         with self._lock:
-            self._db.execute("UPDATE studies SET state = ?, problem = NULL, updated = ? WHERE id = ?", (DONE, time.time(), study))
+            self._db.execute("UPDATE studies SET state = ?, problem = NULL, updated = ?, fingerprint = ? "
+                             "WHERE id = ? AND version = ?", (DONE, time.time(), fingerprint, study, version))
 
     def problem(self, study: str, what: str) -> None:
         with self._lock:
             self._db.execute("UPDATE studies SET state = ?, tries = tries + 1, problem = ?, updated = ? WHERE id = ?",
                              (PROBLEM, what, time.time(), study))
+
+    def posted(self, sop_instance_uids: list[str]) -> None:
+        """Instances dicom-cae put into Orthanc: never downloaded to be looked at again."""
+        with self._lock:
+            self._db.executemany("INSERT OR IGNORE INTO posted VALUES (?)", [(u,) for u in sop_instance_uids])
+
+    def is_posted(self, sop_instance_uid: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM posted WHERE sop_instance_uid = ?", (sop_instance_uid,)).fetchone() is not None
 
     def failed(self, study: str, instance: str, reason: str, cause: str) -> None:
         with self._lock:
@@ -125,7 +139,7 @@ class Options:
     """The plugin's settings (Orthanc's configuration, under "DicomCae")."""
 
     data_dir: str
-    python: str = sys.executable  # the interpreter of the worker processes (inside Orthanc, not Orthanc itself)
+    python: str | None = None  # the worker processes' interpreter (inside Orthanc, sys.executable is Orthanc)
     workers: int = 1
     quality: int | None = None
     target_ratio: float | None = None
@@ -157,6 +171,7 @@ class Plugin:
         self.current: str | None = None
         self.last_error: str | None = None
         self._engines: dict[tuple, Any] = {}
+        self._drivers: dict[Any, Any] = {}
         self.thread = threading.Thread(target=self._loop, name="dicom-cae", daemon=True)
 
     # callbacks: each returns at once (the Python plugin holds the GIL in a callback)
@@ -194,7 +209,7 @@ class Plugin:
             settings = json.loads(body) if body.strip() else None
             if settings is not None:
                 self._settings(settings)  # checked now: a mistyped setting is answered, not queued
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, DicomCaeError) as exc:
             body = json.dumps({"error": str(exc)})
             output.SendHttpStatus(400, body, len(body))  # a bad request, answered: nothing queued
             return
@@ -205,43 +220,72 @@ class Plugin:
     # the worker thread
     def _loop(self) -> None:
         while not self.stopping.is_set():
-            item = self.queue.next()
-            if item is None:
-                self.wake.wait(2.0)
-                self.wake.clear()
-                continue
-            study, settings = item
-            self.current = study
             try:
-                self.process(study, settings)
-                self.queue.done(study)
-                self.last_error = None
-            except Exception as exc:  # noqa: BLE001 (the model, the disk, Orthanc: the study stays queued)
-                what = f"{type(exc).__name__}: {exc}"
-                self.last_error = f"study {study}: {what}"
-                self.queue.problem(study, what)
-                self.orthanc.LogWarning(f"dicom-cae: study {study} stays queued (tried again in {RETRY_S:g} s): {what}")
-                LOGGER.debug("%s", traceback.format_exc())
-            finally:
-                self.current = None
+                item = self.queue.next()
+                if item is None:
+                    self.wake.wait(2.0)
+                    self.wake.clear()
+                    continue
+                study, settings, version, fingerprint = item
+                self.current = study
+                try:
+                    done = self.process(study, settings, fingerprint)
+                    self.queue.done(study, version, done)
+                    self.last_error = None
+                except Exception as exc:  # noqa: BLE001 (the model, the disk, Orthanc: the study stays queued)
+                    what = f"{type(exc).__name__}: {exc}"
+                    self.last_error = f"study {study}: {what}"
+                    self.orthanc.LogWarning(f"dicom-cae: study {study} stays queued (tried again in {RETRY_S:g} s): {what}")
+                    self.queue.problem(study, what)
+                finally:
+                    self.current = None
+            except Exception:  # noqa: BLE001 (the queue itself: a full disk under it; never end the thread)
+                self.last_error = f"the queue: {traceback.format_exc(limit=2)}"
+                self.orthanc.LogError(f"dicom-cae: {self.last_error}")
+                self.stopping.wait(10.0)
+        for engine in self._engines.values():
+            engine.close()
+
+    #: What a reprocess request may set.
+    SETTINGS = ("quality", "target_ratio", "value_mapping", "model", "batch_size")
 
     def _settings(self, override: dict[str, Any] | None = None) -> Any:
         from dicom_cae import runner
 
+        unknown = sorted(set(override or {}) - set(self.SETTINGS))
+        if unknown:
+            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(self.SETTINGS)}")
         o = {k: v for k, v in vars(self.options).items() if v is not None}
         o.update(override or {})
         return runner.Settings.build(model=o.get("model"), mapping=o.get("value_mapping"), quality=o.get("quality"),
                                      target_ratio=o.get("target_ratio"), batch_size=o.get("batch_size"))
 
     def _engine(self, settings: Any) -> Any:
+        """The worker pool for these settings' model (one pool at a time: another model's is closed)."""
         key = settings.model_key
         if key not in self._engines:
             from dicom_cae import engines
 
-            spawn_with(self.options.python)
+            for old in self._engines.values():
+                old.close()
+            self._engines.clear()
+            self._drivers.clear()
+            python = self.options.python or shutil.which("python3")
+            if not python:
+                raise DicomCaeError(f"set {CONFIG_KEY}.python: the Python that runs the worker processes")
+            spawn_with(python)
             # At a lower priority: Orthanc's own work (receiving, answering queries) comes first.
             self._engines[key] = engines.create("processes", settings, workers=max(1, int(self.options.workers)), nice=10)
         return self._engines[key]
+
+    def _driver(self, settings: Any) -> Any:
+        """One driver per settings, kept: it counts the tries of a batch that fails as a whole."""
+        from dicom_cae import runner
+
+        if settings not in self._drivers:
+            policy = runner.Policy(requeue=True, tries=3, skip_done=True, durable=True, by_sop=True)
+            self._drivers[settings] = runner.Driver(self._engine(settings), settings, self.store_root, policy)
+        return self._drivers[settings]
 
     def _study_folder(self, study: str) -> Path | None:
         info = self._get(f"/studies/{study}")
@@ -258,13 +302,21 @@ class Plugin:
         except Exception:  # noqa: BLE001 (gone from Orthanc)
             return None
 
-    def process(self, study: str, override: dict[str, Any] | None = None) -> None:
-        """One study: its original images through the driver, the results into Orthanc."""
+    def process(self, study: str, override: dict[str, Any] | None = None, fingerprint: str | None = None) -> str:
+        """One study: its original images through the driver, the results into Orthanc. Returns
+        the fingerprint of the originals processed; a study whose originals have not changed
+        since (it turned stable again because its derived series were added) is left as it is."""
+        import hashlib
+
         from dicom_cae import io, private_tags, report, runner  # noqa: F401 (report: its series UID)
         from dicom_cae.store import Entry, Store
 
         settings = self._settings(override)
-        instances = self._get(f"/studies/{study}/instances") or []
+        instances = [i for i in self._get(f"/studies/{study}/instances") or []
+                     if not self.queue.is_posted(i.get("MainDicomTags", {}).get("SOPInstanceUID", ""))]
+        now = hashlib.sha256(json.dumps([sorted(i["ID"] for i in instances), override], sort_keys=True).encode()).hexdigest()
+        if now == fingerprint:
+            return now  # nothing new: only what dicom-cae added itself
         folder = self.work / study
         folder.mkdir(parents=True, exist_ok=True)
         paths, ids = [], {}
@@ -288,8 +340,9 @@ class Plugin:
         def take(_: list[str], outcomes: list[runner.Outcome]) -> None:
             """Each batch's results into Orthanc as they come (while the workers go on)."""
             for o in outcomes:
-                if o.kind in (runner.WRITTEN, runner.DONE) and o.output:
+                if o.kind in (runner.WRITTEN, runner.DONE) and o.output and o.derived:
                     out = store.root / o.output
+                    self.queue.posted([o.derived[1]])
                     self._post(out.read_bytes())
                     derived.append(out)
                     sources[o.sop_instance] = Path(o.source)
@@ -305,8 +358,7 @@ class Plugin:
                     except Exception:  # noqa: BLE001 (the metadata is not declared in this Orthanc's configuration)
                         pass
 
-        policy = runner.Policy(requeue=True, tries=3, skip_done=True, durable=True, by_sop=True)
-        driver = runner.Driver(self._engine(settings), settings, self.store_root, policy)
+        driver = self._driver(settings)
         batches = [paths[i : i + settings.batch_size] for i in range(0, len(paths), settings.batch_size)]
         driver.run(batches, take)  # Deferred: the study stays queued
         study_uid = next(iter(studies), None)
@@ -318,9 +370,11 @@ class Plugin:
                                           {k: Path(v) for k, v in sources.items()}).result()
             for doc in store.study_dir(study_uid).glob("*/*.dcm"):
                 if doc.parent.name == report.document_series(study_uid):
+                    self.queue.posted([doc.stem])
                     self._post(doc.read_bytes())
         store.close()
         shutil.rmtree(folder, ignore_errors=True)
+        return now
 
     def _post(self, data: bytes) -> None:
         self.orthanc.RestApiPost("/instances", data)  # an instance Orthanc holds already is kept once

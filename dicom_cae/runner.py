@@ -358,10 +358,15 @@ class Driver:
             while pending:
                 take(pending[0][0], self.outcomes(*pending[0]))
                 pending.popleft()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # no fallback now: a batch that did not finish is the rerun's
             for paths, fut in pending:
-                if not fut.cancel():
-                    take(paths, self.outcomes(paths, fut))
+                if fut.cancel():
+                    continue
+                try:
+                    out = fut.result()
+                except BaseException:  # noqa: BLE001 (interrupted too, or failed: a rerun does it again)
+                    continue
+                take(paths, out)
             return False
         return True
 
@@ -393,13 +398,20 @@ class Driver:
         return tries
 
     def _alone(self, path: str) -> Outcome:
-        """One file in a batch of its own (not skip_done: what the failed batch wrote is this run's work)."""
+        """One file in a batch of its own (not skip_done: what the failed batch wrote is this run's
+        work). With Policy.requeue, a failure of the machine (not the file's, not a lost worker)
+        leaves the batch queued rather than failing the file for good."""
         try:
             return self.submit([path], threads=1, skip_done=False).result()[0]
         except SystemicError as exc:
+            if self.policy.requeue and exc.cause != INPUT and exc.stage != "prepare":
+                raise Deferred(f"{path}: {exc}") from exc
             return Outcome(path, FAILED, error=InstanceError(path, exc.reason, exc.stage, exc.cause))
         except Exception as exc:  # noqa: BLE001
+            lost = self.engine.lost_worker(exc)
+            if self.policy.requeue and not lost:
+                raise Deferred(f"{path}: {type(exc).__name__}: {exc}") from exc
             reason = f"{type(exc).__name__}: {exc}"
-            if self.engine.lost_worker(exc):
+            if lost:
                 reason = f"its worker process died processing it ({reason})"
             return Outcome(path, FAILED, error=InstanceError(path, reason, "engine", cause_of(exc, ENGINE)))

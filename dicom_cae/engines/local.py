@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -48,6 +49,9 @@ def _leave_with_parent() -> None:
 
 def _start_process(settings: Settings, intra_threads: int, nice: int = 0) -> None:
     _leave_with_parent()
+    # Ctrl-C in a terminal reaches the whole process group: the process that owns the pool
+    # decides what stops (the batches running finish), not each worker on its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if nice:
         os.nice(nice)  # the node's receiving comes first
     # Before TensorFlow starts: N processes on a few cores must not each start a thread per core.

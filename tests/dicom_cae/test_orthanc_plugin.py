@@ -281,9 +281,10 @@ def test_a_study_reprocessed_with_another_quality_gets_another_derived_series(pr
     before = o.series(uid)
     import urllib.error
 
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        o.request("POST", f"/dicom-cae/studies/{study}/reprocess", b'{"quality": 0}')
-    assert refused.value.code == 400 and b"quality" in refused.value.read()
+    for body, word in ((b'{"quality": 0}', b"quality"), (b'{"qualty": 20}', b"unknown setting")):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            o.request("POST", f"/dicom-cae/studies/{study}/reprocess", body)
+        assert refused.value.code == 400 and word in refused.value.read()
     o.request("POST", f"/dicom-cae/studies/{study}/reprocess", b'{"quality": 20}')
     wait_until(lambda: len([v for v in o.series(uid).values() if v["modality"] == "MR"]) == 3, timeout=120,
                what="a second derived series")
