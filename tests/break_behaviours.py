@@ -64,6 +64,7 @@ M = [
  ("40 a damaged file without a suffix passed over as not DICOM", "dicom_cae/convert.py", "<module>", 'DICOM_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima", "")', 'DICOM_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima")', "tests/dicom_cae/test_convert.py::test_a_damaged_file_without_a_suffix_is_failed_not_passed_over_as_not_dicom"),
  ("41 the index's source column holds the study", "dicom_cae/convert.py", "_convert", "Entry(o.derived[1], o.derived[0], o.study, o.sop_instance, str(path), o.output)", "Entry(o.derived[1], o.derived[0], o.study, o.study, str(path), o.output)", "tests/dicom_cae/test_store.py::test_the_index_names_each_derived_instance_by_its_own_uids_and_its_source"),
  ("42 one failed reconstruction fails its batch", "dicom_cae/runner.py", "_reconstruct", "            out.append(exc)", "            raise", "tests/dicom_cae/test_runner.py::test_one_instance_whose_reconstruction_fails_fails_alone"),
+ ("43 worker processes stop on their own Ctrl-C", "dicom_cae/engines/local.py", "_start_process", "    signal.signal(signal.SIGINT, signal.SIG_IGN)", "    pass", "tests/dicom_cae/test_convert.py::test_ctrl_c_stops_cleanly_and_a_rerun_completes[2]"),
 ]
 
 

@@ -207,10 +207,13 @@ def test_a_second_conversion_into_the_same_folder_stops_with_a_clear_line(tmp_pa
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_cleanly_and_a_rerun_completes(tmp_path):
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_ctrl_c_stops_cleanly_and_a_rerun_completes(tmp_path, workers):
     """Issue 16 item 13: Ctrl-C (SIGINT) during convert printed a KeyboardInterrupt traceback
     and left no errors.tsv. Now: exit 130, no traceback, errors.tsv and the index of what was
-    written are there, and the same command run again converts the rest and writes the report."""
+    written are there, and the same command run again converts the rest and writes the report.
+    The signal goes to the whole process group, as a terminal sends it: worker processes too."""
+    import os
     import signal
     import sqlite3
     import subprocess
@@ -228,12 +231,13 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_completes(tmp_path):
         ds.InstanceNumber = i + 1
         ds.save_as(src / f"ct{i:02d}.dcm")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "dicom_cae", "convert", "--no-progress", "--batch-size", "4", str(src), str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-m", "dicom_cae", "convert", "--no-progress", "--batch-size", "4", "--workers", workers,
+           str(src), str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 300
     while not list(out.rglob("*.dcm")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C: every process of the group
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "run the same command again" in stderr
