@@ -140,7 +140,10 @@ def draw(chart: Chart, size: tuple[int, int]) -> Image.Image:
             yv = float(Y(y[0]))
             if top <= yv <= h - bottom:
                 pts = [(left, yv), (w - right, yv)]
-                _dashed(d, pts, s.color, S, 5 * S) if s.dashed else d.line(pts, fill=s.color, width=S)
+                if s.dashed:
+                    _dashed(d, pts, s.color, S, 5 * S)
+                else:
+                    d.line(pts, fill=s.color, width=S)
                 if s.note:
                     d.text((w - right - 4 * S, yv - 2 * S), s.note, fill=s.color, font=small, anchor="rb")
     # legend, title, axis labels

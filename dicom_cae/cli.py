@@ -362,7 +362,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from dicom_cae.model.architectures import ARCHITECTURES
-    from dicom_cae.model.reconstructor import DEFAULT_MODEL, shipped_card_list
+    from dicom_cae.weights import DEFAULT_MODEL, shipped_card_list
 
     cards = shipped_card_list()
     if args.json:

@@ -124,12 +124,12 @@ def _convert(src: Path, dst: Path, pipe: Pipeline, settings: runner.Settings, pr
     given = {str(Path(p).resolve()): p for p in files}  # workers may run elsewhere: absolute paths
     # A study's report is written as soon as its last file is in (beside the conversion of the
     # others), when the headers named its study; the rest once every batch is in.
-    study_of = {str(Path(p).resolve()): s for p, s in study_of.items() if s}
+    study_of = {path: study_of[given[path]] for path in given if study_of.get(given[path])}
     remaining = Counter(study_of.values())
     reports: dict[str, Any] = {}
 
     def report_soon(study: str) -> None:
-        reports[study] = engine.submit(_report, root, study, [str(p) for p in store.study_files(study)],
+        reports[study] = engine.submit(study_report, root, study, [str(p) for p in store.study_files(study)],
                                        sources.get(study, {}))
 
     absolute = list(given)
@@ -239,7 +239,7 @@ def _first_of_each(files: list[Path], summary: Summary, bar, workers: int) -> tu
     return out, studies
 
 
-def _report(root: str, study: str, files: list[str], sources: dict[str, Path]) -> str:
-    """One study's report (a task an engine runs)."""
+def study_report(root: str, study: str, files: list[str], sources: dict[str, Path]) -> str:
+    """One study's report (a task an engine runs: convert's and the Orthanc plugin's)."""
     store = Store(root)
     return str(report.write(store.study_dir(study), sources=sources, files=[Path(f) for f in files]))

@@ -363,10 +363,10 @@ class Plugin:
         driver.run(batches, take)  # Deferred: the study stays queued
         study_uid = next(iter(studies), None)
         if study_uid:  # the report on a worker too: nothing heavy runs inside Orthanc
-            from dicom_cae.convert import _report
+            from dicom_cae.convert import study_report
 
             files = [str(p) for p in sorted(set(store.study_files(study_uid)))]
-            self._engine(settings).submit(_report, str(store.root.resolve()), study_uid, files,
+            self._engine(settings).submit(study_report, str(store.root.resolve()), study_uid, files,
                                           {k: Path(v) for k, v in sources.items()}).result()
             for doc in store.study_dir(study_uid).glob("*/*.dcm"):
                 if doc.parent.name == report.document_series(study_uid):

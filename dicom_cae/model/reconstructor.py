@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from dicom_cae.model.architectures import ARCHITECTURES, SIZE, build
 
 LOGGER = logging.getLogger(__name__)
 
-from dicom_cae.weights import DEFAULT_MODEL, WEIGHTS_PACKAGE, sha256_of, shipped_card_list  # noqa: E402,F401
+from dicom_cae.weights import DEFAULT_MODEL, sha256_of, shipped_card_list  # noqa: E402,F401 (their home; re-exported)
 
 
 def shipped_cards() -> dict[str, dict[str, Any]]:
