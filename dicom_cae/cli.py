@@ -83,7 +83,9 @@ def _add_mapping_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", metavar="NAME", help="model name (see 'dicom-cae models'); default: blockres")
+    from dicom_cae.weights import DEFAULT_MODEL
+
+    p.add_argument("--model", metavar="NAME", help=f"model name (see 'dicom-cae models'); default: {DEFAULT_MODEL}")
     p.add_argument("--weights", metavar="FILE", help="weights file (.weights.h5) instead of the shipped ones")
 
 

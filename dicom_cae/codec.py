@@ -153,6 +153,67 @@ def decode_to(data: bytes, size: int = SIZE) -> np.ndarray:
     return dec if dec.shape[0] == size else resize(dec, size)
 
 
+#: The block-edge filter applied after a model that restores JPEG block by block (the deblock
+#: model): at each of the coding's block edges, the part of the step between the two pixels
+#: beside the edge that the steps within the blocks beside it do not explain (their mean) is
+#: spread linearly over the two blocks' halves, where it goes the step's way and is at most
+#: the strength times the quantizer step (the flat table's value / 255 of the [0, 1] image),
+#: less of it as it nears that: larger steps are edges of the anatomy and are kept. Columns,
+#: then rows. A function of what the decoder knows (the quality and the coding size): no side
+#: information. Strength 1 for a 256 coding, 0.5 for the smaller ones (their blocks reach the
+#: 256 grid already softened by the upsampling). Measured on 24 CT and 13 MR/DX validation
+#: slices (python bench/edge_filter.py): at quality 30, 256 coding, blockiness in the most
+#: blocking window 1.42 -> 1.05 x the original's, the seed's PSNR +0.23 -> +0.37 dB over plain
+#: JPEG, CT's worst window +0.07 -> +0.12 dB.
+EDGE_FILTER = "ramp"
+EDGE_STRENGTH = {SIZE: 1.0}
+EDGE_STRENGTH_SMALLER = 0.5
+
+
+def edge_strength(coding_size: int) -> float:
+    """The block-edge filter's strength for a ``coding_size`` coding."""
+    return EDGE_STRENGTH.get(coding_size, EDGE_STRENGTH_SMALLER)
+
+
+def edge_filter_name(coding_size: int) -> str:
+    """The block-edge filter as the private block names it (EdgeFilter): 'ramp 1'..."""
+    return f"{EDGE_FILTER} {edge_strength(coding_size):g}"
+
+
+def quantizer_step(quality: int) -> int:
+    """The trellis encoder's quantizer step at ``quality`` (its flat table's value)."""
+    return int(quant_table(quality)[0, 0])
+
+
+def smooth_block_edges(images: np.ndarray, quality: int | np.ndarray, coding_size: int = SIZE, *,
+                       strength: float | None = None) -> np.ndarray:
+    """``images`` ((n, 256, 256) in [0, 1], coded at ``quality``, one or one per image, and
+    ``coding_size``) with their block edges smoothed as EDGE_FILTER says, at ``strength`` (by
+    default edge_strength(coding_size)); float32, clipped to [0, 1]. The blocks of a smaller
+    coding are wider once upsampled: the ramps are too."""
+    strength = edge_strength(coding_size) if strength is None else strength
+    out = np.array(images, np.float32, copy=True)
+    if strength <= 0:
+        return out
+    n = out.shape[0]
+    steps = np.array([quantizer_step(int(q)) for q in np.broadcast_to(np.asarray(quality), (n,))], np.float32)
+    limit = (strength * steps / 255.0)[:, None, None]
+    edges = block_edges(coding_size, out.shape[-1])
+    half = int(np.min(np.diff(np.concatenate([[0], edges]))) // 2)  # ramps of neighbouring edges do not meet
+    edges = edges[(edges >= 2) & (edges <= out.shape[-1] - 2)]
+    for y in (out, np.swapaxes(out, -1, -2)):  # columns, then rows (a view: written in place)
+        left, right = y[..., edges - 1], y[..., edges]
+        step = right - left
+        excess = step - 0.5 * ((left - y[..., edges - 2]) + (y[..., edges + 1] - right))
+        excess = np.where(excess * step > 0, excess, 0.0)  # only a step larger than its neighbours explain
+        excess *= np.clip(1.0 - np.abs(excess) / limit, 0.0, 1.0)
+        for k in range(half):
+            share = 0.5 - (k + 0.5) / (2 * half)
+            y[..., edges - 1 - k] += share * excess
+            y[..., edges + k] -= share * excess
+    return np.clip(out, 0.0, 1.0)
+
+
 def jpeg_roundtrip(unit: np.ndarray, quality: int, *, encoder: str = DEFAULT_ENCODER) -> tuple[np.ndarray, int]:
     """Encode then decode; returns the decoded image and the number of JPEG bytes."""
     data = jpeg_encode(unit, quality, encoder=encoder)

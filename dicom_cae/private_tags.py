@@ -83,13 +83,14 @@ ELEMENTS: tuple[PrivateElement, ...] = (
     PrivateElement(0x31, "JPEGOnlyHUBias", "FD", True, "HU", "CT only: HUBias of the plain JPEG decode", True),
     PrivateElement(0x32, "CodingSize", "IS", False, "pixels", "Side of the square image the JPEG streams code: 256, or 224, 192, 160 or 128 (decoded and upsampled bicubic to 256x256, then restored by weights trained for that coding where they exist: see ModelWeight); the compression ratio stays against the 8-bit 256x256 image", True),
     PrivateElement(0x33, "TargetRatio", "FD", False, "ratio", "Byte budget asked for (compressed/original, per frame): the coding size and quality are the ones that fit it and store the best image (absent when not asked for)", True),
-    PrivateElement(0x34, "ModelWeight", "FD", True, "", "What each frame stores: JPEG decode + w x (model reconstruction - JPEG decode). 1: the model's reconstruction; 0: the JPEG decode (above the model's validated qualities, at a coding size it does not serve, or where every weight tried was below plain JPEG); the first of 1, 0.75, 0.5, 0.25 whose image is not below the JPEG decode in the seed's or the worst display window's PSNR or SSIM, nor above it in the most blocking window's blockiness", True),
+    PrivateElement(0x34, "ModelWeight", "FD", True, "", "What each frame stores: JPEG decode + w x (model reconstruction - JPEG decode), the reconstruction filtered as EdgeFilter says when present. 1: the model's reconstruction; 0: the JPEG decode (above the model's validated qualities, at a coding size it does not serve, or where every weight tried was below plain JPEG); the first of 1, 0.75, 0.5, 0.25 whose image is not below the JPEG decode in the seed's or the worst display window's PSNR or SSIM, nor above it in the most blocking window's blockiness", True),
     PrivateElement(0x35, "DisplayBlockiness", "FD", True, "ratio", "Blockiness of the stored frame shown through each window: mean absolute step across the coding's 8x8 block edges / mean absolute step elsewhere (about 1 without blocks; compare OriginalDisplayBlockiness)", True, "frames x windows"),
     PrivateElement(0x36, "JPEGOnlyDisplayBlockiness", "FD", True, "ratio", "DisplayBlockiness of the plain JPEG decode", True, "frames x windows"),
     PrivateElement(0x37, "OriginalDisplayBlockiness", "FD", True, "ratio", "DisplayBlockiness of the original, the same way", True, "frames x windows"),
     PrivateElement(0x38, "DisplayPSNRB", "FD", True, "dB", "PSNR-B (Yim and Bovik 2011: PSNR with the blocking effect factor added to the MSE) of the stored frame shown through each window", True, "frames x windows"),
     PrivateElement(0x39, "JPEGOnlyDisplayPSNRB", "FD", True, "dB", "DisplayPSNRB of the plain JPEG decode", True, "frames x windows"),
     PrivateElement(0x3A, "JPEGEncoder", "LO", False, "", "The JPEG encoder: trellis (mozjpeg trellis quantization, flat table scaled by the quality, rewritten as baseline) or pillow (libjpeg, Annex K table)", True),
+    PrivateElement(0x3B, "EdgeFilter", "LO", False, "", "The filter applied to the model's reconstruction before ModelWeight blends it: 'ramp S' spreads the part of each step across the coding's block edges that the steps beside it do not explain, where it is at most S quantizer steps, linearly over the two blocks' halves (absent when the model's output is not filtered)", True),
 )
 @dataclass(frozen=True)
 class PrivateBlock:
@@ -150,6 +151,7 @@ class PrivateBlock:
     DisplayPSNRB: tuple[float, ...] | None = None
     JPEGOnlyDisplayPSNRB: tuple[float, ...] | None = None
     JPEGEncoder: str | None = None
+    EdgeFilter: str | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):  # lists given for per-frame values are kept as tuples
@@ -161,7 +163,8 @@ class PrivateBlock:
                   frames: tuple[FrameMetrics, ...], weights: list[float], norm: image.Normalization,
                   windows: list[Window], reference: np.ndarray, stored: np.ndarray, streams: tuple[bytes, ...],
                   coding_size: int, is_ct: bool, target_psnr: float | None = None, target_ssim: float | None = None,
-                  target_ratio: float | None = None, warnings: tuple[str, ...] = ()) -> PrivateBlock:
+                  target_ratio: float | None = None, warnings: tuple[str, ...] = (),
+                  edge_filter: str | None = None) -> PrivateBlock:
         """The block of a derived instance: its frames' metrics (guard.FrameMetrics, stored
         and plain JPEG), the model's weight in each, how values were mapped, and the error
         statistics of ``stored`` against ``reference`` (both modality units, all frames)."""
@@ -213,7 +216,7 @@ class PrivateBlock:
             JPEGOnlyDisplayBlockiness=shown("display_jpeg", "blockiness"),
             OriginalDisplayBlockiness=[b for f in frames for b in f.original_blockiness],
             DisplayPSNRB=shown("display_model", "psnr_b"), JPEGOnlyDisplayPSNRB=shown("display_jpeg", "psnr_b"),
-            JPEGEncoder=encoder,
+            JPEGEncoder=encoder, EdgeFilter=edge_filter,
         )
 
     @classmethod

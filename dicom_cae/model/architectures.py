@@ -14,7 +14,8 @@
   and coding size the settings can pick, with no pass-through gaps. blockres's five 3x3
   convolutions of 128 channels on the 32x32 block grid, one more input plane (592,704
   parameters: it can start from blockres's weights); trained for what a reader sees (display
-  windows and block edges, see train.make_reader_loss).
+  windows and block edges, see train.make_reader_loss). Its output's block edges are smoothed
+  by codec.smooth_block_edges (the steps it leaves, up to one quantizer step).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Architecture:
     uses_quality: bool
     description: str
     uses_coding: bool = False  # takes the coding size / 256 as a third input
+    edge_filter: bool = False  # its output's block edges are smoothed (codec.smooth_block_edges)
 
 
 def _conv(filters: int, activation: str | None = "relu", **kw) -> layers.Conv2D:
@@ -139,6 +141,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             "8x8-block space-to-depth residual network told the JPEG quality and the coding size, "
             "trained in the display windows and at the block edges (592,704 parameters)",
             uses_coding=True,
+            edge_filter=True,
         ),
     )
 }

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dicom_cae import codec
 from dicom_cae.errors import ModelError
 from dicom_cae.model.architectures import ARCHITECTURES, SIZE, build
 
@@ -85,6 +86,12 @@ class Reconstructor:
         return ARCHITECTURES[self.name].uses_coding
 
     @property
+    def edge_filter(self) -> str | None:
+        """The block-edge filter applied to this model's output (codec.EDGE_FILTER, its strength
+        by coding size), or None."""
+        return codec.EDGE_FILTER if ARCHITECTURES[self.name].edge_filter else None
+
+    @property
     def max_quality(self) -> int:
         """The highest JPEG quality at which the model card shows the model beating plain JPEG
         in PSNR; above it the model passes the JPEG image through unchanged. 100 when the card
@@ -109,8 +116,9 @@ class Reconstructor:
         return self._fn
 
     def __call__(self, jpeg: np.ndarray, quality: int | np.ndarray, *, batch_size: int = 16,
-                 mapping: str = "minmax", coding_size: int = SIZE) -> np.ndarray:
+                 mapping: str = "minmax", coding_size: int = SIZE, filter_edges: bool = True) -> np.ndarray:
         """Reconstruct images (n, 256, 256) in [0, 1] from their JPEG decodes; float32 out.
+        ``filter_edges`` False: without the block-edge filter of edge_filter (to measure it).
 
         ``quality`` is one JPEG quality for all, or one per image; images of a quality above
         ``max_quality`` come back unchanged, as do the decodes of a ``coding_size`` smaller
@@ -129,10 +137,11 @@ class Reconstructor:
             if owner is not None:
                 groups.setdefault(id(owner), (owner, []))[1].append(i)
         for owner, idx in groups.values():
-            out[idx] = owner._run(x[idx], qualities[idx], batch_size, coding_size)
+            out[idx] = owner._run(x[idx], qualities[idx], batch_size, coding_size, filter_edges)
         return out
 
-    def _run(self, x: np.ndarray, qualities: np.ndarray, batch_size: int, coding_size: int = SIZE) -> np.ndarray:
+    def _run(self, x: np.ndarray, qualities: np.ndarray, batch_size: int, coding_size: int = SIZE,
+             filter_edges: bool = True) -> np.ndarray:
         out = x.copy()  # images above max_quality pass through
         served = np.flatnonzero(qualities <= self.max_quality)
         x, q = x[served], qualities[served] / 100.0
@@ -148,6 +157,8 @@ class Reconstructor:
             cb = np.full((batch_size, 1), coding_size / SIZE, np.float32)
             inputs = (xb, qb, cb) if self.uses_coding else (xb, qb) if self.uses_quality else (xb,)
             result[start : start + m] = np.asarray(fn(*inputs))[:m, :, :, 0]
+        if self.edge_filter and filter_edges and len(served):
+            result = codec.smooth_block_edges(result, qualities[served], coding_size)
         out[served] = result
         return out
 

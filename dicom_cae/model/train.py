@@ -373,10 +373,7 @@ def train(cfg: TrainConfig) -> Path:
         print(_table(val), flush=True)
         _save_inference_weights(model, cfg.model, out / f"{cfg.model}.last.weights.h5")
 
-    print("final validation at JPEG qualities " + ", ".join(map(str, CARD_QUALITIES)), flush=True)
-    final_val = evaluation.compare(val_set.images, list(CARD_QUALITIES), reconstruct, coding_size=cfg.coding_size)
-    print(_table(final_val), flush=True)
-    reader_val = evaluation.reader_table(val_set, list(CARD_QUALITIES), reconstruct) if reader else None
+    validation = _validation(val_set, reconstruct, cfg.coding_size, reader)
     tmp = out / f"{cfg.model}.last.weights.h5"
     digest = sha256_of(tmp)
     final = out / f"{cfg.model}-{digest[:8]}.weights.h5"
@@ -423,14 +420,8 @@ def train(cfg: TrainConfig) -> Path:
             **({"init_weights": f"{Path(cfg.init_weights).name} (sha256 {sha256_of(cfg.init_weights)[:12]})"}
                if cfg.init_weights else {}),
         },
-        "validation": {
-            "pixel_accuracy_tolerance": metrics.PIXEL_TOLERANCE,
-            "by_quality": {str(q): {k: s.as_dict() for k, s in v.items()} for q, v in final_val.items()},
-            **({"reader_by_quality": reader_val,
-                "reader_note": "means over the validation images: worst display window PSNR/SSIM, most blocking window's "
-                               "blockiness (x the original's), seed's PSNR; 'model' is what the pipeline stores (JPEG + w x "
-                               "correction, never below plain JPEG), model_used the share with w > 0"} if reader_val else {}),
-        },
+        **({"decoder": EDGE_FILTER_NOTE} if ARCHITECTURES[cfg.model].edge_filter else {}),
+        "validation": validation,
         "software": {
             "dicom_cae": dicom_cae.__version__,
             "tensorflow": tf.__version__,
@@ -443,6 +434,51 @@ def train(cfg: TrainConfig) -> Path:
     return final
 
 
+#: What a card says of the decoding its figures include, for models whose output is filtered.
+EDGE_FILTER_NOTE = ("the model's output, then its block edges smoothed (codec.smooth_block_edges, filter "
+                    f"'{codec.EDGE_FILTER}': {codec.edge_strength(codec.SIZE):g} quantizer step at coding 256, "
+                    f"{codec.EDGE_STRENGTH_SMALLER:g} at smaller codings); the validation figures include it")
+
+
+def _validation(val_set: dataset.ImageSet, reconstruct: Any, coding_size: int, reader: bool) -> dict[str, Any]:
+    """A model card's validation: the seed's metrics by quality, and for models told the coding
+    size what a reader sees of what the pipeline stores (evaluation.reader_table)."""
+    print("final validation at JPEG qualities " + ", ".join(map(str, CARD_QUALITIES)), flush=True)
+    final_val = evaluation.compare(val_set.images, list(CARD_QUALITIES), reconstruct, coding_size=coding_size)
+    print(_table(final_val), flush=True)
+    reader_val = evaluation.reader_table(val_set, list(CARD_QUALITIES), reconstruct) if reader else None
+    return {
+        "pixel_accuracy_tolerance": metrics.PIXEL_TOLERANCE,
+        "by_quality": {str(q): {k: s.as_dict() for k, s in v.items()} for q, v in final_val.items()},
+        **({"reader_by_quality": reader_val,
+            "reader_note": "means over the validation images: worst display window PSNR/SSIM, most blocking window's "
+                           "blockiness (x the original's), seed's PSNR; 'model' is what the pipeline stores (JPEG + w x "
+                           "correction, never below plain JPEG), model_used the share with w > 0"} if reader_val else {}),
+    }
+
+
+def revalidate(card_path: Path, root: Path) -> dict[str, Any]:
+    """Measure a card's weights again on the card's own validation folders (relative to
+    ``root``, the project's folder) with today's decoding, and write the card's validation
+    (and its decoder note) anew; the weights and the training record stay as they are."""
+    from dicom_cae.model.reconstructor import load
+
+    card = json.loads(card_path.read_text())
+    val_set = dataset.load([str(root / d) for d in card["data"]["val"]], mapping=card["data"]["value_mapping"])
+    recon = load(card["model"], weights=card_path.with_name(card["weights_file"]))
+    coding_size = int(card.get("coding_size", codec.SIZE))
+
+    def reconstruct(x: np.ndarray, q: int) -> np.ndarray:
+        return recon(x, q, coding_size=coding_size)
+
+    card["validation"] = _validation(val_set, reconstruct, coding_size, ARCHITECTURES[card["model"]].uses_coding)
+    if ARCHITECTURES[card["model"]].edge_filter:
+        card["decoder"] = EDGE_FILTER_NOTE
+    card["validated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    return card
+
+
 def _table(val: dict[int, dict[str, evaluation.Summary]]) -> str:
     rows = ["  q   ratio    PSNR jpeg/cae      SSIM jpeg/cae    pixacc jpeg/cae"]
     for q, v in val.items():
@@ -452,3 +488,9 @@ def _table(val: dict[int, dict[str, evaluation.Summary]]) -> str:
             f"{j.ssim:.4f} / {m.ssim:.4f}  {j.pixel_accuracy:.4f} / {m.pixel_accuracy:.4f}"
         )
     return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m dicom_cae.model.train revalidate CARD.json (from the project's folder)
+    if len(sys.argv) != 3 or sys.argv[1] != "revalidate":
+        sys.exit("usage: python -m dicom_cae.model.train revalidate CARD.json")
+    revalidate(Path(sys.argv[2]), Path.cwd())

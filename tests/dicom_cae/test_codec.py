@@ -120,3 +120,55 @@ def test_three_decoders_give_the_same_pixels_and_dciodvfy_passes_the_encapsulate
     dcmtk = pydicom.dcmread(out).pixel_array.astype(int)
     for a, b in ((pillow, libjpeg), (pillow, dcmtk), (libjpeg, dcmtk)):
         assert np.abs(a - b).max() <= 1
+
+
+def _blocky(coding_size: int = 256, amplitude: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth ramp, and the ramp with a random offset added to each block of a coding_size
+    coding (steps at the block edges only, well under quality 30's quantizer step)."""
+    smooth = np.tile(0.3 + 0.001 * np.arange(256, dtype=np.float32), (256, 1))
+    side = 8 * 256 // coding_size
+    offsets = np.random.default_rng(0).uniform(-amplitude, amplitude, (256 // side, 256 // side)).astype(np.float32)
+    return smooth, smooth + np.kron(offsets, np.ones((side, side), np.float32))
+
+
+def test_the_edge_filter_takes_the_steps_at_block_edges_away():
+    """Issue 15: the block-edge filter after the model. Offsets that JPEG leaves per block show as
+    steps at the block edges; the filter spreads them out, nearer the smooth image."""
+    from dicom_cae import metrics
+
+    edges = codec.block_edges(256)
+    smooth, blocky = _blocky()
+    out = codec.smooth_block_edges(blocky[None], 30)[0]
+    assert metrics.blockiness(blocky, edges) > 10
+    assert metrics.blockiness(out, edges) < 2  # (steps near the limit are taken only in part)
+    assert np.mean((out - smooth) ** 2) < 0.5 * np.mean((blocky - smooth) ** 2)
+    assert codec.edge_filter_name(256) == "ramp 1" and codec.edge_filter_name(128) == "ramp 0.5"
+
+
+def test_the_edge_filter_keeps_anatomy_edges_ramps_and_flat_images():
+    """A step larger than the quantizer step is an edge of the image, kept; a straight ramp or a
+    flat image has no excess step; a step smaller than its neighbours is not made larger (it
+    is not a block's step); and strength 0 changes nothing."""
+    edge = np.full((1, 256, 256), 0.2, np.float32)
+    edge[:, :, 128:] = 0.6  # 0.4 of the [0, 1] range at a block edge, quality 30's step is 27/255
+    assert np.array_equal(codec.smooth_block_edges(edge, 30), edge)
+    ramp = np.tile(np.linspace(0.1, 0.9, 256, dtype=np.float32), (1, 256, 1))
+    np.testing.assert_allclose(codec.smooth_block_edges(ramp, 30), ramp, atol=1e-6)
+    flat = np.full((1, 256, 256), 0.5, np.float32)
+    assert np.array_equal(codec.smooth_block_edges(flat, 10), flat)
+    plateau = np.tile((0.3 + 0.002 * (np.arange(256) - np.arange(256) // 8)).astype(np.float32), (1, 256, 1))  # flat across each edge
+    np.testing.assert_allclose(codec.smooth_block_edges(plateau, 30), plateau, atol=1e-6)
+    _, blocky = _blocky()
+    assert np.array_equal(codec.smooth_block_edges(blocky[None], 30, strength=0)[0], blocky)
+
+
+def test_the_edge_filter_works_on_the_grid_of_the_coding():
+    """A 128 coding's blocks are 16 pixels wide on the 256 grid: a step at pixel 8 is inside
+    one of its blocks (left alone), a step at pixel 16 is at its edge (smoothed)."""
+    for at, changed in ((8, False), (16, True)):
+        img = np.full((1, 256, 256), 0.4, np.float32)
+        img[:, :, at:] += 0.01
+        assert (not np.array_equal(codec.smooth_block_edges(img, 30, 128), img)) == changed, at
+    img = np.full((1, 256, 256), 0.4, np.float32)
+    img[:, :, 8:] += 0.01
+    assert not np.array_equal(codec.smooth_block_edges(img, 30, 256), img)

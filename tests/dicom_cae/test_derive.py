@@ -2,7 +2,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_cae import derive, image, io, pipeline, private_tags
+from dicom_cae import codec, derive, image, io, pipeline, private_tags
 from dicom_cae.convert import output_path
 from tests.conftest import SAMPLES
 
@@ -188,6 +188,23 @@ def test_other_value_mappings_give_other_uids_and_both_live_in_one_folder(tmp_pa
     (ws, wi), = uids["window"]
     (ms, mi), = uids["minmax"]
     assert ws != ms and wi != mi
+
+
+def test_the_filter_after_the_model_gives_other_uids(pipe):
+    """Issue 15: the deblock model's output is filtered at the block edges; the same weights
+    without the filter wrote other pixels, so its outputs get other UIDs (a folder converted
+    before is not taken as done). The seed, unfiltered, keeps the UIDs it always had."""
+    from dicom_cae.model import load
+
+    r = pipe.reconstructor
+    assert r.edge_filter == codec.EDGE_FILTER
+    unfiltered = pipeline.key(r.name, r.sha256, 30, pipe.mapping)
+    assert pipe.key(30) != unfiltered and pipe.key(30).startswith(unfiltered)
+    src = pydicom.dcmread(SAMPLES / "ct_phantom_1.dcm")
+    assert derive.derived_uids(src, key=pipe.key(30)).instance != derive.derived_uids(src, key=unfiltered).instance
+    seed = pipeline.Pipeline(load("seed"), mapping="minmax")
+    assert seed.reconstructor.edge_filter is None
+    assert seed.key(10) == f"seed:{seed.reconstructor.sha256}:q10"
 
 
 def test_a_stand_in_series_uid_depends_on_the_study():
