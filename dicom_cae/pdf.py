@@ -75,9 +75,10 @@ class Page:
     def fill(self, x: float, y: float, w: float, h: float, gray: float = 0.94) -> None:
         self.ops.append(b"%.3f g %.2f %.2f %.2f %.2f re f" % (gray, x, A4[1] - y - h, w, h))
 
-    def image(self, pixels: np.ndarray, x: float, y: float, w: float) -> float:
-        """An RGB image (uint8, rows x cols x 3) ``w`` points wide at (x, y); returns its height."""
-        name = self.doc.add_image(pixels)
+    def image(self, pixels: np.ndarray, x: float, y: float, w: float, png: bytes | None = None) -> float:
+        """An RGB image (uint8, rows x cols x 3) ``w`` points wide at (x, y); returns its height.
+        ``png``: the same pixels as a PNG already encoded, whose compressed data is used as it is."""
+        name = self.doc.add_image(pixels, png)
         self.images.append(name)
         h = w * pixels.shape[0] / pixels.shape[1]
         self.ops.append(b"q %.2f 0 0 %.2f %.2f %.2f cm /%s Do Q" % (w, h, x, A4[1] - y - h, name.encode()))
@@ -97,8 +98,8 @@ class Document:
         self.pages.append(p)
         return p
 
-    def add_image(self, pixels: np.ndarray) -> str:
-        self._images.append(np.ascontiguousarray(pixels, np.uint8))
+    def add_image(self, pixels: np.ndarray, png: bytes | None = None) -> str:
+        self._images.append((np.ascontiguousarray(pixels, np.uint8), png))
         return f"Im{len(self._images)}"
 
     def __bytes__(self) -> bytes:
@@ -115,11 +116,13 @@ class Document:
         fonts = {f"F{i + 1}": add(b"<< /Type /Font /Subtype /Type1 /BaseFont /%s /Encoding /WinAnsiEncoding >>" % base.encode())
                  for i, base in enumerate(FONTS.values())}
         images = {}
-        for i, px in enumerate(self._images):
+        for i, (px, png) in enumerate(self._images):
             rows, cols = px.shape[:2]
-            images[f"Im{i + 1}"] = add(stream(b"/Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceRGB "
-                                              b"/BitsPerComponent 8 /Filter /FlateDecode" % (cols, rows),
-                                              zlib.compress(px.tobytes(), 3)))
+            head = (b"/Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceRGB "
+                    b"/BitsPerComponent 8 /Filter /FlateDecode" % (cols, rows))
+            idat = png_data(png, px.shape) if png else None
+            images[f"Im{i + 1}"] = add(stream(head, zlib.compress(px.tobytes(), 3)) if idat is None else stream(
+                head + b" /DecodeParms << /Predictor 15 /Colors 3 /BitsPerComponent 8 /Columns %d >>" % cols, idat))
         font_dict = b" ".join(b"/%s %d 0 R" % (k.encode(), v) for k, v in fonts.items())
         kids = []
         for p in self.pages:
@@ -141,3 +144,27 @@ class Document:
         out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
         out += b"trailer\n<< /Size %d /Root %d 0 R /Info %d 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, catalog, info, xref)
         return bytes(out)
+
+
+def png_data(png: bytes, shape: tuple[int, ...]) -> bytes | None:
+    """The compressed image data of a PNG (its IDAT chunks joined) when it holds an RGB image
+    of ``shape``, 8 bits, not interlaced: a PDF reads it as Flate with the PNG predictors
+    (PDF 1.4, 7.4.4.4) and nothing is compressed twice. None for any other PNG."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    i, parts, header = 8, [], None
+    while i + 8 <= len(png):
+        length, kind = int.from_bytes(png[i : i + 4], "big"), png[i + 4 : i + 8]
+        data = png[i + 8 : i + 8 + length]
+        if kind == b"IHDR":
+            header = data
+        elif kind == b"IDAT":
+            parts.append(data)
+        i += 12 + length
+    if header is None or len(header) != 13 or not parts:
+        return None
+    width, height = int.from_bytes(header[:4], "big"), int.from_bytes(header[4:8], "big")
+    depth, colour, interlace = header[8], header[9], header[12]
+    if (height, width, 3) != tuple(shape) or depth != 8 or colour != 2 or interlace != 0:
+        return None
+    return b"".join(parts)

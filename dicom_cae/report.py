@@ -295,10 +295,11 @@ def write(
     # The pictures are drawn once, for the HTML and the PDF alike.
     panels = report_html.worst_panels(study_files(study_dir, files), report["per_image"], sources)
     figs = report_html.figures(report, panels)
-    io.write_text(report_html.render_html(report, figs, header, report_html.panel_columns(panels) if panels else None),
-                  study_dir / REPORT_HTML)
+    pngs = {k: report_html.png(f) for k, f in figs.items()}  # encoded once: the PDF reuses the data
+    io.write_text(report_html.render_html(report, figs, header, report_html.panel_columns(panels) if panels else None,
+                                          pngs), study_dir / REPORT_HTML)
     if document:
-        pdf = report_html.render_pdf(report, figs, header)
+        pdf = report_html.render_pdf(report, figs, header, pngs)
         refs = sorted({(r["sop_class_uid"], r["sop_instance_uid"]) for r in report["per_image"]})
         series_uid = document_series(report["study_instance_uid"])
         instance_uid = generate_uid(derive.UID_PREFIX, entropy_srcs=["report", report["study_instance_uid"], *(u for _, u in refs)])

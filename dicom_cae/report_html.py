@@ -47,12 +47,14 @@ class Panel:
     reconstruction: np.ndarray
 
 
-def _png(pixels: np.ndarray) -> str:
+def png(pixels: np.ndarray) -> bytes:
+    """A picture as PNG bytes (fast compression): the HTML shows them and the PDF takes their
+    compressed data as it is (pdf.png_data)."""
     from PIL import Image
 
     buf = _io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
@@ -225,8 +227,10 @@ window.addEventListener('load', function () {
 
 
 def render_html(report: dict[str, Any], figs: dict[str, np.ndarray], header: dict[str, str],
-                columns: list[str] | None = None) -> str:
-    """The page; ``columns``: what the worst images' panel shows (panel_columns), said in words."""
+                columns: list[str] | None = None, pngs: dict[str, bytes] | None = None) -> str:
+    """The page; ``columns``: what the worst images' panel shows (panel_columns), said in words;
+    ``pngs``: the figures encoded already (png), by name."""
+    pngs = pngs or {k: png(f) for k, f in figs.items()}
     meta = "".join(f"<tr><td>{html.escape(k)}</td><td class='mono'>{html.escape(v)}</td></tr>" for k, v in header.items())
     summary = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in _summary_rows(report))
     reg = report["regression"]
@@ -250,7 +254,7 @@ def render_html(report: dict[str, Any], figs: dict[str, np.ndarray], header: dic
     hu_range = report.get("hu_error_range")
     hu_note = (f" HU errors over the original's pixels from {hu_range[0]:g} to {hu_range[1]:g} HU (soft tissue)."
                if hu_range else "")
-    imgs = {k: f"<img alt='{k}' src='data:image/png;base64,{_png(f)}'>" for k, f in figs.items()}
+    imgs = {k: f"<img alt='{k}' src='data:image/png;base64,{base64.b64encode(pngs[k]).decode('ascii')}'>" for k in figs}
     worst = imgs.get("worst", "<p class='note'>No images.</p>")
     if "worst" in figs and columns:
         worst = f"<p class='note'>Columns: {html.escape(' | '.join(columns))}.</p>\n{worst}"
@@ -321,9 +325,11 @@ def _table(page: pdf.Page, y: float, head: list[str], rows: list[list[str]], wid
     return y + step * (len(rows) + 1)
 
 
-def render_pdf(report: dict[str, Any], figs: dict[str, np.ndarray], header: dict[str, str]) -> bytes:
+def render_pdf(report: dict[str, Any], figs: dict[str, np.ndarray], header: dict[str, str],
+               pngs: dict[str, bytes] | None = None) -> bytes:
     """The report as an A4 PDF: the header and summary, each picture on a page of its own (the
-    HTML's pixels), then every image as pages of a table; each page with the use restriction."""
+    HTML's pixels; ``pngs``: the HTML's PNGs of them, whose data the PDF reuses), then every
+    image as pages of a table; each page with the use restriction."""
     doc = pdf.Document(f"dicom-cae report {report['study_instance_uid']}", f"dicom-cae {dicom_cae.__version__}")
     room = pdf.A4[0] - 2 * MARGIN
     page = _page(doc, 1)
@@ -349,7 +355,7 @@ def render_pdf(report: dict[str, Any], figs: dict[str, np.ndarray], header: dict
             page.text(MARGIN, 50, title, 11, "bold")
             px = figs[key]
             w = min(room, (pdf.A4[1] - 120) * px.shape[1] / px.shape[0])  # fits the page either way
-            page.image(px, MARGIN, 64, w)
+            page.image(px, MARGIN, 64, w, (pngs or {}).get(key))
             number += 1
     _pdf_per_image(doc, report, number)
     return bytes(doc)

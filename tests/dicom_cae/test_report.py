@@ -159,3 +159,31 @@ def test_the_agreement_statistics_have_their_signs_and_figures_from_the_tags(con
             slope, intercept = np.polyfit(x, y, 1)
             assert rep["regression"]["slope"] == pytest.approx(slope, abs=1e-6)
             assert rep["regression"]["intercept"] == pytest.approx(intercept, abs=1e-6)
+
+
+def test_the_pdf_shows_the_htmls_png_pixels_without_compressing_them_again(tmp_path):
+    """Issue 17 (reports that cost little): a picture is PNG-encoded once; the PDF takes the
+    PNG's compressed data with its predictors. The images a PDF reader extracts (poppler's
+    pdfimages) are the pixels, whether the PDF reused the PNG or compressed them itself."""
+    import numpy as np
+    from PIL import Image
+
+    from dicom_cae import pdf, report_html
+
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 60, 3)).astype(np.uint8)
+    pixels[:, :30] = np.arange(30, dtype=np.uint8)[None, :, None] * 8  # a smooth part: the predictors do work
+    doc = pdf.Document("png reuse")
+    page = doc.page()
+    page.image(pixels, 10, 10, 200, report_html.png(pixels))
+    page.image(pixels, 10, 300, 200)
+    data = bytes(doc)
+    assert data.count(b"/Predictor 15") == 1
+    (tmp_path / "t.pdf").write_bytes(data)
+    subprocess.run([need_tool("pdfimages"), "-png", str(tmp_path / "t.pdf"), str(tmp_path / "im")], check=True)
+    extracted = sorted(tmp_path.glob("im-*.png"))
+    assert len(extracted) == 2
+    for path in extracted:
+        assert np.array_equal(np.asarray(Image.open(path).convert("RGB")), pixels), path.name
+    assert pdf.png_data(b"not a png", pixels.shape) is None
+    assert pdf.png_data(report_html.png(pixels[:, :, 0]), pixels.shape) is None  # grey: not what the PDF declares
+    assert pdf.png_data(report_html.png(pixels), (41, 60, 3)) is None
