@@ -50,7 +50,7 @@ M = [
  ("27 a smaller coding described as passed through when it was restored", "dicom_cae/pipeline.py", "Pipeline.finish", "        if r is None:", "        if prep.coding_size != 256 or r is None:", f"{F}::test_a_smaller_coding_is_described_by_the_weights_that_restore_it"),
  ("28 functional-group spacing copied", "dicom_cae/derive.py", "_regrid_functional_groups", "measures.PixelSpacing = [_ds(spacing[0] * row_scale), _ds(spacing[1] * col_scale)]", "measures.PixelSpacing = [_ds(spacing[0]), _ds(spacing[1])]", "tests/dicom_cae/test_derive.py::test_a_multi_frame_instance_scales_its_functional_group_spacing_and_counts_every_frame"),
  ("29 compression ratio of one frame", "dicom_cae/pipeline.py", "finish", "    ratio = prep.frames * image.SIZE * image.SIZE / sum(prep.jpeg_bytes)", "    ratio = image.SIZE * image.SIZE / sum(prep.jpeg_bytes)", "tests/dicom_cae/test_derive.py::test_a_multi_frame_instance_scales_its_functional_group_spacing_and_counts_every_frame"),
- ("30 UIDs ignore the value mapping", "dicom_cae/pipeline.py", "key", "    return text if mapping == value_mapping.MINMAX else f\"{text}:{mapping}\"", "    return text", "tests/dicom_cae/test_derive.py::test_other_value_mappings_give_other_uids_and_both_live_in_one_folder"),
+ ("30 UIDs ignore the value mapping", "dicom_cae/pipeline.py", "key", "    text = text if mapping == value_mapping.MINMAX else f\"{text}:{mapping}\"", "    text = text", "tests/dicom_cae/test_derive.py::test_other_value_mappings_give_other_uids_and_both_live_in_one_folder"),
  ("31 stand-in series ignores the study", "dicom_cae/identity.py", "identify", 'entropy_srcs=["stand-in series", study, ', 'entropy_srcs=["stand-in series", ', "tests/dicom_cae/test_derive.py::test_a_stand_in_series_uid_depends_on_the_study"),
  # Issue 15: the codec.
  ("32 mozjpeg's progressive stream kept", "dicom_cae/codec.py", "_trellis_encode", 'with open(baseline, "rb") as f:', 'with open(progressive, "rb") as f:', "tests/dicom_cae/test_codec.py::test_trellis_stream_is_plain_baseline_with_flat_tables_and_no_jfif"),
@@ -65,6 +65,15 @@ M = [
  ("41 the index's source column holds the study", "dicom_cae/convert.py", "_convert", "Entry(o.derived[1], o.derived[0], o.study, o.sop_instance, str(path), o.output)", "Entry(o.derived[1], o.derived[0], o.study, o.study, str(path), o.output)", "tests/dicom_cae/test_store.py::test_the_index_names_each_derived_instance_by_its_own_uids_and_its_source"),
  ("42 one failed reconstruction fails its batch", "dicom_cae/runner.py", "_reconstruct", "            out.append(exc)", "            raise", "tests/dicom_cae/test_runner.py::test_one_instance_whose_reconstruction_fails_fails_alone"),
  ("43 worker processes stop on their own Ctrl-C", "dicom_cae/engines/local.py", "_start_process", "    signal.signal(signal.SIGINT, signal.SIG_IGN)", "    pass", "tests/dicom_cae/test_convert.py::test_ctrl_c_stops_cleanly_and_a_rerun_completes[2]"),
+ # Issue 15, this round: the block-edge filter after the model.
+ ("44 the model's output not filtered", "dicom_cae/model/reconstructor.py", "Reconstructor._run", "if self.edge_filter and filter_edges and len(served):", "if False:", f"{F}::test_head_ct_at_the_defaults_shows_no_blocks_in_its_brain_window"),
+ ("45 a step smaller than its neighbours explain made larger", "dicom_cae/codec.py", "smooth_block_edges", "excess = np.where(excess * step > 0, excess, 0.0)", "excess = excess", "tests/dicom_cae/test_codec.py::test_the_edge_filter_keeps_anatomy_edges_ramps_and_flat_images"),
+ ("46 anatomy edges smoothed too", "dicom_cae/codec.py", "smooth_block_edges", "excess *= np.clip(1.0 - np.abs(excess) / limit, 0.0, 1.0)", "excess *= 1.0", "tests/dicom_cae/test_codec.py::test_the_edge_filter_keeps_anatomy_edges_ramps_and_flat_images"),
+ ("47 the filter on the 256 grid for every coding", "dicom_cae/codec.py", "smooth_block_edges", "edges = block_edges(coding_size, out.shape[-1])", "edges = block_edges(SIZE, out.shape[-1])", "tests/dicom_cae/test_codec.py::test_the_edge_filter_works_on_the_grid_of_the_coding"),
+ ("48 UIDs ignore the filter after the model", "dicom_cae/pipeline.py", "key", "return f\"{text}:{edge_filter}\" if edge_filter else text", "return text", "tests/dicom_cae/test_derive.py::test_the_filter_after_the_model_gives_other_uids"),
+ # Issue 17: the PDF reuses the HTML's PNG data.
+ ("49 the PNG data declared without its predictors", "dicom_cae/pdf.py", "Document.__bytes__", "/DecodeParms << /Predictor 15 /Colors 3", "/DecodeParms << /Predictor 1 /Colors 3", "tests/dicom_cae/test_report.py::test_the_pdf_shows_the_htmls_png_pixels_without_compressing_them_again"),
+ ("50 any PNG taken for RGB", "dicom_cae/pdf.py", "png_data", "if (height, width, 3) != tuple(shape) or depth != 8 or colour != 2 or interlace != 0:", "if False:", "tests/dicom_cae/test_report.py::test_the_pdf_shows_the_htmls_png_pixels_without_compressing_them_again"),
 ]
 
 
