@@ -48,6 +48,7 @@ ERROR_METADATA = "DicomCaeError"
 ERROR_METADATA_INDEX = 4242
 CONFIG_KEY = "DicomCae"
 PENDING, DONE, PROBLEM = "pending", "done", "problem"
+NOT_IMAGE = "not-image"  # the cause recorded for an instance that is not an image dicom-cae codes (health: not_images)
 RETRY_S = 30.0  # a study whose processing failed as a whole is tried again after this
 
 
@@ -126,10 +127,11 @@ class StudyQueue:
             counts = dict(self._db.execute("SELECT state, COUNT(*) FROM studies GROUP BY state").fetchall())
             problems = [{"study": s, "tries": t, "problem": p} for s, t, p in
                         self._db.execute("SELECT id, tries, problem FROM studies WHERE state = ?", (PROBLEM,))]
-            failures = [{"study": s, "instance": i, "reason": r, "cause": c} for s, i, r, c in
-                        self._db.execute("SELECT study, instance, reason, cause FROM failures ORDER BY study")]
+            rows = [{"study": s, "instance": i, "reason": r, "cause": c} for s, i, r, c in
+                    self._db.execute("SELECT study, instance, reason, cause FROM failures ORDER BY study")]
         return {"queue": {k: counts.get(k, 0) for k in (PENDING, PROBLEM, DONE)}, "problems": problems,
-                "failed_instances": failures}
+                "failed_instances": [r for r in rows if r["cause"] != NOT_IMAGE],
+                "not_images": [r for r in rows if r["cause"] == NOT_IMAGE]}
 
 
 # -- the plugin (inside Orthanc) -------------------------------------------------------------------
@@ -348,6 +350,8 @@ class Plugin:
                     sources[o.sop_instance] = Path(o.source)
                     studies.add(o.study)
                     store.add([Entry(o.derived[1], o.derived[0], o.study, o.sop_instance, o.source, o.output)])
+                elif o.kind == runner.NOT_IMAGE and o.error is not None:  # left in Orthanc as it is, said in health
+                    self.queue.failed(study, ids.get(o.source, o.source), o.error.reason, NOT_IMAGE)
                 elif o.kind == runner.FAILED and o.error is not None:
                     iid = ids.get(o.source, o.source)
                     self.queue.failed(study, iid, o.error.reason, o.error.cause)

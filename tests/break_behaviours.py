@@ -74,6 +74,8 @@ M = [
  # Issue 17: the PDF reuses the HTML's PNG data.
  ("49 the PNG data declared without its predictors", "dicom_cae/pdf.py", "Document.__bytes__", "/DecodeParms << /Predictor 15 /Colors 3", "/DecodeParms << /Predictor 1 /Colors 3", "tests/dicom_cae/test_report.py::test_the_pdf_shows_the_htmls_png_pixels_without_compressing_them_again"),
  ("50 any PNG taken for RGB", "dicom_cae/pdf.py", "png_data", "if (height, width, 3) != tuple(shape) or depth != 8 or colour != 2 or interlace != 0:", "if False:", "tests/dicom_cae/test_report.py::test_the_pdf_shows_the_htmls_png_pixels_without_compressing_them_again"),
+ # Issue 18: the poison corpus through Orthanc.
+ ("51 what is not an image passes unsaid in the plugin", "dicom_cae/orthanc_plugin.py", "Plugin.process", "elif o.kind == runner.NOT_IMAGE and o.error is not None:", "elif False:", "tests/dicom_cae/test_orthanc_plugin.py::test_a_study_of_poison_cases_derives_the_good_ones_and_records_the_bad"),
 ]
 
 

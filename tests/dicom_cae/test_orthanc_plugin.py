@@ -19,6 +19,7 @@ import pytest
 
 from dicom_cae import cli, private_tags
 from tests.conftest import SAMPLES, dcmtk, free_port, missing, need_tool, peer_env, wait_until
+from tests.scp_node.test_poison import raw_sending  # noqa: F401 (a fixture: files sent as their bytes are)
 
 ROOT = Path(__file__).resolve().parents[2]
 CT_STUDY = ["ct_phantom_1.dcm", "ct_phantom_2.dcm", "ct_phantom_3.dcm", "sr_not_an_image.dcm"]
@@ -290,3 +291,77 @@ def test_a_study_reprocessed_with_another_quality_gets_another_derived_series(pr
     after = o.series(uid)
     assert set(before) < set(after)
     assert any("q20" in v["description"] for v in after.values())
+
+
+def test_a_study_of_poison_cases_derives_the_good_ones_and_records_the_bad(tmp_path, raw_sending):
+    """Issue 18: the poison corpus of the node's tests (every case a node accepts) sent into
+    Orthanc as one study, each file as its bytes are. Of what Orthanc stores, every good image
+    is derived, every bad one recorded with its reason (failed_instances in /dicom-cae/health
+    and the instance's DicomCaeError metadata), every dataset that is not an image we code named
+    with its reason (not_images); Orthanc answers C-ECHO after it and derives a normal study."""
+    _plugin_present()
+    from pydicom.uid import generate_uid
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    from tests.scp_node.test_poison import CASES, CT, MR, POISON_STUDY, SR, _write
+
+    cases = [c for c in CASES if c.status == 0x0000]
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    written = [(case, *_write(case, folder)) for case in cases]
+    with running(tmp_path / "data") as o:
+        ae = AE(ae_title="MODALITY")
+        for uid in (CT, MR, SR):
+            for syntax in {c.syntax for c in cases}:
+                ae.add_requested_context(uid, syntax)
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", o.dicom, ae_title="DICOM_CAE")
+        assert assoc.is_established
+        statuses = {case.name: assoc.send_c_store(path).Status for case, path, _ in written}
+        assoc.release()
+        stored = {}
+        for case, _, ds in written:
+            found = json.loads(o.request("POST", "/tools/lookup", str(ds.SOPInstanceUID).encode()))
+            if statuses[case.name] == 0x0000 and found:
+                stored[case.name] = next(i["ID"] for i in found if i["Type"] == "Instance")
+        # (Orthanc refuses an instance without a Study or Series Instance UID: its hierarchy needs them.)
+        processed = [c for c in cases if c.outcome == "processed" and c.name in stored]
+        assert len(processed) >= 5 and len([c for c in cases if c.outcome == "failed" and c.name in stored]) >= 5, statuses
+        study = next(i["ID"] for i in json.loads(o.request("POST", "/tools/lookup", POISON_STUDY.encode()))
+                     if i["Type"] == "Study")
+
+        def idle() -> bool:
+            health = o.get("/dicom-cae/health")
+            return health["queue"]["pending"] == 0 and health["processing"] is None and health["queue"]["done"] >= 1
+
+        wait_until(lambda: any(v["modality"] == "DOC" for v in o.series(POISON_STUDY).values()), timeout=300,
+                   what="the poison study's report")
+        wait_until(idle, timeout=120, what="the plugin idle")
+        health = o.get("/dicom-cae/health")
+        # Every good image derived (the stand-in series UIDs put some into series of their own).
+        derived = sum(v["instances"] for v in o.series(POISON_STUDY).values() if v["description"].startswith("CAE "))
+        assert derived == len(processed), (derived, [c.name for c in processed], health)
+        failed = {f["instance"]: f for f in health["failed_instances"]}
+        not_images = {f["instance"]: f for f in health["not_images"]}
+        for case in cases:
+            if case.name not in stored:
+                continue
+            iid = stored[case.name]
+            if case.outcome == "failed":
+                assert failed[iid]["reason"] and failed[iid]["cause"] == "input", (case.name, health)
+                assert failed[iid]["reason"] in o.get(f"/instances/{iid}/metadata/DicomCaeError", raw=True).decode()
+            elif case.outcome == "kept":
+                assert not_images[iid]["reason"], (case.name, health)
+            else:
+                assert iid not in failed and iid not in not_images, case.name
+        assert health["queue"]["problem"] == 0 and study
+        # Orthanc is still up: C-ECHO, and a normal study afterwards is derived.
+        assert subprocess.run([dcmtk("echoscu"), "-aec", "DICOM_CAE", "127.0.0.1", str(o.dicom)], env=peer_env(),
+                              capture_output=True).returncode == 0
+        normal = pydicom.dcmread(SAMPLES / "ct_phantom_2.dcm")
+        normal.StudyInstanceUID, normal.SOPInstanceUID = generate_uid(), generate_uid()
+        normal.save_as(tmp_path / "normal.dcm", enforce_file_format=True)
+        o.send([tmp_path / "normal.dcm"])
+        wait_until(lambda: any(v["modality"] == "DOC" for v in o.series(normal.StudyInstanceUID).values()), timeout=240,
+                   what="the normal study derived after the poison one")
