@@ -76,6 +76,10 @@ M = [
  ("50 any PNG taken for RGB", "dicom_cae/pdf.py", "png_data", "if (height, width, 3) != tuple(shape) or depth != 8 or colour != 2 or interlace != 0:", "if False:", "tests/dicom_cae/test_report.py::test_the_pdf_shows_the_htmls_png_pixels_without_compressing_them_again"),
  # Issue 18: the poison corpus through Orthanc.
  ("51 what is not an image passes unsaid in the plugin", "dicom_cae/orthanc_plugin.py", "Plugin.process", "elif o.kind == runner.NOT_IMAGE and o.error is not None:", "elif False:", "tests/dicom_cae/test_orthanc_plugin.py::test_a_study_of_poison_cases_derives_the_good_ones_and_records_the_bad"),
+ # Issue 19, node side: forwarding.
+ ("52 a refused C-STORE taken as stored", "scp_node/forward.py", "Forwarder.send", "if code in (0x0000, 0xB000, 0xB007, 0xB006):", "if code is not None:", "tests/scp_node/test_forward.py::test_a_refused_c_store_keeps_the_item_in_the_outbox_with_back_off_until_it_is_accepted"),
+ ("53 the back-off does not grow", "scp_node/forward.py", "Forwarder._failed", "delay = backoff(item.attempts, self.fwd.retry_initial_s, self.fwd.retry_max_s)", "delay = backoff(0, self.fwd.retry_initial_s, self.fwd.retry_max_s)", "tests/scp_node/test_forward.py::test_a_refused_c_store_keeps_the_item_in_the_outbox_with_back_off_until_it_is_accepted"),
+ ("54 a warning status taken as a failure", "scp_node/forward.py", "Forwarder.send", "if code in (0x0000, 0xB000, 0xB007, 0xB006):", "if code in (0x0000,):", "tests/scp_node/test_forward.py::test_a_refused_c_store_keeps_the_item_in_the_outbox_with_back_off_until_it_is_accepted"),
 ]
 
 

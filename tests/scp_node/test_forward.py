@@ -84,3 +84,69 @@ def test_derived_series_reach_orthanc_and_nothing_is_lost_while_it_is_down(tmp_p
             wait_until(lambda: node.state.outbox_size() == 0, what="the outbox to drain")
             assert _count(http_port) == 7
         assert node.counters.snapshot()["forwarded"] == 7
+
+
+@contextlib.contextmanager
+def _destination(port: int, answers: dict):
+    """A pynetdicom storage SCP on ``port`` answering every C-STORE with ``answers["status"]``;
+    ``answers["seen"]`` gets (SOP Instance UID, time) of each C-STORE that reached it."""
+    import time
+
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    def on_store(event):
+        answers["seen"].append((str(event.request.AffectedSOPInstanceUID), time.time()))
+        return answers["status"]
+
+    ae = AE(ae_title="PACS")
+    ae.supported_contexts = AllStoragePresentationContexts
+    scp = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        yield
+    finally:
+        scp.shutdown()
+
+
+def test_a_refused_c_store_keeps_the_item_in_the_outbox_with_back_off_until_it_is_accepted(tmp_path, pipe):
+    """Issue 19 (forwarding): a destination that takes the association but refuses the C-STORE
+    (A700, out of resources) does not empty the outbox: each refusal counts, the next try waits
+    the doubled back-off (1 s, then 2 s: seen in the outbox against the moment the refusal was
+    answered), /health names the status; a warning status (B000) counts as stored."""
+    import sqlite3
+
+    import pydicom
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage
+
+    port = free_port()
+    answers = {"status": 0xA700, "seen": []}
+    forward = {"ae_title": "PACS", "host": "127.0.0.1", "port": port, "retry_initial_s": 1.0, "retry_max_s": 2.0}
+    with _destination(port, answers), running_node(tmp_path, pipe, http_port=0, forward=forward) as node:
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(CTImageStorage)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title=node.cfg.ae_title)
+        assert assoc.send_c_store(pydicom.dcmread(SAMPLES / "ct_phantom_1.dcm")).Status == 0
+        assoc.release()
+
+        def refusals(uid: str) -> list[float]:
+            return [t for u, t in answers["seen"] if u == uid]
+
+        def outbox() -> dict[str, tuple[int, float]]:  # SOP Instance UID -> (attempts, next try)
+            with sqlite3.connect(node.cfg.state_path) as db:
+                rows = db.execute("SELECT path, attempts, next_try FROM outbox").fetchall()
+            return {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): (a, n) for p, a, n in rows}
+
+        wait_until(lambda: len(outbox()) == 2 and all(a >= 2 for a, _ in outbox().values()), timeout=60,
+                   what="the derived image and the report refused twice")
+        for uid, (attempts, next_try) in outbox().items():
+            seen = refusals(uid)
+            assert len(seen) >= attempts >= 2, (uid, seen)
+            answered = seen[attempts - 1]  # the refusal that set this next try
+            assert next_try - answered == pytest.approx(backoff(attempts - 1, 1.0, 2.0), abs=0.3), (attempts, next_try - answered)
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{node._http.server_address[1]}/health", timeout=5).read())
+        assert health["status"] == "degraded" and "forwarding" in health["problems"]
+        assert health["forwarding"]["outbox_depth"] == 2 and "0xa700" in health["forwarding"]["last_error"]
+        assert node.counters.snapshot()["forwarded"] == 0
+        answers["status"] = 0xB000  # stored with a warning (coercion of data elements): forwarded
+        wait_until(lambda: node.state.outbox_size() == 0, timeout=30, what="the outbox to drain")
+        assert node.counters.snapshot()["forwarded"] == 2
