@@ -354,3 +354,38 @@ def test_thirty_slow_senders_do_not_shut_out_a_modality(tmp_path, pipe, silent):
             stop.set()
             for s in sockets:
                 s.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("settings,convert_args", [
+    ({"quality": 20, "value_mapping": "minmax", "batch_size": 2}, ["--quality", "20", "--value-mapping", "minmax"]),
+    ({"target_psnr": 32.0}, ["--target-psnr", "32"]),
+], ids=["quality and mapping", "fidelity target"])
+def test_settings_reach_the_worker_processes_intact(tmp_path, pipe, settings, convert_args):
+    """Issue 19 (settings reaching worker processes): a node processing in 2 worker processes
+    writes what `convert` writes in this process with the same settings: the same derived UIDs
+    (they depend on every setting), the same quality and mapping in the tags, the same pixels."""
+    import numpy as np
+
+    from dicom_cae import cli
+
+    files = [SAMPLES / f"ct_phantom_{i}.dcm" for i in (1, 2, 3)]
+    src = tmp_path / "in"
+    src.mkdir()
+    for f in files:
+        (src / f.name).write_bytes(f.read_bytes())
+    assert cli.main(["convert", "--no-progress", "--workers", "0", *convert_args, str(src), str(tmp_path / "convert")]) == 0
+    expected = {str(d.SOPInstanceUID): d for d in (pydicom.dcmread(p) for p in derived_images(tmp_path / "convert"))}
+    assert len(expected) == 3
+    with running_node(tmp_path, pipe, workers=2, **settings) as node:
+        proc = storescu(node, *map(str, files))
+        assert proc.returncode == 0, proc.stderr
+        wait_until(lambda: _processed(node) == 3, timeout=240, what="3 processed by the worker processes")
+        got = {str(d.SOPInstanceUID): d for d in (pydicom.dcmread(p) for p in _derived(node))}
+    assert set(got) == set(expected)
+    for uid, ds in got.items():
+        mine, theirs = private_tags.read(ds), private_tags.read(expected[uid])
+        for key in ("JPEGQuality", "ValueMapping", "TargetPSNR", "CodingSize", "ModelName", "WeightsSHA256", "EdgeFilter"):
+            assert mine.get(key) == theirs.get(key), key
+        assert ds.SeriesInstanceUID == expected[uid].SeriesInstanceUID
+        assert np.array_equal(ds.pixel_array, expected[uid].pixel_array)
