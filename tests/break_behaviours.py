@@ -80,6 +80,9 @@ M = [
  ("52 a refused C-STORE taken as stored", "scp_node/forward.py", "Forwarder.send", "if code in (0x0000, 0xB000, 0xB007, 0xB006):", "if code is not None:", "tests/scp_node/test_forward.py::test_a_refused_c_store_keeps_the_item_in_the_outbox_with_back_off_until_it_is_accepted"),
  ("53 the back-off does not grow", "scp_node/forward.py", "Forwarder._failed", "delay = backoff(item.attempts, self.fwd.retry_initial_s, self.fwd.retry_max_s)", "delay = backoff(0, self.fwd.retry_initial_s, self.fwd.retry_max_s)", "tests/scp_node/test_forward.py::test_a_refused_c_store_keeps_the_item_in_the_outbox_with_back_off_until_it_is_accepted"),
  ("54 a warning status taken as a failure", "scp_node/forward.py", "Forwarder.send", "if code in (0x0000, 0xB000, 0xB007, 0xB006):", "if code in (0x0000,):", "tests/scp_node/test_forward.py::test_a_refused_c_store_keeps_the_item_in_the_outbox_with_back_off_until_it_is_accepted"),
+ # Issue 19, node side: settings reaching the worker processes.
+ ("55 worker processes on the default value mapping", "dicom_cae/runner.py", "pipeline_for", "mapping=settings.mapping)", ")", "tests/scp_node/test_node.py::test_settings_reach_the_worker_processes_intact"),
+ ("56 the node's pipeline decides over its configuration", "scp_node/worker.py", "Worker.__init__", "if (pipe.mapping, pipe.batch_size) != (cfg.value_mapping, cfg.batch_size):", "if False:", "tests/scp_node/test_node.py::test_settings_reach_the_worker_processes_intact"),
 ]
 
 
