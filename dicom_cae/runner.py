@@ -349,15 +349,19 @@ class Driver:
         the ones in flight finished and were taken (a rerun resumes). Deferred propagates
         (Policy.requeue): the batches not taken are the caller's still."""
         pending: deque[tuple[list[str], Future]] = deque()
+
+        def take_first() -> None:
+            out = self.outcomes(*pending[0])  # a Ctrl-C while it runs: still pending, taken below
+            paths = pending.popleft()[0]
+            take(paths, out)  # a Ctrl-C inside take: not taken twice (what it did not do, a rerun does)
+
         try:
             for paths in batches:
                 pending.append((paths, self.submit(paths)))
                 while len(pending) >= self.engine.slots:
-                    take(pending[0][0], self.outcomes(*pending[0]))
-                    pending.popleft()  # only once taken: a Ctrl-C inside take leaves it to take again
+                    take_first()
             while pending:
-                take(pending[0][0], self.outcomes(*pending[0]))
-                pending.popleft()
+                take_first()
         except KeyboardInterrupt:  # no fallback now: a batch that did not finish is the rerun's
             for paths, fut in pending:
                 if fut.cancel():

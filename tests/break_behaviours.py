@@ -83,6 +83,7 @@ M = [
  # Issue 19, node side: settings reaching the worker processes.
  ("55 worker processes on the default value mapping", "dicom_cae/runner.py", "pipeline_for", "mapping=settings.mapping)", ")", "tests/scp_node/test_node.py::test_settings_reach_the_worker_processes_intact"),
  ("56 the node's pipeline decides over its configuration", "scp_node/worker.py", "Worker.__init__", "if (pipe.mapping, pipe.batch_size) != (cfg.value_mapping, cfg.batch_size):", "if False:", "tests/scp_node/test_node.py::test_settings_reach_the_worker_processes_intact"),
+ ("57 a batch taken again after a Ctrl-C inside take", "dicom_cae/runner.py", "Driver.run", "            paths = pending.popleft()[0]\n            take(paths, out)", "            paths = pending[0][0]\n            take(paths, out)\n            pending.popleft()", "tests/dicom_cae/test_runner.py::test_a_ctrl_c_inside_the_callers_take_does_not_take_that_batch_twice"),
 ]
 
 

@@ -120,3 +120,22 @@ def test_one_instance_whose_reconstruction_fails_fails_alone(pipe):
     assert np.array_equal(out[0], alone)
     with pytest.raises(runner.SystemicError, match="reconstruct"):
         runner._reconstruct(pipe, [bad, bad])  # every one fails alike: the batch as a whole
+
+
+def test_a_ctrl_c_inside_the_callers_take_does_not_take_that_batch_twice(pipe, tmp_path):
+    """Review of issue 17: Ctrl-C arriving while the caller handles a batch's outcomes (its
+    `take`) made the driver hand the same batch to `take` again (counted twice in convert's
+    summary). Each batch is taken at most once; the ones still in flight are taken."""
+    settings = runner.Settings.of(pipe)
+    with InProcess(settings, threads=1) as engine:
+        driver = runner.Driver(engine, settings, tmp_path, runner.CONVERT)
+        calls: list[list[str]] = []
+
+        def take(paths: list[str], outcomes: list[runner.Outcome]) -> None:
+            calls.append(list(paths))
+            assert [o.kind for o in outcomes] == [runner.WRITTEN] * len(paths)
+            if len(calls) == 1:
+                raise KeyboardInterrupt  # as a Ctrl-C in the middle of the caller's bookkeeping
+
+        assert driver.run([[p] for p in CT], take) is False
+    assert calls[0] == [CT[0]] and len(calls) == len({tuple(c) for c in calls}), calls
