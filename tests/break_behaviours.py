@@ -84,6 +84,8 @@ M = [
  ("55 worker processes on the default value mapping", "dicom_cae/runner.py", "pipeline_for", "mapping=settings.mapping)", ")", "tests/scp_node/test_node.py::test_settings_reach_the_worker_processes_intact"),
  ("56 the node's pipeline decides over its configuration", "scp_node/worker.py", "Worker.__init__", "if (pipe.mapping, pipe.batch_size) != (cfg.value_mapping, cfg.batch_size):", "if False:", "tests/scp_node/test_node.py::test_settings_reach_the_worker_processes_intact"),
  ("57 a batch taken again after a Ctrl-C inside take", "dicom_cae/runner.py", "Driver.run", "            paths = pending.popleft()[0]\n            take(paths, out)", "            paths = pending[0][0]\n            take(paths, out)\n            pending.popleft()", "tests/dicom_cae/test_runner.py::test_a_ctrl_c_inside_the_callers_take_does_not_take_that_batch_twice"),
+ ("58 a deflated dataset inflated whole to be measured", "scp_node/server.py", "inflated_size_within", "chunk = inflater.decompress(pending, 1 << 20)", "chunk = inflater.decompress(pending)", "tests/scp_node/test_poison.py::test_checking_a_deflate_bomb_holds_little_memory"),
+ ("59 the inflation limit off by one", "scp_node/server.py", "inflated_size_within", "if total > limit:", "if total >= limit:", "tests/scp_node/test_poison.py::test_checking_a_deflate_bomb_holds_little_memory"),
 ]
 
 

@@ -470,3 +470,36 @@ def test_a_c_store_without_an_instance_uid_is_answered_and_the_association_goes_
             assoc.release()
         wait_until(lambda: node.counters.snapshot()["received"] == 1, what="the good instance received")
         assert node.counters.snapshot()["refused"] == 1
+
+
+def _deflated_zeros(n: int) -> bytes:
+    """``n`` zero bytes deflated (raw deflate, as the Deflated transfer syntax), built in 1 MiB
+    steps so that the test itself never holds them."""
+    import zlib
+
+    c, out, chunk = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS), [], bytes(1 << 20)
+    for _ in range(n >> 20):
+        out.append(c.compress(chunk))
+    out.append(c.compress(bytes(n & ((1 << 20) - 1))))
+    return b"".join(out) + c.flush()
+
+
+def test_checking_a_deflate_bomb_holds_little_memory():
+    """Issue 19 (bounded inflation): the size check of a deflated dataset inflates it in steps
+    and stops past the limit: 256 MiB of zeros (about 250 kB deflated) checked against a 4 MiB
+    limit allocates a few MiB at most (traced), not the inflated dataset; the limit is exact."""
+    import tracemalloc
+
+    from scp_node.server import inflated_size_within
+
+    bomb = _deflated_zeros(256 << 20)
+    assert len(bomb) < 1 << 20
+    tracemalloc.start()
+    try:
+        assert not inflated_size_within(bomb, 4 << 20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, peak
+    small = _deflated_zeros(3_000_000)
+    assert inflated_size_within(small, 3_000_000) and not inflated_size_within(small, 2_999_999)
