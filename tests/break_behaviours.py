@@ -86,6 +86,9 @@ M = [
  ("57 a batch taken again after a Ctrl-C inside take", "dicom_cae/runner.py", "Driver.run", "            paths = pending.popleft()[0]\n            take(paths, out)", "            paths = pending[0][0]\n            take(paths, out)\n            pending.popleft()", "tests/dicom_cae/test_runner.py::test_a_ctrl_c_inside_the_callers_take_does_not_take_that_batch_twice"),
  ("58 a deflated dataset inflated whole to be measured", "scp_node/server.py", "inflated_size_within", "chunk = inflater.decompress(pending, 1 << 20)", "chunk = inflater.decompress(pending)", "tests/scp_node/test_poison.py::test_checking_a_deflate_bomb_holds_little_memory"),
  ("59 the inflation limit off by one", "scp_node/server.py", "inflated_size_within", "if total > limit:", "if total >= limit:", "tests/scp_node/test_poison.py::test_checking_a_deflate_bomb_holds_little_memory"),
+ # Issue 19, node side: resends and conflicts.
+ ("60 a second conflict copied over the first", "scp_node/worker.py", "Worker._conflict", "dest = self._copy_aside(item, self.cfg.conflicts_dir, f\".{item.digest[:12]}\")", "dest = self._copy_aside(item, self.cfg.conflicts_dir)", "tests/scp_node/test_poison.py::test_another_image_under_a_used_sop_instance_uid_is_set_aside"),
+ ("61 the photometric interpretation left out of what is the same", "scp_node/worker.py", "<module>", '"HighBit", "PixelRepresentation", "PhotometricInterpretation", "RescaleSlope", "RescaleIntercept")', '"HighBit", "PixelRepresentation", "RescaleSlope", "RescaleIntercept")', "tests/scp_node/test_poison.py::test_what_gives_the_pixels_their_meaning_tells_a_conflict_from_a_resend"),
 ]
 
 

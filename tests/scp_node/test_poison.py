@@ -398,6 +398,42 @@ def test_another_image_under_a_used_sop_instance_uid_is_set_aside(tmp_path, pipe
         aside = list(node.cfg.conflicts_dir.rglob("*.dcm"))
         assert len(aside) == 1
         assert np.array_equal(pydicom.dcmread(aside[0]).pixel_array, second.pixel_array)
+        # A third image under the same UID is set aside beside the second, not over it.
+        third = pydicom.dcmread(SAMPLES / "ct_phantom_3.dcm")
+        third.SOPInstanceUID = first.SOPInstanceUID
+        assoc = _associate(node)
+        assert assoc.send_c_store(third).Status == 0x0000
+        assoc.release()
+        wait_until(lambda: node.counters.snapshot()["conflicts"] == 2, what="the second conflict seen")
+        kept = sorted((pydicom.dcmread(p).pixel_array.tobytes() for p in node.cfg.conflicts_dir.rglob("*.dcm")))
+        assert kept == sorted([second.pixel_array.tobytes(), third.pixel_array.tobytes()])
+        assert {p: p.read_bytes() for p in node.cfg.output_dir.rglob("*.dcm") if p in written} == written
+
+
+@pytest.mark.parametrize("keyword,value", [
+    ("Rows", 511), ("Columns", 511), ("NumberOfFrames", "2"), ("SamplesPerPixel", 3), ("BitsAllocated", 8),
+    ("BitsStored", 11), ("HighBit", 10), ("PixelRepresentation", None), ("PhotometricInterpretation", "MONOCHROME1"),
+    ("RescaleSlope", "2"), ("RescaleIntercept", "-1000"),
+])
+def test_what_gives_the_pixels_their_meaning_tells_a_conflict_from_a_resend(tmp_path, keyword, value):
+    """Issue 19 (what makes two instances the same): the same SOP Instance UID with the same
+    Pixel Data bytes is a resend only when every attribute that gives those bytes their meaning
+    is the same too; a corrected patient name or a new private element is still a resend."""
+    from scp_node.worker import _content_digest
+
+    ds = pydicom.dcmread(SAMPLES / "ct_phantom_1.dcm")
+    path = tmp_path / "x.dcm"
+    base = _content_digest(ds, path)
+    other = copy.deepcopy(ds)
+    setattr(other, keyword, 1 - int(ds.PixelRepresentation) if value is None else value)  # (None: the other one)
+    assert _content_digest(other, path) != base, keyword
+    same = copy.deepcopy(ds)
+    same.PatientName = "Corrected^Name"
+    same.private_block(0x0041, "SOMEONE", create=True).add_new(0x01, "LO", "x")
+    assert _content_digest(same, path) == base
+    changed = copy.deepcopy(ds)
+    changed.PixelData = bytes(len(ds.PixelData) - 2) + b"\x01\x00"
+    assert _content_digest(changed, path) != base
 
 
 def test_a_study_is_reported_while_another_waits_in_the_spool(tmp_path, pipe):
