@@ -89,6 +89,9 @@ M = [
  # Issue 19, node side: resends and conflicts.
  ("60 a second conflict copied over the first", "scp_node/worker.py", "Worker._conflict", "dest = self._copy_aside(item, self.cfg.conflicts_dir, f\".{item.digest[:12]}\")", "dest = self._copy_aside(item, self.cfg.conflicts_dir)", "tests/scp_node/test_poison.py::test_another_image_under_a_used_sop_instance_uid_is_set_aside"),
  ("61 the photometric interpretation left out of what is the same", "scp_node/worker.py", "<module>", '"HighBit", "PixelRepresentation", "PhotometricInterpretation", "RescaleSlope", "RescaleIntercept")', '"HighBit", "PixelRepresentation", "RescaleSlope", "RescaleIntercept")', "tests/scp_node/test_poison.py::test_what_gives_the_pixels_their_meaning_tells_a_conflict_from_a_resend"),
+ # Issue 19, node side: the copies in kept/ and failed/ are durable.
+ ("62 copies aside not fsync'd", "scp_node/worker.py", "Worker._copy_aside", "            os.fsync(f.fileno())", "            pass", "tests/scp_node/test_durability.py::test_the_order_of_durable_steps_seen_by_strace"),
+ ("63 the folder of a copy aside not fsync'd", "scp_node/worker.py", "Worker._copy_aside", "        fsync_dir(dest.parent)", "        pass", "tests/scp_node/test_durability.py::test_the_order_of_durable_steps_seen_by_strace"),
 ]
 
 

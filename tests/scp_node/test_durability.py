@@ -118,6 +118,16 @@ def test_the_order_of_durable_steps_seen_by_strace(tmp_path):
             assoc.release()
             wait_until(lambda: list((data / "output").rglob("*.dcm")) and not list((data / "spool" / "incoming").glob("*")),
                        timeout=60, what="the instance processed")
+            # Then one that is kept as received (not an image), then one that fails (its pixels
+            # cannot be decoded), each alone: their copies are as durable as the spool's.
+            for ds, folder in ((pydicom.dcmread(SAMPLES / "sr_not_an_image.dcm"), "kept"), (_undecodable(), "failed")):
+                ae = AE(ae_title="MODALITY")
+                ae.add_requested_context(ds.SOPClassUID)
+                assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_CAE")
+                assert assoc.send_c_store(ds).Status == 0
+                assoc.release()
+                wait_until(lambda folder=folder: list((data / folder).rglob("*.dcm"))
+                           and not list((data / "spool" / "incoming").glob("*")), timeout=60, what=f"the copy in {folder}/")
             time.sleep(0.5)
         finally:
             # SIGTERM the node only: strace then ends with it and writes out its whole trace.
@@ -151,3 +161,25 @@ def test_the_order_of_durable_steps_seen_by_strace(tmp_path):
     # The spool copy leaves (renamed into originals/ for the study's report) only after that.
     unlinked = first(r"^(unlink(at)?\(.*/spool/incoming/|rename(at2?)?\(.*/spool/incoming/.*/originals/)", out_folder)
     assert out_synced < out_renamed < out_folder < unlinked
+    # kept/ and failed/: the copy fsync'd, renamed, its folder fsync'd, and only then the spool
+    # copy removed.
+    after = unlinked
+    for folder in ("kept", "failed"):
+        synced = first(rf"^fsync\(\d+</[^>]*/{folder}/[^>]*\.tmp>", after)
+        renamed = first(rf"^rename(at2?)?\(.*/{folder}/[^\"]*\.tmp\".*/{folder}/[^\"]*\.dcm\"", synced)
+        folder_synced = first(rf"^fsync\(\d+</[^>]*/{folder}/[^/>]*>\)", renamed)
+        removed = first(r"^unlink(at)?\(.*/spool/incoming/", folder_synced)
+        assert not any(re.search(r"^unlink(at)?\(.*/spool/incoming/", c) for c in calls[after + 1 : synced]), folder
+        after = removed
+
+
+def _undecodable() -> pydicom.Dataset:
+    """A CT instance whose Pixel Data holds half the rows it claims: received, then failed."""
+    from pydicom.uid import generate_uid
+
+    from tests.conftest import SAMPLES
+
+    ds = pydicom.dcmread(SAMPLES / "ct_phantom_2.dcm")
+    ds.SOPInstanceUID = generate_uid()
+    ds.Rows = 2 * ds.Rows
+    return ds
