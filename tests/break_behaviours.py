@@ -92,6 +92,8 @@ M = [
  # Issue 19, node side: the copies in kept/ and failed/ are durable.
  ("62 copies aside not fsync'd", "scp_node/worker.py", "Worker._copy_aside", "            os.fsync(f.fileno())", "            pass", "tests/scp_node/test_durability.py::test_the_order_of_durable_steps_seen_by_strace"),
  ("63 the folder of a copy aside not fsync'd", "scp_node/worker.py", "Worker._copy_aside", "        fsync_dir(dest.parent)", "        pass", "tests/scp_node/test_durability.py::test_the_order_of_durable_steps_seen_by_strace"),
+ ("64 studies timed by the last instance of any study", "scp_node/state.py", "State.due_studies", '"SELECT study_uid FROM studies WHERE dirty = 1 AND last_received <= ?"', '"SELECT study_uid FROM studies WHERE dirty = 1 AND (SELECT MAX(last_received) FROM studies) <= ?"', "tests/scp_node/test_operations.py::test_each_study_is_due_after_its_own_quiet_time"),
+ ("65 a reported study due again without new instances", "scp_node/state.py", "State.study_reported", '"UPDATE studies SET dirty = 0, reported_at = ?', '"UPDATE studies SET dirty = 1, reported_at = ?', "tests/scp_node/test_operations.py::test_each_study_is_due_after_its_own_quiet_time"),
 ]
 
 

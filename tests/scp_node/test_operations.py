@@ -387,3 +387,23 @@ def test_a_study_report_that_meets_a_full_disk_is_written_once_space_is_freed(tm
         assert study in {s for s, _, dirty, _ in node.state.studies() if dirty}
         free()
         wait_until(lambda: (point / study / "report.json").exists(), timeout=90, what="the report written after all")
+
+
+def test_each_study_is_due_after_its_own_quiet_time(tmp_path):
+    """Issue 19 (study completeness timed per study): a study is due once *its* last instance is
+    study_quiet_s old, whatever other studies receive; reported, it is due again only when more
+    of it arrives (then after its quiet time again)."""
+    import time
+
+    from scp_node.state import State
+
+    state = State(tmp_path / "state.sqlite")
+    state.record("1.1", "study.A", "processed")
+    time.sleep(1.3)
+    state.record("2.1", "study.B", "processed")
+    assert state.due_studies(1.0) == ["study.A"]  # B arrived just now; A has been quiet 1.3 s
+    assert sorted(state.due_studies(0.0)) == ["study.A", "study.B"]
+    state.study_reported("study.A", time.time())
+    assert state.due_studies(0.0) == ["study.B"]  # reported: not due again ...
+    state.record("1.2", "study.A", "processed")  # ... until more of it arrives
+    assert sorted(state.due_studies(0.0)) == ["study.A", "study.B"]
