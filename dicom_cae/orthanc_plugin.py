@@ -48,7 +48,7 @@ ERROR_METADATA = "DicomCaeError"
 ERROR_METADATA_INDEX = 4242
 CONFIG_KEY = "DicomCae"
 PENDING, DONE, PROBLEM = "pending", "done", "problem"
-NOT_IMAGE = "not-image"  # the cause recorded for an instance that is not an image dicom-cae codes (health: not_images)
+RECENT = 50  # health lists the newest of the instances that are not images, and counts them all
 RETRY_S = 30.0  # a study whose processing failed as a whole is tried again after this
 
 
@@ -123,15 +123,20 @@ class StudyQueue:
         return row[0] if row else None
 
     def summary(self) -> dict[str, Any]:
+        from dicom_cae.runner import NOT_IMAGE  # the cause recorded for what is not an image we code
+
         with self._lock:
             counts = dict(self._db.execute("SELECT state, COUNT(*) FROM studies GROUP BY state").fetchall())
             problems = [{"study": s, "tries": t, "problem": p} for s, t, p in
                         self._db.execute("SELECT id, tries, problem FROM studies WHERE state = ?", (PROBLEM,))]
-            rows = [{"study": s, "instance": i, "reason": r, "cause": c} for s, i, r, c in
-                    self._db.execute("SELECT study, instance, reason, cause FROM failures ORDER BY study")]
+            failures = [{"study": s, "instance": i, "reason": r, "cause": c} for s, i, r, c in self._db.execute(
+                "SELECT study, instance, reason, cause FROM failures WHERE cause != ? ORDER BY study", (NOT_IMAGE,))]
+            not_images = self._db.execute("SELECT COUNT(*) FROM failures WHERE cause = ?", (NOT_IMAGE,)).fetchone()[0]
+            recent = [{"study": s, "instance": i, "reason": r} for s, i, r in self._db.execute(
+                "SELECT study, instance, reason FROM failures WHERE cause = ? ORDER BY rowid DESC LIMIT ?",
+                (NOT_IMAGE, RECENT))]
         return {"queue": {k: counts.get(k, 0) for k in (PENDING, PROBLEM, DONE)}, "problems": problems,
-                "failed_instances": [r for r in rows if r["cause"] != NOT_IMAGE],
-                "not_images": [r for r in rows if r["cause"] == NOT_IMAGE]}
+                "failed_instances": failures, "not_images": {"count": not_images, "recent": recent}}
 
 
 # -- the plugin (inside Orthanc) -------------------------------------------------------------------
@@ -351,7 +356,7 @@ class Plugin:
                     studies.add(o.study)
                     store.add([Entry(o.derived[1], o.derived[0], o.study, o.sop_instance, o.source, o.output)])
                 elif o.kind == runner.NOT_IMAGE and o.error is not None:  # left in Orthanc as it is, said in health
-                    self.queue.failed(study, ids.get(o.source, o.source), o.error.reason, NOT_IMAGE)
+                    self.queue.failed(study, ids.get(o.source, o.source), o.error.reason, runner.NOT_IMAGE)
                 elif o.kind == runner.FAILED and o.error is not None:
                     iid = ids.get(o.source, o.source)
                     self.queue.failed(study, iid, o.error.reason, o.error.cause)

@@ -108,12 +108,13 @@ def finish(prep: Prepared, reconstruction: np.ndarray, *, model_name: str, weigh
     """Map the reconstruction back to stored values (as guard.choose_stored chooses: never
     below the plain JPEG decode; the private block's ModelWeight says how), measure, build the
     instance. ``edge_filter``: the reconstruction's block edges were smoothed (codec.smooth_block_edges)."""
-    filtered = codec.edge_filter_name(prep.coding_size) if edge_filter and coding_served else None
     reference = prep.modality if prep.modality is not None else image.unit_to_modality(prep.reference, prep.norm)
     is_ct = str(prep.dataset.get("Modality", "")).upper() == "CT"
     windows = list(prep.windows)
     stored, frames, weights = guard.choose_stored(reference, prep.jpeg, reconstruction, prep.norm, windows, is_ct=is_ct,
                                                   jpeg_bytes=prep.jpeg_bytes, coding_size=prep.coding_size)
+    # The filter is named where what is stored holds some of the filtered reconstruction.
+    filtered = codec.edge_filter_name(prep.coding_size) if edge_filter and coding_served and any(weights) else None
     target = prep.target
     private = private_tags.PrivateBlock.of_frames(
         model_name=model_name, weights_sha256=weights_sha256, software=f"dicom-cae {dicom_cae.__version__}",

@@ -90,7 +90,7 @@ ELEMENTS: tuple[PrivateElement, ...] = (
     PrivateElement(0x38, "DisplayPSNRB", "FD", True, "dB", "PSNR-B (Yim and Bovik 2011: PSNR with the blocking effect factor added to the MSE) of the stored frame shown through each window", True, "frames x windows"),
     PrivateElement(0x39, "JPEGOnlyDisplayPSNRB", "FD", True, "dB", "DisplayPSNRB of the plain JPEG decode", True, "frames x windows"),
     PrivateElement(0x3A, "JPEGEncoder", "LO", False, "", "The JPEG encoder: trellis (mozjpeg trellis quantization, flat table scaled by the quality, rewritten as baseline) or pillow (libjpeg, Annex K table)", True),
-    PrivateElement(0x3B, "EdgeFilter", "LO", False, "", "The filter applied to the model's reconstruction before ModelWeight blends it: 'ramp S' spreads the part of each step across the coding's block edges that the steps beside it do not explain, where it is at most S quantizer steps, linearly over the two blocks' halves (absent when the model's output is not filtered)", True),
+    PrivateElement(0x3B, "EdgeFilter", "LO", False, "", "The filter applied to the model's reconstruction before ModelWeight blends it: 'ramp S' takes the part e of each step across the coding's block edges that the steps beside it do not explain, as e x (1 - |e| / limit) where it goes the step's way (limit: S x the quantizer step, the step capped at 40, / 255), and spreads it linearly over the two blocks' halves (absent when the model's output is not filtered)", True),
 )
 @dataclass(frozen=True)
 class PrivateBlock:

@@ -192,3 +192,14 @@ def small_volume(tmp_path):
         yield point, fill, free
     finally:
         subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+@pytest.fixture
+def raw_sending(monkeypatch):
+    """Send files as their bytes are (pynetdicom reads only their file meta): the poison
+    corpus reaches the node, and Orthanc, as written."""
+    from pydicom import config as pydicom_config
+    from pynetdicom import _config
+
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    monkeypatch.setattr(pydicom_config.settings, "writing_validation_mode", pydicom_config.IGNORE)

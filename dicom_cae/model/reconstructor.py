@@ -87,9 +87,9 @@ class Reconstructor:
 
     @property
     def edge_filter(self) -> str | None:
-        """The block-edge filter applied to this model's output (codec.EDGE_FILTER, its strength
-        by coding size), or None."""
-        return codec.EDGE_FILTER if ARCHITECTURES[self.name].edge_filter else None
+        """The block-edge filter applied to this model's output (codec.EDGE_FILTER_ID: the filter
+        and its settings), or None."""
+        return codec.EDGE_FILTER_ID if ARCHITECTURES[self.name].edge_filter else None
 
     @property
     def max_quality(self) -> int:

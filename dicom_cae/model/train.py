@@ -339,7 +339,7 @@ def train(cfg: TrainConfig) -> Path:
     recon = from_model(model, cfg.model)
 
     def reconstruct(x: np.ndarray, q: int) -> np.ndarray:
-        return recon(x, q, batch_size=cfg.batch_size)
+        return recon(x, q, batch_size=cfg.batch_size, coding_size=cfg.coding_size)
 
     primary = 10 if 10 in cfg.val_qualities else cfg.val_qualities[0]
     log: list[dict[str, Any]] = []
@@ -435,9 +435,10 @@ def train(cfg: TrainConfig) -> Path:
 
 
 #: What a card says of the decoding its figures include, for models whose output is filtered.
-EDGE_FILTER_NOTE = ("the model's output, then its block edges smoothed (codec.smooth_block_edges, filter "
-                    f"'{codec.EDGE_FILTER}': {codec.edge_strength(codec.SIZE):g} quantizer step at coding 256, "
-                    f"{codec.EDGE_STRENGTH_SMALLER:g} at smaller codings); the validation figures include it")
+EDGE_FILTER_NOTE = ("the model's output, then its block edges smoothed (codec.smooth_block_edges, "
+                    f"{codec.EDGE_FILTER_ID}: limit {codec.edge_strength(codec.SIZE):g} quantizer step at coding 256, "
+                    f"{codec.EDGE_STRENGTH_SMALLER:g} at smaller codings, the step capped at {codec.EDGE_STEP_CAP}); "
+                    "the validation figures include it")
 
 
 def _validation(val_set: dataset.ImageSet, reconstruct: Any, coding_size: int, reader: bool) -> dict[str, Any]:

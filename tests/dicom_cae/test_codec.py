@@ -172,3 +172,27 @@ def test_the_edge_filter_works_on_the_grid_of_the_coding():
     img = np.full((1, 256, 256), 0.4, np.float32)
     img[:, :, 8:] += 0.01
     assert not np.array_equal(codec.smooth_block_edges(img, 30, 256), img)
+
+
+def test_the_edge_filter_spreads_a_step_as_its_arithmetic_says():
+    """The ramp written out: a 0.02 step at the block edge x = 128 of a flat image (no step
+    beside it: all of it is excess) at quality 30 (quantizer step 27, strength 1 at 256) is taken
+    as 0.02 x (1 - 0.02 / (27 / 255)) and spread over 4 pixels each side with shares 7/16, 5/16,
+    3/16, 1/16; at quality 5 the step 160 is capped at 40. One quality per image works alike."""
+    img = np.full((1, 256, 256), 0.4, np.float32)
+    img[:, :, 128:] += 0.02
+    shares = np.array([7, 5, 3, 1]) / 16
+    for quality, step in ((30, 27), (5, codec.EDGE_STEP_CAP)):
+        taken = 0.02 * (1 - 0.02 / (step / 255))
+        expected = img[0, 0].astype(np.float64).copy()
+        expected[127 - np.arange(4)] += shares * taken
+        expected[128 + np.arange(4)] -= shares * taken
+        out = codec.smooth_block_edges(img, quality)
+        np.testing.assert_allclose(out[0, 0], expected, atol=2e-7)
+        assert np.array_equal(out[0], np.broadcast_to(out[0, 0], (256, 256)))  # no step down a column: rows alike
+    assert codec.quantizer_step(30) == 27 and codec.quantizer_step(5) > codec.EDGE_STEP_CAP
+    both = codec.smooth_block_edges(np.concatenate([img, img]), np.array([[30], [5]]))
+    assert np.array_equal(both[0], codec.smooth_block_edges(img, 30)[0])
+    assert np.array_equal(both[1], codec.smooth_block_edges(img, 5)[0])
+    with pytest.raises(ValueError, match="square"):
+        codec.smooth_block_edges(np.zeros((1, 256, 128), np.float32), 30)

@@ -197,7 +197,7 @@ def test_the_filter_after_the_model_gives_other_uids(pipe):
     from dicom_cae.model import load
 
     r = pipe.reconstructor
-    assert r.edge_filter == codec.EDGE_FILTER
+    assert r.edge_filter == codec.EDGE_FILTER_ID
     unfiltered = pipeline.key(r.name, r.sha256, 30, pipe.mapping)
     assert pipe.key(30) != unfiltered and pipe.key(30).startswith(unfiltered)
     src = pydicom.dcmread(SAMPLES / "ct_phantom_1.dcm")

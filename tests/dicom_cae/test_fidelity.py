@@ -85,6 +85,36 @@ def test_head_ct_at_the_defaults_shows_no_blocks_in_its_brain_window(pipe):
     assert tags["DisplayPSNR"][0] > tags["JPEGOnlyDisplayPSNR"][0] and tags["HUMeanAbsoluteError"][0] <= 10.0
 
 
+def test_the_default_model_filters_its_block_edges_and_says_so(pipe):
+    """Issue 15, on the samples (no shared data needed): the deblock model's output is its raw
+    output with codec.smooth_block_edges applied, at the coding's strength, and the derived
+    instance names the filter (EdgeFilter, Derivation Description); the seed's is not filtered."""
+    ds = io.read(SAMPLES / "ct_phantom_1.dcm")
+    img = image.prepare(ds, "ct", mapping=pipe.mapping)
+    r = pipe.reconstructor
+    for size, name in ((256, "ramp 1"), (128, "ramp 0.5")):
+        jpeg = codec.decode_to(codec.encode_at(img.unit[0], 10, size))[None]
+        raw = r(jpeg, 10, mapping=pipe.mapping, coding_size=size, filter_edges=False)
+        filtered = r(jpeg, 10, mapping=pipe.mapping, coding_size=size)
+        assert not np.array_equal(raw, filtered)
+        np.testing.assert_array_equal(filtered, codec.smooth_block_edges(raw, 10, size))
+        prep = pipeline.compress(io.read(SAMPLES / "ct_phantom_1.dcm"), "ct", img, 10, coding_size=size)
+        (d,) = pipe.run([prep])
+        tags = private_tags.read(d.dataset)
+        assert tags["ModelWeight"][0] > 0, size
+        assert tags["EdgeFilter"] == name and f"block edges smoothed (filter {name}" in d.dataset.DerivationDescription
+    # Where the guard stores the JPEG decode alone, no filter is named (nothing of it is stored).
+    prep = pipeline.compress(io.read(SAMPLES / "ct_phantom_1.dcm"), "ct", img, 30, coding_size=128)
+    (d,) = pipe.run([prep])
+    tags = private_tags.read(d.dataset)
+    assert tags["ModelWeight"] == [0.0] and "EdgeFilter" not in tags and "smoothed" not in d.dataset.DerivationDescription
+    from dicom_cae.model import load
+
+    seed = pipeline.Pipeline(load("seed"), mapping="minmax")
+    (s,) = seed.run([seed.prepare(io.read(SAMPLES / "ct_phantom_1.dcm"), "ct", quality=10)])
+    assert "EdgeFilter" not in private_tags.read(s.dataset) and "smoothed" not in s.dataset.DerivationDescription
+
+
 def test_the_seeds_metrics_are_unchanged_by_the_mapping(pipe):
     """The seed's PSNR is always on the min/max image: with minmax it is the coded space itself."""
     ds = io.read(SAMPLES / "ct_phantom_2.dcm")

@@ -19,7 +19,6 @@ import pytest
 
 from dicom_cae import cli, private_tags
 from tests.conftest import SAMPLES, dcmtk, free_port, missing, need_tool, peer_env, wait_until
-from tests.scp_node.test_poison import raw_sending  # noqa: F401 (a fixture: files sent as their bytes are)
 
 ROOT = Path(__file__).resolve().parents[2]
 CT_STUDY = ["ct_phantom_1.dcm", "ct_phantom_2.dcm", "ct_phantom_3.dcm", "sr_not_an_image.dcm"]
@@ -343,7 +342,8 @@ def test_a_study_of_poison_cases_derives_the_good_ones_and_records_the_bad(tmp_p
         derived = sum(v["instances"] for v in o.series(POISON_STUDY).values() if v["description"].startswith("CAE "))
         assert derived == len(processed), (derived, [c.name for c in processed], health)
         failed = {f["instance"]: f for f in health["failed_instances"]}
-        not_images = {f["instance"]: f for f in health["not_images"]}
+        not_images = {f["instance"]: f for f in health["not_images"]["recent"]}
+        assert health["not_images"]["count"] == len([c for c in cases if c.outcome == "kept" and c.name in stored])
         for case in cases:
             if case.name not in stored:
                 continue

@@ -16,7 +16,6 @@ from typing import Callable
 import numpy as np
 import pydicom
 import pytest
-from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
@@ -25,7 +24,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     generate_uid,
 )
-from pynetdicom import AE, _config
+from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from dicom_cae import private_tags
@@ -236,13 +235,6 @@ def _write(case: Case, folder: Path) -> tuple[Path, Dataset]:
     if GARBAGE_MARK in (getattr(ds.get("RescaleSlope"), "original_string", ""), getattr(ds.get("SliceThickness"), "original_string", "")):
         path.write_bytes(path.read_bytes().replace(GARBAGE_MARK.encode(), GARBAGE, 1))
     return path, ds
-
-
-@pytest.fixture
-def raw_sending(monkeypatch):
-    """Send files as their bytes are (pynetdicom reads only their file meta)."""
-    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
-    monkeypatch.setattr(pydicom_config.settings, "writing_validation_mode", pydicom_config.IGNORE)
 
 
 def _associate(node, syntaxes=(ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian)):
