@@ -175,6 +175,9 @@ class Plugin:
         self.work = self.root / "work"
         self.wake = threading.Event()
         self.stopping = threading.Event()
+        # Orthanc answers its REST API to a plugin only once it has started: a study queued
+        # before a restart waits for that (asked too early, it listed no instance: "done").
+        self.started = threading.Event()
         self.current: str | None = None
         self.last_error: str | None = None
         self._engines: dict[tuple, Any] = {}
@@ -186,6 +189,9 @@ class Plugin:
         try:
             if change_type == self.orthanc.ChangeType.STABLE_STUDY:
                 self.queue.add(resource)
+                self.wake.set()
+            elif change_type == self.orthanc.ChangeType.ORTHANC_STARTED:
+                self.started.set()
                 self.wake.set()
             elif change_type == self.orthanc.ChangeType.ORTHANC_STOPPED:
                 self.stopping.set()
@@ -226,6 +232,9 @@ class Plugin:
 
     # the worker thread
     def _loop(self) -> None:
+        while not self.started.is_set() and not self.stopping.is_set():
+            self.wake.wait(1.0)
+            self.wake.clear()
         while not self.stopping.is_set():
             try:
                 item = self.queue.next()
@@ -319,43 +328,59 @@ class Plugin:
         from dicom_cae.store import Entry, Store
 
         settings = self._settings(override)
-        instances = [i for i in self._get(f"/studies/{study}/instances") or []
+        listed = self._get(f"/studies/{study}/instances")
+        if listed is None:  # Orthanc did not answer (or the study is gone): tried again later, not "done"
+            raise DicomCaeError(f"Orthanc lists no instances for study {study}")
+        instances = [i for i in listed
                      if not self.queue.is_posted(i.get("MainDicomTags", {}).get("SOPInstanceUID", ""))]
         now = hashlib.sha256(json.dumps([sorted(i["ID"] for i in instances), override], sort_keys=True).encode()).hexdigest()
         if now == fingerprint:
             return now  # nothing new: only what dicom-cae added itself
         folder = self.work / study
         folder.mkdir(parents=True, exist_ok=True)
-        paths, ids = [], {}
-        for inst in instances:
-            path = folder / f"{inst['ID']}.dcm"
-            if not path.exists():
-                tmp = io.temporary(path)
-                tmp.write_bytes(self.orthanc.GetDicomForInstance(inst["ID"]))
-                os.replace(tmp, path)
-            try:
-                ds = io.read(path, pixels=False)
-            except Exception:  # noqa: BLE001 (the driver says what is wrong with it)
-                ds = None
-            if ds is not None and (private_tags.is_ours(ds) or "PixelData" not in ds and str(ds.get("Modality", "")) == "DOC"):
-                continue  # dicom-cae's own output (a derived image, the report): never processed again
-            paths.append(str(path.resolve()))
-            ids[paths[-1]] = inst["ID"]
+        ids: dict[str, str] = {}  # file -> Orthanc instance id
+
+        def batches():
+            """The study's original images copied out of Orthanc a batch at a time: the first
+            batch is processed while the next ones are copied."""
+            batch: list[str] = []
+            for inst in instances:
+                path = folder / f"{inst['ID']}.dcm"
+                if not path.exists():
+                    tmp = io.temporary(path)
+                    tmp.write_bytes(self.orthanc.GetDicomForInstance(inst["ID"]))
+                    os.replace(tmp, path)
+                try:
+                    ds = io.read(path, pixels=False)
+                except Exception:  # noqa: BLE001 (the driver says what is wrong with it)
+                    ds = None
+                if ds is not None and (private_tags.is_ours(ds) or "PixelData" not in ds and str(ds.get("Modality", "")) == "DOC"):
+                    continue  # dicom-cae's own output (a derived image, the report): never processed again
+                batch.append(str(path.resolve()))
+                ids[batch[-1]] = inst["ID"]
+                if len(batch) == settings.batch_size:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+
         store = Store(self.store_root)
         derived, sources, studies = [], {}, set()
 
         def take(_: list[str], outcomes: list[runner.Outcome]) -> None:
-            """Each batch's results into Orthanc as they come (while the workers go on)."""
+            """Each batch's results into Orthanc as they come (while the workers go on); the
+            queue and the index written once a batch."""
+            written = [o for o in outcomes if o.kind in (runner.WRITTEN, runner.DONE) and o.output and o.derived]
+            self.queue.posted([o.derived[1] for o in written])
+            for o in written:
+                out = store.root / o.output
+                self._post(out.read_bytes())
+                derived.append(out)
+                sources[o.sop_instance] = Path(o.source)
+                studies.add(o.study)
+            store.add([Entry(o.derived[1], o.derived[0], o.study, o.sop_instance, o.source, o.output) for o in written])
             for o in outcomes:
-                if o.kind in (runner.WRITTEN, runner.DONE) and o.output and o.derived:
-                    out = store.root / o.output
-                    self.queue.posted([o.derived[1]])
-                    self._post(out.read_bytes())
-                    derived.append(out)
-                    sources[o.sop_instance] = Path(o.source)
-                    studies.add(o.study)
-                    store.add([Entry(o.derived[1], o.derived[0], o.study, o.sop_instance, o.source, o.output)])
-                elif o.kind == runner.NOT_IMAGE and o.error is not None:  # left in Orthanc as it is, said in health
+                if o.kind == runner.NOT_IMAGE and o.error is not None:  # left in Orthanc as it is, said in health
                     self.queue.failed(study, ids.get(o.source, o.source), o.error.reason, runner.NOT_IMAGE)
                 elif o.kind == runner.FAILED and o.error is not None:
                     iid = ids.get(o.source, o.source)
@@ -367,9 +392,7 @@ class Plugin:
                     except Exception:  # noqa: BLE001 (the metadata is not declared in this Orthanc's configuration)
                         pass
 
-        driver = self._driver(settings)
-        batches = [paths[i : i + settings.batch_size] for i in range(0, len(paths), settings.batch_size)]
-        driver.run(batches, take)  # Deferred: the study stays queued
+        self._driver(settings).run(batches(), take)  # Deferred: the study stays queued
         study_uid = next(iter(studies), None)
         if study_uid:  # the report on a worker too: nothing heavy runs inside Orthanc
             from dicom_cae.convert import study_report
