@@ -290,8 +290,8 @@ class Plugin:
             if not python:
                 raise DicomCaeError(f"set {CONFIG_KEY}.python: the Python that runs the worker processes")
             spawn_with(python)
-            # At a lower priority: Orthanc's own work (receiving, answering queries) comes first.
-            self._engines[key] = engines.create("processes", settings, workers=max(1, int(self.options.workers)), nice=10)
+            # At the lowest priority: Orthanc's own work (receiving, answering queries) comes first.
+            self._engines[key] = engines.create("processes", settings, workers=max(1, int(self.options.workers)), nice=19)
         return self._engines[key]
 
     def _driver(self, settings: Any) -> Any:
