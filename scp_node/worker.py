@@ -52,8 +52,9 @@ class Worker(threading.Thread):
             else pipeline.RatioTarget(cfg.target_ratio) if cfg.target_ratio else None
         )
         if (pipe.mapping, pipe.batch_size) != (cfg.value_mapping, cfg.batch_size):  # the configuration decides
-            pipe = self.pipe = Pipeline(pipe.reconstructor, batch_size=cfg.batch_size, mapping=cfg.value_mapping)
+            pipe = Pipeline(pipe.reconstructor, batch_size=cfg.batch_size, mapping=cfg.value_mapping)
         self.settings = runner.Settings.of(pipe, quality=cfg.quality, target=self.target)
+        self.pipe = runner.pipeline_for(self.settings)  # the one this process runs these settings with
         self.engine = engine or engines.engine_for(self.settings, workers=cfg.workers, dask=cfg.dask, nice=10)
         self.driver = runner.Driver(self.engine, self.settings, self.store.root, runner.SERVICE)
 
