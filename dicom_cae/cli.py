@@ -386,6 +386,8 @@ def cmd_models(args: argparse.Namespace) -> int:
                 band = f"JPEG of a {card['coding_size']}x{card['coding_size']} coding (upsampled), " + band
             print(f"  weights {card['weights_file']} (sha256 {card['sha256'][:16]}...) for {band}; "
                   f"trained {card['training']['epochs']} epochs on {card['data']['train_images']} images")
+            if card.get("decoder"):  # what is done to the model's output (the figures below include it)
+                print(f"  decoding: {card['decoder']}")
             reader = card["validation"].get("reader_by_quality")
             if reader:  # what is stored, as a reader sees it
                 print("    validation, plain JPEG -> stored: worst display window PSNR; blockiness (x original); model used")

@@ -92,6 +92,7 @@ def test_models_lists_the_shipped_weights(capsys):
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out
     assert "deblock (default)" in out and "seed:" in out and "sha256" in out
+    assert "decoding: the model's output, then its block edges smoothed" in out  # what the figures include
 
 
 PYDICOM_FILES = ["RG1_UNCI.dcm", "RG3_UNCI.dcm", "emri_small_RLE.dcm", "JPEG2000.dcm", "693_J2KR.dcm", "MR2_J2KI.dcm", "CT_small.dcm"]
