@@ -127,6 +127,7 @@ def image_rows(study_dir: str | os.PathLike[str], files: list[Path] | None = Non
                     "mean_reconstructed": tags.MeanIntensityReconstructed[i],
                     "value_mapping": tags.ValueMapping or "minmax",
                     "model_weight": tags.ModelWeight[i] if tags.ModelWeight else None,
+                    "edge_filter": tags.EdgeFilter,
                     "coding_size": tags.CodingSize or 256,
                     "display": display_model,
                     **_worst_window(display_model),
@@ -208,7 +209,8 @@ def build(study_dir: str | os.PathLike[str], files: list[Path] | None = None) ->
         "images": len(rows),
         "series": sorted({r["series_instance_uid"] for r in rows}),
         "modalities": modalities,
-        "models": sorted({f"{r['model']} ({r['weights_sha256'][:12]})" for r in rows}),
+        "models": sorted({f"{r['model']} ({r['weights_sha256'][:12]})"
+                          + (f", block edges smoothed ({r['edge_filter']})" if r.get("edge_filter") else "") for r in rows}),
         "jpeg_qualities": sorted({r["jpeg_quality"] for r in rows}),
         "warnings": sorted({w for r in rows for w in r["warnings"]}),
         "use": USE,

@@ -159,6 +159,9 @@ def test_report_figures_match_values_computed_here(converted_samples):
             assert row["psnr"] == pytest.approx(t["PSNR"][0], abs=1e-5)
             assert row["jpeg_only"]["psnr"] == pytest.approx(t["JPEGOnlyPSNR"][0], abs=1e-5)
             assert row["display_psnr"] == pytest.approx(min(t["DisplayPSNR"]), abs=1e-5)
+            assert row["edge_filter"] == t.get("EdgeFilter")  # the block-edge filter, as the instance names it
+        filters = {f", block edges smoothed ({t['EdgeFilter']})" for t in tags.values() if t.get("EdgeFilter")}
+        assert all(any(f in m for m in report["models"]) for f in filters)
         x = [t["MeanIntensityOriginal"][0] for t in tags.values()]
         y = [t["MeanIntensityReconstructed"][0] for t in tags.values()]
         if len(x) >= 2:
