@@ -183,6 +183,7 @@ def test_find_move_qido_and_wado_retrieve_what_convert_writes(processed, tmp_pat
     scp = subprocess.Popen([dcmtk("storescp"), "-aet", "STORESCP", "-od", str(got), str(port)], env=peer_env(),
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        wait_until(lambda: _listening(port), timeout=30, what="storescp to listen")  # (else the move's sub-operations fail)
         subprocess.run([dcmtk("movescu"), "-S", "-aec", "DICOM_CAE", "-aem", "STORESCP", "-k", "QueryRetrieveLevel=SERIES",
                         "-k", f"StudyInstanceUID={study}", "-k", f"SeriesInstanceUID={derived}", "127.0.0.1", str(o.dicom)],
                        env=peer_env(), capture_output=True, timeout=120)
@@ -208,6 +209,13 @@ def test_find_move_qido_and_wado_retrieve_what_convert_writes(processed, tmp_pat
         assert np.array_equal(theirs.pixel_array, mine.pixel_array)
         a, b = private_tags.read(theirs), private_tags.read(mine)
         assert a == b
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _wado(o: Orthanc, path: str) -> list[bytes]:
