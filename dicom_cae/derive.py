@@ -445,7 +445,7 @@ def describe(*, quality: int, coding_size: int, mapping_name: str, model_name: s
     else:
         how = f"reconstructed by convolutional autoencoder {model_name} (weights sha256 {weights_sha256[:12]})"
         if edge_filter:
-            how += f", its block edges smoothed (filter {edge_filter}: small steps the blocks leave, limit S quantizer steps)"
+            how += f", its block edges smoothed (filter {edge_filter}: the small steps the blocks leave spread over them)"
         if any(w < 1 for w in weights):
             shown = ", ".join(f"{w:g}" for w in weights) if len(weights) <= 4 else f"{min(weights):g}-{max(weights):g}"
             how += f", stored as JPEG decode + {shown} x its correction (not below plain JPEG)"

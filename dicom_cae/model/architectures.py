@@ -15,7 +15,7 @@
   convolutions of 128 channels on the 32x32 block grid, one more input plane (592,704
   parameters: it can start from blockres's weights); trained for what a reader sees (display
   windows and block edges, see train.make_reader_loss). Its output's block edges are smoothed
-  by codec.smooth_block_edges (the steps it leaves, up to one quantizer step).
+  by codec.smooth_block_edges (the small steps it leaves, spread over the blocks).
 """
 
 from __future__ import annotations
