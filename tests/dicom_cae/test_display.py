@@ -280,3 +280,17 @@ def test_the_hu_error_is_taken_over_the_references_pixels_in_range_bounds_includ
 def test_no_pixel_in_range_gives_no_hu_error_figure():
     e = display.hu_error(np.full((3, 3), 1000.0), np.zeros((3, 3)))
     assert e.pixels == 0 and math.isnan(e.mae) and math.isnan(e.bias)
+
+
+def test_a_voi_lut_window_by_default_starts_at_zero_with_16_bit_output():
+    w = display.Window("lut", 1.0, 3.0, "source", lut=(0, 65535, 32768))
+    np.testing.assert_allclose(w.apply(np.array([0.0, 1.0, 2.0])), [0.0, 1.0, 32768 / 65535])
+    assert w.span == (0.0, 2.0)
+
+
+def test_a_received_lut_explanation_is_bounded_too():
+    ds = Dataset()
+    ds.VOILUTSequence = Sequence([_lut_item([1, 2], 0, explanation="L" * 64)])
+    ds.VOILUTSequence[0].LUTExplanation = "L" * 70
+    (w,) = display.source_windows(ds)
+    assert len(w.name) <= 64 and w.name.startswith("L" * 60)
