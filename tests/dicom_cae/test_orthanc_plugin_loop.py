@@ -1,0 +1,75 @@
+"""The plugin's worker thread against the order in which Orthanc starts, without timing luck.
+
+Orthanc loads its plugins (and so starts the plugin's thread) before it answers its REST API to
+them; a study queued before a restart must wait for ORTHANC_STARTED. Asked too early, Orthanc's
+REST API listed no instance and the study was marked done with nothing derived (seen in the
+SIGKILL test of test_orthanc_plugin.py only when Orthanc started slowly). Here the Orthanc SDK
+module the plugin is handed is a small stand-in that answers as Orthanc does before it has started,
+so the order is the test's to choose; the real Orthanc runs in test_orthanc_plugin.py."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+from dicom_cae import orthanc_plugin
+
+
+class NotStartedOrthanc:
+    """The parts of the `orthanc` module the worker thread uses, answering as an Orthanc whose
+    REST API is not up yet: every list empty."""
+
+    ChangeType = SimpleNamespace(STABLE_STUDY=1, ORTHANC_STARTED=2, ORTHANC_STOPPED=3)
+
+    def __init__(self) -> None:
+        self.asked = threading.Event()
+        self.uris: list[str] = []
+        self.warnings: list[str] = []
+        self.answer = "[]"
+
+    def RestApiGet(self, uri: str) -> str:  # noqa: N802 (the SDK's name)
+        self.uris.append(uri)
+        self.asked.set()
+        if self.answer is None:
+            raise RuntimeError("Orthanc's REST API is not answering")
+        return self.answer
+
+    def LogWarning(self, text: str) -> None:  # noqa: N802
+        self.warnings.append(text)
+
+    LogError = LogWarning
+
+
+def test_a_study_queued_before_orthanc_has_started_waits_for_it(tmp_path):
+    sdk = NotStartedOrthanc()
+    plugin = orthanc_plugin.Plugin(sdk, orthanc_plugin.Options(data_dir=str(tmp_path)))
+    plugin.queue.add("study-queued-before-a-restart")
+    plugin.thread.start()
+    try:
+        plugin.on_change(sdk.ChangeType.STABLE_STUDY, None, "study-stable-while-starting")
+        # Not started: the thread must not ask Orthanc anything (it would hear "no instance").
+        assert not sdk.asked.wait(4.0), f"asked Orthanc before it started: {sdk.uris}"
+        assert plugin.queue.state("study-queued-before-a-restart") == orthanc_plugin.PENDING
+        assert plugin.queue.state("study-stable-while-starting") == orthanc_plugin.PENDING
+
+        sdk.answer = None  # started, but the study's listing fails: it stays queued, said as a problem
+        plugin.on_change(sdk.ChangeType.ORTHANC_STARTED, None, "")
+        assert sdk.asked.wait(30.0), "the queued study was never taken once Orthanc had started"
+    finally:
+        plugin.on_change(sdk.ChangeType.ORTHANC_STOPPED, None, "")
+        plugin.thread.join(30.0)
+    assert not plugin.thread.is_alive()
+    assert sdk.uris[0] == "/studies/study-queued-before-a-restart/instances"
+    assert plugin.queue.state("study-queued-before-a-restart") == orthanc_plugin.PROBLEM
+    assert any("stays queued" in w for w in sdk.warnings)
+
+
+def test_a_plugin_stopped_before_orthanc_started_ends_its_thread_without_asking(tmp_path):
+    sdk = NotStartedOrthanc()
+    plugin = orthanc_plugin.Plugin(sdk, orthanc_plugin.Options(data_dir=str(tmp_path)))
+    plugin.queue.add("study")
+    plugin.thread.start()
+    plugin.on_change(sdk.ChangeType.ORTHANC_STOPPED, None, "")
+    plugin.thread.join(30.0)
+    assert not plugin.thread.is_alive() and sdk.uris == []
+    assert plugin.queue.state("study") == orthanc_plugin.PENDING
