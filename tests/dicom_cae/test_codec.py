@@ -64,6 +64,70 @@ def test_quality_keeps_its_meaning_as_the_table_scale():
     assert sizes == sorted(sizes)
 
 
+def test_the_table_at_every_quality_is_libjpegs_scaling_of_the_flat_table():
+    """Checked against libjpeg itself: Pillow hands it the flat table and the quality, and
+    libjpeg's jpeg_quality_scaling (clamped to baseline's 1..255) writes the table we read back."""
+    import io
+
+    from PIL import Image
+
+    blank = Image.fromarray(np.zeros((8, 8), np.uint8))
+    for q in range(1, 101):
+        buf = io.BytesIO()
+        blank.save(buf, "JPEG", qtables=[[codec.FLAT_BASE] * 64], quality=q)
+        (libjpeg,) = Image.open(buf).quantization.values()
+        table = codec.quant_table(q)
+        assert table.shape == (8, 8) and table.dtype == np.uint16
+        assert set(libjpeg) == {int(table[0, 0])} and (table == table[0, 0]).all(), q
+
+
+def test_encoders_and_their_refusals_are_named():
+    assert codec.ENCODERS == ("trellis", "pillow") and codec.DEFAULT_ENCODER == "trellis"
+    assert codec.check_encoder("pillow") == "pillow"
+    with pytest.raises(ValueError, match=r"unknown JPEG encoder 'mozjpeg'; known: trellis, pillow$"):
+        codec.check_encoder("mozjpeg")
+    with pytest.raises(ValueError, match=r"^JPEG quality must be in 1\.\.100, got 0$"):
+        codec.check_quality(0)
+
+
+def test_every_coding_size_is_whole_blocks_from_256_down_to_128():
+    sizes = codec.CODING_SIZES
+    assert sizes[0] == codec.SIZE == 256 and sizes[-1] == 128 and list(sizes) == sorted(sizes, reverse=True)
+    assert all(s % 8 == 0 for s in sizes) and len(set(sizes)) == len(sizes) >= 2
+    img = _ct_like()
+    for s in sizes:
+        data = codec.encode_at(img, 50, s)
+        sof = data.index(b"\xff\xc0")
+        assert int.from_bytes(data[sof + 5 : sof + 7], "big") == int.from_bytes(data[sof + 7 : sof + 9], "big") == s
+        assert codec.decode_to(data).shape == (256, 256)
+    with pytest.raises(ValueError, match="coding size"):
+        codec.encode_at(img, 50, 200)
+
+
+def test_to_uint8_rounds_to_the_nearest_of_255_levels_and_clips():
+    unit = np.array([-0.5, 0.0, 0.4 / 255, 0.6 / 255, 100 / 255, 200 / 255, 0.5, 1.0, 1.5])
+    np.testing.assert_array_equal(codec.to_uint8(unit), [0, 0, 0, 1, 100, 200, 128, 255, 255])
+    assert codec.to_uint8(unit).dtype == np.uint8
+
+
+def _segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def test_the_jfif_segment_is_cut_wherever_it_sits_before_the_scan_and_nothing_else():
+    jfif = _segment(0xE0, b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00")
+    dqt = _segment(0xDB, b"\x00" + bytes(range(1, 65)))
+    comment = _segment(0xFE, b"c" * 300)  # a length above 255: both of its bytes count
+    sos = _segment(0xDA, b"\x01\x01\x00\x00\x3f\x00")
+    scan = b"\x12\xff\x00\xe0\x34" + _segment(0xE0, b"in the scan: data, not a segment") + b"\xff\xd9"
+    soi = b"\xff\xd8"
+    stream = soi + dqt + jfif + comment + jfif + sos + scan
+    assert codec._segments_without_app0(stream) == soi + dqt + comment + sos + scan
+    # a stream that ends right after a segment (nothing left to read) keeps what it has
+    assert codec._segments_without_app0(soi + _segment(0xE0, b"")) == soi
+    assert codec._segments_without_app0(soi + dqt) == soi + dqt
+
+
 def test_trellis_spends_fewer_bytes_than_pillow_for_the_same_error():
     """The encoder's gain: at the same quality the trellis stream is smaller or better; at
     the Pillow stream's bytes the trellis decode is closer to the original."""
