@@ -49,6 +49,7 @@ ERROR_METADATA_INDEX = 4242
 CONFIG_KEY = "DicomCae"
 PENDING, DONE, PROBLEM = "pending", "done", "problem"
 RECENT = 50  # health lists the newest of the instances that are not images, and counts them all
+NICE = 19  # the worker processes and the worker thread inside Orthanc: receiving comes first
 RETRY_S = 30.0  # a study whose processing failed as a whole is tried again after this
 
 
@@ -232,6 +233,13 @@ class Plugin:
 
     # the worker thread
     def _loop(self) -> None:
+        # This thread at the lowest priority too: what it asks of Orthanc (copying the originals
+        # out, storing the derived instances) runs in it, and Orthanc's receiving comes first.
+        # On Linux the nice value of a thread is its own (setpriority on its thread id).
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
+        except (AttributeError, OSError):  # not Linux, or not allowed: at Orthanc's priority
+            pass
         while not self.started.is_set() and not self.stopping.is_set():
             self.wake.wait(1.0)
             self.wake.clear()
@@ -291,7 +299,7 @@ class Plugin:
                 raise DicomCaeError(f"set {CONFIG_KEY}.python: the Python that runs the worker processes")
             spawn_with(python)
             # At the lowest priority: Orthanc's own work (receiving, answering queries) comes first.
-            self._engines[key] = engines.create("processes", settings, workers=max(1, int(self.options.workers)), nice=19)
+            self._engines[key] = engines.create("processes", settings, workers=max(1, int(self.options.workers)), nice=NICE)
         return self._engines[key]
 
     def _driver(self, settings: Any) -> Any:

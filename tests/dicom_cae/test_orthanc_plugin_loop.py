@@ -73,3 +73,24 @@ def test_a_plugin_stopped_before_orthanc_started_ends_its_thread_without_asking(
     plugin.thread.join(30.0)
     assert not plugin.thread.is_alive() and sdk.uris == []
     assert plugin.queue.state("study") == orthanc_plugin.PENDING
+
+
+def test_the_plugins_thread_runs_at_the_lowest_priority_and_orthancs_own_threads_do_not(tmp_path):
+    """What the thread asks of Orthanc (copying originals out, storing derived instances) runs in
+    it: at nice 19, Orthanc's receiving comes first. Only that thread: Orthanc's others keep theirs."""
+    import os
+
+    sdk = NotStartedOrthanc()
+    plugin = orthanc_plugin.Plugin(sdk, orthanc_plugin.Options(data_dir=str(tmp_path)))
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    plugin.thread.start()
+    try:
+        for _ in range(100):
+            if plugin.thread.native_id and os.getpriority(os.PRIO_PROCESS, plugin.thread.native_id) == 19:
+                break
+            threading.Event().wait(0.05)
+        assert os.getpriority(os.PRIO_PROCESS, plugin.thread.native_id) == orthanc_plugin.NICE == 19
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+    finally:
+        plugin.on_change(sdk.ChangeType.ORTHANC_STOPPED, None, "")
+        plugin.thread.join(30.0)
