@@ -260,3 +260,115 @@ def test_the_edge_filter_spreads_a_step_as_its_arithmetic_says():
     assert np.array_equal(both[1], codec.smooth_block_edges(img, 5)[0])
     with pytest.raises(ValueError, match="square"):
         codec.smooth_block_edges(np.zeros((1, 256, 128), np.float32), 30)
+
+
+def test_the_excess_step_is_what_the_steps_beside_the_edge_do_not_explain():
+    """Neighbouring steps of different sizes, written out: left of the edge x = 128 the image
+    rises 0.004 a pixel into it (x 126 -> 127), right of it 0.002 (x 128 -> 129); the edge's
+    step 0.01 less their mean 0.003 is the excess, 0.007 (at quality 30: limit 27/255)."""
+    row = np.full(256, 0.4, np.float64)
+    row[:125] = 0.39  # steps further out (x 124 -> 125, 125 -> 126) must not count
+    row[125], row[126], row[127] = 0.397, 0.4, 0.404
+    row[128], row[129] = 0.414, 0.416
+    row[130:] = 0.43
+    img = np.tile(row.astype(np.float32), (1, 256, 1))
+    out = codec.smooth_block_edges(img, 30)[0, 0].astype(np.float64)
+    r = img[0, 0].astype(np.float64)
+    excess = (r[128] - r[127]) - 0.5 * ((r[127] - r[126]) + (r[129] - r[128]))
+    assert excess == pytest.approx(0.007, abs=1e-6)
+    taken = excess * (1 - excess / (27 / 255))
+    shares = np.array([7, 5, 3, 1]) / 16
+    expected = r.copy()
+    expected[127 - np.arange(4)] += shares * taken
+    expected[128 + np.arange(4)] -= shares * taken
+    np.testing.assert_allclose(out[120:136], expected[120:136], atol=2e-7)
+
+
+@pytest.mark.parametrize("beside", [(0.49, 0.49), (0.51, 0.5), (0.5, 0.51), (0.49, 0.5)])
+def test_a_flat_edge_between_sloping_neighbours_is_left_alone(beside):
+    """No step at the edge (x 127 and 128 alike), while the pixels beside it slope (a crest, a
+    one-sided dip): nothing to take, whatever the neighbours' steps say."""
+    row = np.full(256, 0.5, np.float32)
+    row[126], row[129] = beside
+    img = np.tile(row, (1, 256, 1))
+    with np.errstate(all="raise"):
+        np.testing.assert_allclose(codec.smooth_block_edges(img, 30), img, atol=1e-7)
+
+
+def test_the_filtered_image_stays_within_0_and_1():
+    """A step near white: the side raised holds pixels at 1 already; the output is clipped."""
+    row = np.full(256, 0.98, np.float32)
+    row[124] = 1.0  # inside the raised side's ramp
+    row[128:] = 1.0
+    img = np.tile(row, (1, 256, 1))
+    out = codec.smooth_block_edges(img, 30)
+    assert out.dtype == np.float32 and out.max() <= 1.0 and out.min() >= 0.0
+    assert out[0, 0, 127] > 0.98  # the step was taken
+
+
+def test_the_edge_filters_name_and_cap_are_what_the_uids_and_docs_say():
+    assert codec.EDGE_FILTER_ID == "ramp(256:1,smaller:0.5,cap:40)"
+    assert codec.EDGE_STEP_CAP == codec.quantizer_step(20) == 40  # the cap: quality 20's step
+    with pytest.raises(ValueError, match=r"^expected square images \(n, side, side\), got \(1, 256, 128\)$"):
+        codec.smooth_block_edges(np.zeros((1, 256, 128), np.float32), 30)
+
+
+def test_resizing_is_lanczos_down_bicubic_up_and_stays_within_0_and_1():
+    from PIL import Image
+
+    step = np.zeros((256, 256), np.float32)
+    step[:, 128:] = 1.0  # overshoots both ways when resampled: clipped
+    for size, method in ((128, Image.Resampling.LANCZOS), (192, Image.Resampling.LANCZOS)):
+        out = codec.resize(step, size)
+        pil = np.asarray(Image.fromarray(step, mode="F").resize((size, size), method))
+        assert pil.max() > 1.0 and pil.min() < 0.0
+        np.testing.assert_array_equal(out, np.clip(pil, 0, 1))
+        assert out.dtype == np.float32 and out.shape == (size, size)
+    small = codec.resize(step, 128)
+    up = codec.resize(small, 256)
+    pil = np.asarray(Image.fromarray(small, mode="F").resize((256, 256), Image.Resampling.BICUBIC))
+    np.testing.assert_array_equal(up, np.clip(pil, 0, 1))
+    assert 0.0 < up.mean() < 1.0
+
+
+def test_coding_sizes_outside_the_list_are_refused_by_name():
+    with pytest.raises(ValueError, match=r"^coding size must be one of \(256, 224, 192, 160, 128\), got 100$"):
+        codec.encode_at(_ct_like(), 30, 100)
+
+
+def test_the_pillow_encoder_writes_optimized_huffman_tables():
+    """Optimized tables: smaller than the standard's Annex K tables at the same quality."""
+    import io
+
+    from PIL import Image
+
+    img = _ct_like()
+    standard = io.BytesIO()
+    Image.fromarray(codec.to_uint8(img), mode="L").save(standard, format="JPEG", quality=30, optimize=False)
+    ours = codec.jpeg_encode(img, 30, encoder=codec.PILLOW)
+    assert len(ours) < len(standard.getvalue())
+    np.testing.assert_array_equal(codec.jpeg_decode(ours), codec.jpeg_decode(standard.getvalue()))
+
+
+@pytest.mark.parametrize("budget", [300, 600, 1500, 4000])
+def test_jpeg_2000_spends_close_to_its_budget_and_never_more(budget):
+    """OpenJPEG's rate control overshoots these budgets at the first try (by 1-4 %): the search
+    comes back under them, and close."""
+    img = np.clip(_ct_like() + np.random.default_rng(0).normal(0, 0.05, (256, 256)), 0, 1)
+    data = codec.j2k_encode(img, budget)
+    assert data[:4] == b"\xff\x4f\xff\x51"  # a raw codestream (SOC, SIZ), not a JP2 file
+    assert 0.92 * budget <= len(data) <= budget
+    dec = codec.j2k_decode(data)
+    assert dec.dtype == np.float32 and dec.shape == (256, 256) and 0.0 <= dec.min() and dec.max() <= 1.0
+    from dicom_cae import metrics
+
+    assert metrics.psnr(img, dec) > 18
+    with pytest.raises(ValueError, match="^no JPEG 2000 codestream fits in 10 bytes$"):
+        codec.j2k_encode(img, 10)
+
+
+def test_jpeg_2000_decodes_to_the_255_levels_of_its_8_bit_image():
+    levels = np.linspace(0, 1, 256, dtype=np.float32)
+    img = np.tile(levels, (256, 1))
+    dec = codec.j2k_decode(codec.j2k_encode(img, 256 * 256))  # the raw image's bytes: lossless (5/3 wavelet)
+    np.testing.assert_array_equal(dec, img)
