@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import sqlite3
@@ -51,6 +52,12 @@ PENDING, DONE, PROBLEM = "pending", "done", "problem"
 RECENT = 50  # health lists the newest of the instances that are not images, and counts them all
 NICE = 19  # the worker processes and the worker thread inside Orthanc: receiving comes first
 RETRY_S = 30.0  # a study whose processing failed as a whole is tried again after this
+#: While a modality is sending (an instance that dicom-cae did not store itself arrived within
+#: RECEIVING_QUIET_S), the worker thread waits before it copies originals out of Orthanc or
+#: stores results into it, at most RECEIVING_WAIT_MAX_S at a time (so that a site that receives
+#: all day still gets its derived series); the batches already with the workers go on at nice 19.
+RECEIVING_QUIET_S = 1.0
+RECEIVING_WAIT_MAX_S = 30.0
 
 
 # -- the durable queue ---------------------------------------------------------------------------
@@ -181,6 +188,13 @@ class Plugin:
         self.started = threading.Event()
         self.current: str | None = None
         self.last_error: str | None = None
+        # Instances Orthanc says are new, and those of them dicom-cae stored itself: the rest
+        # arrived from outside (a modality sending). High-water mark of that difference, and when
+        # it last rose (the events of dicom-cae's own stores come after them: the difference dips,
+        # then comes back, without rising).
+        self._counts = threading.Lock()
+        self._arrived = self._own = self._outside_seen = 0
+        self._outside_at = -math.inf
         self._engines: dict[tuple, Any] = {}
         self._drivers: dict[Any, Any] = {}
         self.thread = threading.Thread(target=self._loop, name="dicom-cae", daemon=True)
@@ -191,6 +205,9 @@ class Plugin:
             if change_type == self.orthanc.ChangeType.STABLE_STUDY:
                 self.queue.add(resource)
                 self.wake.set()
+            elif change_type == getattr(self.orthanc.ChangeType, "NEW_INSTANCE", None):
+                with self._counts:
+                    self._arrived += 1
             elif change_type == self.orthanc.ChangeType.ORTHANC_STARTED:
                 self.started.set()
                 self.wake.set()
@@ -202,6 +219,7 @@ class Plugin:
 
     def health(self, output: Any, uri: str, **request: Any) -> None:
         doc = {"status": "degraded" if self.last_error else "ok", "processing": self.current,
+               "waiting_while_receiving": self.receiving(),
                "last_error": self.last_error, **self.queue.summary()}
         output.AnswerBuffer(json.dumps(doc, indent=1), "application/json")
 
@@ -230,6 +248,21 @@ class Plugin:
         self.queue.add(study, settings, again=True)
         self.wake.set()
         output.AnswerBuffer(json.dumps({"queued": study, "settings": settings}), "application/json")
+
+    def receiving(self) -> bool:
+        """Whether an instance arrived from outside (not stored by dicom-cae) within RECEIVING_QUIET_S."""
+        now = time.monotonic()
+        with self._counts:
+            outside = self._arrived - self._own
+            if outside > self._outside_seen:
+                self._outside_seen, self._outside_at = outside, now
+            return now - self._outside_at < RECEIVING_QUIET_S
+
+    def _yield_to_receiving(self) -> None:
+        """Orthanc's receiving first: wait while a modality sends (at most RECEIVING_WAIT_MAX_S)."""
+        end = time.monotonic() + RECEIVING_WAIT_MAX_S
+        while self.receiving() and time.monotonic() < end and not self.stopping.is_set():
+            self.stopping.wait(0.1)
 
     # the worker thread
     def _loop(self) -> None:
@@ -353,6 +386,8 @@ class Plugin:
             batch is processed while the next ones are copied."""
             batch: list[str] = []
             for inst in instances:
+                if not batch:
+                    self._yield_to_receiving()
                 path = folder / f"{inst['ID']}.dcm"
                 if not path.exists():
                     tmp = io.temporary(path)
@@ -379,6 +414,7 @@ class Plugin:
             """Each batch's results into Orthanc as they come (while the workers go on); the
             queue and the index written once a batch."""
             written = [o for o in outcomes if o.kind in (runner.WRITTEN, runner.DONE) and o.output and o.derived]
+            self._yield_to_receiving()
             self.queue.posted([o.derived[1] for o in written])
             for o in written:
                 out = store.root / o.output
@@ -417,7 +453,19 @@ class Plugin:
         return now
 
     def _post(self, data: bytes) -> None:
-        self.orthanc.RestApiPost("/instances", data)  # an instance Orthanc holds already is kept once
+        with self._counts:
+            self._own += 1  # counted before: its NEW_INSTANCE must not pass for an arrival
+        new = False
+        try:
+            answer = self.orthanc.RestApiPost("/instances", data)  # an instance Orthanc holds already is kept once
+            try:
+                new = json.loads(answer).get("Status") != "AlreadyStored"
+            except (TypeError, ValueError, AttributeError):
+                new = True
+        finally:
+            if not new:  # refused, or held already: no NEW_INSTANCE follows
+                with self._counts:
+                    self._own -= 1
 
 
 def spawn_with(python: str) -> None:

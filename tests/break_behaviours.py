@@ -99,6 +99,9 @@ M = [
  # Issue 18: a restart's queued study waits for Orthanc to start (the SIGKILL test with a real Orthanc
  # sees this only when Orthanc starts slowly; this test sets the order itself).
  ("68 the plugin asks Orthanc before it has started", "dicom_cae/orthanc_plugin.py", "Plugin._loop", "while not self.started.is_set() and not self.stopping.is_set():", "while False:", "tests/dicom_cae/test_orthanc_plugin_loop.py::test_a_study_queued_before_orthanc_has_started_waits_for_it"),
+ ("69 the plugin's own stores taken for a modality sending", "dicom_cae/orthanc_plugin.py", "Plugin._post", "            self._own += 1  # counted before", "            pass  # counted before", "tests/dicom_cae/test_orthanc_plugin_loop.py::test_the_plugin_waits_while_a_modality_sends_and_not_for_its_own_stores"),
+ ("70 the plugin does not wait while a modality sends", "dicom_cae/orthanc_plugin.py", "Plugin.receiving", "            return now - self._outside_at < RECEIVING_QUIET_S", "            return False", "tests/dicom_cae/test_orthanc_plugin_loop.py::test_the_plugin_waits_while_a_modality_sends_and_not_for_its_own_stores"),
+ ("71 the wait for a sender without end", "dicom_cae/orthanc_plugin.py", "Plugin._yield_to_receiving", "while self.receiving() and time.monotonic() < end and not self.stopping.is_set():", "while self.receiving() and not self.stopping.is_set():", "tests/dicom_cae/test_orthanc_plugin_loop.py::test_the_plugin_waits_while_a_modality_sends_and_not_for_its_own_stores"),
 ]
 
 

@@ -94,3 +94,100 @@ def test_the_plugins_thread_runs_at_the_lowest_priority_and_orthancs_own_threads
     finally:
         plugin.on_change(sdk.ChangeType.ORTHANC_STOPPED, None, "")
         plugin.thread.join(30.0)
+
+
+class ReceivingOrthanc(NotStartedOrthanc):
+    """Started; stores what the plugin posts and tells the plugin of every new instance, as
+    Orthanc does (NEW_INSTANCE, after the store, from its own thread)."""
+
+    ChangeType = SimpleNamespace(STABLE_STUDY=1, ORTHANC_STARTED=2, ORTHANC_STOPPED=3, NEW_INSTANCE=4)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.plugin = None
+        self.held: set[bytes] = set()
+
+    def RestApiPost(self, uri: str, data: bytes) -> str:  # noqa: N802
+        import json
+
+        if data in self.held:
+            return json.dumps({"ID": "x", "Status": "AlreadyStored"})
+        self.held.add(data)
+        threading.Timer(0.05, self.plugin.on_change, (self.ChangeType.NEW_INSTANCE, None, "x")).start()
+        return json.dumps({"ID": "x", "Status": "Success"})
+
+    def modality_sends(self) -> None:
+        self.plugin.on_change(self.ChangeType.NEW_INSTANCE, None, "from-a-modality")
+
+
+def test_the_plugin_waits_while_a_modality_sends_and_not_for_its_own_stores(tmp_path, monkeypatch):
+    """Orthanc's receiving first: an instance from outside makes the worker thread wait until
+    the arrivals stop for RECEIVING_QUIET_S; the instances dicom-cae stores itself (and those
+    Orthanc held already) do not; and a sender that never stops does not starve the plugin."""
+    import time
+
+    monkeypatch.setattr(orthanc_plugin, "RECEIVING_QUIET_S", 0.5)
+    sdk = ReceivingOrthanc()
+    plugin = sdk.plugin = orthanc_plugin.Plugin(sdk, orthanc_plugin.Options(data_dir=str(tmp_path)))
+    assert not plugin.receiving()
+    for i in range(5):
+        plugin._post(b"derived %d" % i)
+    plugin._post(b"derived 0")  # held already: no NEW_INSTANCE follows
+    time.sleep(0.3)  # their NEW_INSTANCE events have come
+    assert (plugin._arrived, plugin._own) == (5, 5)
+    assert not plugin.receiving()
+
+    sdk.modality_sends()
+    assert plugin.receiving()
+    last = []
+
+    def sending():
+        for _ in range(8):
+            sdk.modality_sends()
+            last.append(time.monotonic())
+            time.sleep(0.1)
+
+    sender = threading.Thread(target=sending)
+    sender.start()
+    plugin._yield_to_receiving()
+    done = time.monotonic()
+    sender.join()
+    assert done >= last[-1] + 0.5 * 0.9  # it waited for the last arrival, then the quiet time
+    assert not plugin.receiving()
+
+    monkeypatch.setattr(orthanc_plugin, "RECEIVING_WAIT_MAX_S", 0.3)
+    stop = threading.Event()
+
+    def never_stops():
+        while not stop.is_set():
+            sdk.modality_sends()
+            time.sleep(0.05)
+
+    sender = threading.Thread(target=never_stops)
+    sender.start()
+    try:
+        time.sleep(0.1)
+        waiting = threading.Thread(target=plugin._yield_to_receiving)
+        waiting.start()
+        waiting.join(10.0)
+        assert not waiting.is_alive() and plugin.receiving()  # gave up waiting: not starved
+    finally:
+        stop.set()
+        sender.join()
+
+
+def test_a_store_orthanc_refuses_is_not_counted_as_dicom_caes_own(tmp_path):
+    sdk = ReceivingOrthanc()
+    plugin = sdk.plugin = orthanc_plugin.Plugin(sdk, orthanc_plugin.Options(data_dir=str(tmp_path)))
+
+    def refuse(uri, data):
+        raise RuntimeError("Orthanc: storage full")
+
+    sdk.RestApiPost = refuse
+    try:
+        plugin._post(b"derived")
+    except RuntimeError:
+        pass
+    assert plugin._own == 0
+    sdk.modality_sends()
+    assert plugin.receiving()  # the next arrival from outside is seen
