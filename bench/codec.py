@@ -118,6 +118,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{m:8s}  {len(rs):6d}  {100 * np.mean(a['weight'] > 0):8.1f} %  {np.mean(a['gain_worst_window']):+19.2f}"
                   f"     {np.mean(a['blockiness']):6.2f} / {np.mean(a['blockiness_jpeg']):5.2f} (worst frame {np.max(a['blockiness']):.2f})"
                   f"                         {np.mean(a['bpp']):.3f}")
+        sizes = defaultdict(list)
+        for r in rows:
+            sizes[int(r["coding_size"])].append(r)
+        print("coded at: " + "; ".join(
+            f"{s} {100 * len(rs) / len(rows):.0f} % (blockiness {np.mean([r['blockiness'] for r in rs]):.2f}, "
+            f"JPEG {np.mean([r['blockiness_jpeg'] for r in rs]):.2f}, model weight {np.mean([r['weight'] for r in rs]):.2f})"
+            for s, rs in sorted(sizes.items(), reverse=True)))
     return 0
 
 

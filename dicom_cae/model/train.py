@@ -436,8 +436,8 @@ def train(cfg: TrainConfig) -> Path:
 
 #: What a card says of the decoding its figures include, for models whose output is filtered.
 EDGE_FILTER_NOTE = ("the model's output, then its block edges smoothed (codec.smooth_block_edges, "
-                    f"{codec.EDGE_FILTER_ID}: limit {codec.edge_strength(codec.SIZE):g} quantizer step at coding 256, "
-                    f"{codec.EDGE_STRENGTH_SMALLER:g} at smaller codings, the step capped at {codec.EDGE_STEP_CAP}); "
+                    f"{codec.EDGE_FILTER_ID}: limit {codec.edge_strength(codec.SIZE):g} quantizer step at codings 256 to 160, "
+                    f"{codec.edge_strength(128):g} at 128, the step capped at {codec.EDGE_STEP_CAP}); "
                     "the validation figures include it")
 
 

@@ -306,8 +306,20 @@ def test_the_filtered_image_stays_within_0_and_1():
     assert out[0, 0, 127] > 0.98  # the step was taken
 
 
+def test_the_filter_is_at_full_strength_down_to_the_160_coding_and_half_at_128():
+    """Measured at the low qualities byte budgets pick: at 224-160, half a quantizer step left
+    more blocking than a whole one; at 128 a whole one left more (codec's note)."""
+    _, blocky = _blocky()
+    for size, strength in ((256, 1.0), (224, 1.0), (192, 1.0), (160, 1.0), (128, 0.5)):
+        assert codec.edge_strength(size) == strength and codec.edge_filter_name(size) == f"ramp {strength:g}"
+        np.testing.assert_array_equal(codec.smooth_block_edges(blocky[None], 10, size),
+                                      codec.smooth_block_edges(blocky[None], 10, size, strength=strength))
+    assert not np.array_equal(codec.smooth_block_edges(blocky[None], 10, 160),
+                              codec.smooth_block_edges(blocky[None], 10, 160, strength=0.5))
+
+
 def test_the_edge_filters_name_and_cap_are_what_the_uids_and_docs_say():
-    assert codec.EDGE_FILTER_ID == "ramp(256:1,smaller:0.5,cap:40)"
+    assert codec.EDGE_FILTER_ID == "ramp(256-160:1,128:0.5,cap:40)"
     assert codec.EDGE_STEP_CAP == codec.quantizer_step(20) == 40  # the cap: quality 20's step
     with pytest.raises(ValueError, match=r"^expected square images \(n, side, side\), got \(1, 256, 128\)$"):
         codec.smooth_block_edges(np.zeros((1, 256, 128), np.float32), 30)
