@@ -448,9 +448,23 @@ class Plugin:
                 if doc.parent.name == report.document_series(study_uid):
                     self.queue.posted([doc.stem])
                     self._post(doc.read_bytes())
+                    self._drop_earlier_reports(doc.parent.name, doc.stem)
         store.close()
         shutil.rmtree(folder, ignore_errors=True)
         return now
+
+    def _drop_earlier_reports(self, series_uid: str, current: str) -> None:
+        """The study's report series in Orthanc keeps the current report only: an earlier version
+        (about fewer instances, or other settings' series) is deleted, as the store's folder
+        drops it. A failure here is said in the log; the study is done all the same."""
+        try:
+            found = json.loads(self.orthanc.RestApiPost("/tools/lookup", series_uid))
+            for series in (r for r in found if r.get("Type") == "Series"):
+                for inst in self._get(f"/series/{series['ID']}/instances") or []:
+                    if inst.get("MainDicomTags", {}).get("SOPInstanceUID") != current:
+                        self.orthanc.RestApiDelete(f"/instances/{inst['ID']}")
+        except Exception as exc:  # noqa: BLE001 (an earlier report left beside the current one)
+            self.orthanc.LogWarning(f"dicom-cae: an earlier report of series {series_uid} not removed: {exc}")
 
     def _post(self, data: bytes) -> None:
         with self._counts:

@@ -103,6 +103,7 @@ M = [
  ("69 the plugin's own stores taken for a modality sending", "dicom_cae/orthanc_plugin.py", "Plugin._post", "            self._own += 1  # counted before", "            pass  # counted before", "tests/dicom_cae/test_orthanc_plugin_loop.py::test_the_plugin_waits_while_a_modality_sends_and_not_for_its_own_stores"),
  ("70 the plugin does not wait while a modality sends", "dicom_cae/orthanc_plugin.py", "Plugin.receiving", "            return now - self._outside_at < RECEIVING_QUIET_S", "            return False", "tests/dicom_cae/test_orthanc_plugin_loop.py::test_the_plugin_waits_while_a_modality_sends_and_not_for_its_own_stores"),
  ("71 the wait for a sender without end", "dicom_cae/orthanc_plugin.py", "Plugin._yield_to_receiving", "while self.receiving() and time.monotonic() < end and not self.stopping.is_set():", "while self.receiving() and not self.stopping.is_set():", "tests/dicom_cae/test_orthanc_plugin_loop.py::test_the_plugin_waits_while_a_modality_sends_and_not_for_its_own_stores"),
+ ("73 an earlier report left in Orthanc beside the current one", "dicom_cae/orthanc_plugin.py", "Plugin.process", "                    self._drop_earlier_reports(doc.parent.name, doc.stem)", "                    pass", "tests/dicom_cae/test_orthanc_plugin.py::test_a_study_reprocessed_with_another_quality_gets_another_derived_series"),
 ]
 
 

@@ -294,9 +294,19 @@ def test_a_study_reprocessed_with_another_quality_gets_another_derived_series(pr
     o.request("POST", f"/dicom-cae/studies/{study}/reprocess", b'{"quality": 20}')
     wait_until(lambda: len([v for v in o.series(uid).values() if v["modality"] == "MR"]) == 3, timeout=120,
                what="a second derived series")
+    wait_until(lambda: o.get("/dicom-cae/health")["processing"] is None, timeout=120, what="the plugin idle")
     after = o.series(uid)
     assert set(before) < set(after)
     assert any("q20" in v["description"] for v in after.values())
+    # One report in the report series: the current one, about both derived series (the earlier
+    # one, about the first only, is gone from Orthanc as from the plugin's store).
+    (doc,) = [v for v in after.values() if v["modality"] == "DOC"]
+    assert doc["instances"] == 1
+    (inst,) = o.get(f"/series/{doc['id']}/instances")
+    report = pydicom.dcmread(__import__("io").BytesIO(o.get(f"/instances/{inst['ID']}/file", raw=True)))
+    referenced = {r.ReferencedSOPInstanceUID for r in report.SourceInstanceSequence}
+    derived = [v for v in after.values() if v["modality"] == "MR" and v["description"].startswith("CAE ")]
+    assert len(derived) == 2 and len(referenced) == sum(v["instances"] for v in derived)
 
 
 def test_a_study_of_poison_cases_derives_the_good_ones_and_records_the_bad(tmp_path, raw_sending):
