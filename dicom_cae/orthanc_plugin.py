@@ -205,7 +205,7 @@ class Plugin:
             if change_type == self.orthanc.ChangeType.STABLE_STUDY:
                 self.queue.add(resource)
                 self.wake.set()
-            elif change_type == getattr(self.orthanc.ChangeType, "NEW_INSTANCE", None):
+            elif change_type == self.orthanc.ChangeType.NEW_INSTANCE:
                 with self._counts:
                     self._arrived += 1
             elif change_type == self.orthanc.ChangeType.ORTHANC_STARTED:

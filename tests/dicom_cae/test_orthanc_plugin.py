@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -303,7 +304,7 @@ def test_a_study_reprocessed_with_another_quality_gets_another_derived_series(pr
     (doc,) = [v for v in after.values() if v["modality"] == "DOC"]
     assert doc["instances"] == 1
     (inst,) = o.get(f"/series/{doc['id']}/instances")
-    report = pydicom.dcmread(__import__("io").BytesIO(o.get(f"/instances/{inst['ID']}/file", raw=True)))
+    report = pydicom.dcmread(BytesIO(o.get(f"/instances/{inst['ID']}/file", raw=True)))
     referenced = {r.ReferencedSOPInstanceUID for r in report.SourceInstanceSequence}
     derived = [v for v in after.values() if v["modality"] == "MR" and v["description"].startswith("CAE ")]
     assert len(derived) == 2 and len(referenced) == sum(v["instances"] for v in derived)

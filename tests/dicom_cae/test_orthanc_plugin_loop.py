@@ -19,7 +19,7 @@ class NotStartedOrthanc:
     """The parts of the `orthanc` module the worker thread uses, answering as an Orthanc whose
     REST API is not up yet: every list empty."""
 
-    ChangeType = SimpleNamespace(STABLE_STUDY=1, ORTHANC_STARTED=2, ORTHANC_STOPPED=3)
+    ChangeType = SimpleNamespace(STABLE_STUDY=1, ORTHANC_STARTED=2, ORTHANC_STOPPED=3, NEW_INSTANCE=4)
 
     def __init__(self) -> None:
         self.asked = threading.Event()
@@ -99,8 +99,6 @@ def test_the_plugins_thread_runs_at_the_lowest_priority_and_orthancs_own_threads
 class ReceivingOrthanc(NotStartedOrthanc):
     """Started; stores what the plugin posts and tells the plugin of every new instance, as
     Orthanc does (NEW_INSTANCE, after the store, from its own thread)."""
-
-    ChangeType = SimpleNamespace(STABLE_STUDY=1, ORTHANC_STARTED=2, ORTHANC_STOPPED=3, NEW_INSTANCE=4)
 
     def __init__(self) -> None:
         super().__init__()
