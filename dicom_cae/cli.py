@@ -140,8 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init-weights", metavar="FILE", help="start from these weights")
     t.add_argument("--coding-size", type=int, choices=(256, 224, 192, 160, 128), default=256,
                    help="train to restore JPEG of the image reduced to this size and upsampled (default 256: JPEG artefacts only)")
+    t.add_argument("--quality-min", type=_quality, default=1, metavar="Q",
+                   help="models told the coding size (deblock): the lowest quality trained at (default 1)")
     t.add_argument("--quality-max", type=_quality, default=95, metavar="Q",
-                   help="models told the coding size (deblock): train at qualities 1..Q, log-uniform (default 95)")
+                   help="models told the coding size (deblock): train at qualities --quality-min..Q, log-uniform (default 95)")
     t.add_argument("--display-weight", type=float, default=1.0,
                    help="deblock: weight of the MSE in the display windows (default 1)")
     t.add_argument("--block-weight", type=float, default=1.0,
@@ -278,6 +280,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not Path(d).exists():
             print(f"dicom-cae train: error: {d} does not exist", file=sys.stderr)
             return EXIT_USAGE
+    if args.quality_min > args.quality_max:
+        print(f"dicom-cae train: error: --quality-min {args.quality_min} is above --quality-max {args.quality_max}",
+              file=sys.stderr)
+        return EXIT_USAGE
     cfg = TrainConfig(
         model=args.model,
         train_dirs=tuple(args.data),
@@ -297,6 +303,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         ssim_weight=args.ssim_weight,
         repeats=args.passes,
         loss=args.loss,
+        quality_min=args.quality_min,
         quality_max=args.quality_max,
         display_weight=args.display_weight,
         block_weight=args.block_weight,

@@ -49,8 +49,10 @@ class TrainConfig:
     loss: str | None = None  # "mse" or "bce"; default: "bce" for sigmoid outputs (seed), else "mse"
     value_mapping: str = "minmax"  # how modality values become the [0, 1] images (dicom_cae.mapping)
     coding_size: int = codec.SIZE  # JPEG of the image reduced to this size, decoded and upsampled (bicubic) to 256
-    # For models told the coding size (deblock): qualities drawn log-uniformly from 1..quality_max
-    # and coding sizes from codec.CODING_SIZES (256 half of the time); the reader's loss below.
+    # For models told the coding size (deblock): qualities drawn log-uniformly from
+    # quality_min..quality_max and coding sizes from codec.CODING_SIZES (256 half of the time);
+    # the reader's loss below.
+    quality_min: int = 1
     quality_max: int = 95
     display_weight: float = 1.0
     block_weight: float = 1.0
@@ -213,7 +215,8 @@ def _reader_epoch_inputs(images: np.ndarray, windows: np.ndarray, cfg: TrainConf
     n = images.shape[0] * cfg.repeats
     index = np.concatenate([rng.permutation(images.shape[0]) for _ in range(cfg.repeats)])
     target = _augment(images[index], rng) if cfg.augment else images[index]
-    qualities = np.clip(np.rint(np.exp(rng.uniform(0, np.log(cfg.quality_max + 0.5), n))), 1, cfg.quality_max)
+    qualities = np.clip(np.rint(np.exp(rng.uniform(np.log(cfg.quality_min - 0.5 if cfg.quality_min > 1 else 1),
+                                                    np.log(cfg.quality_max + 0.5), n))), cfg.quality_min, cfg.quality_max)
     smaller = np.asarray([c for c in codec.CODING_SIZES if c != codec.SIZE])
     sizes = np.where(rng.random(n) < 0.5, codec.SIZE, rng.choice(smaller, n))
     jpeg = np.empty_like(target)
@@ -409,7 +412,7 @@ def train(cfg: TrainConfig) -> Path:
                         if cfg.blockiness_weight else "")) if reader else
             ("binary cross-entropy" if base_loss == "bce" else "MSE")
             + (f" + {cfg.ssim_weight} * (1 - SSIM)" if cfg.ssim_weight > 0 else "") + " on [0,1] images",
-            "jpeg_qualities": (f"1-{cfg.quality_max}, log-uniform" if reader else
+            "jpeg_qualities": (f"{cfg.quality_min}-{cfg.quality_max}, log-uniform" if reader else
                                list(cfg.train_qualities) if uses_quality or len(cfg.train_qualities) > 1 else cfg.train_qualities[0]),
             **({"coding_sizes": f"{', '.join(map(str, codec.CODING_SIZES))} (256 half of the time)"} if reader else {}),
             "jpeg_encoder": codec.DEFAULT_ENCODER,

@@ -73,3 +73,26 @@ def test_training_changes_the_weights_and_lowers_the_loss(split, tmp_path):
     assert trained.sha256 != start.sha256
     before, after = start.model.get_weights(), trained.model.get_weights()
     assert any(not np.allclose(a, b) for a, b in zip(before, after))
+
+
+def test_a_deblock_epoch_draws_its_qualities_within_the_range_asked(split, tmp_path, capsys):
+    """`--quality-min` narrows the log-uniform draw of a deblock epoch (a fine-tune aimed at the
+    qualities the settings pick); the default keeps 1..95; a range upside down is refused."""
+    import numpy as np
+
+    from dicom_cae.model.train import TrainConfig, _reader_epoch_inputs
+
+    images = np.random.default_rng(1).random((40, 256, 256), dtype=np.float32)
+    windows = np.tile(np.asarray([0.0, 1.0], np.float32), (40, 3, 1))
+    drawn = {}
+    for lo, hi in ((1, 95), (4, 60)):
+        cfg = TrainConfig(model="deblock", train_dirs=(), val_dirs=(), out_dir="", quality_min=lo, quality_max=hi,
+                          repeats=3)
+        x, _, _ = _reader_epoch_inputs(images, windows, cfg, np.random.default_rng(0))
+        q = np.rint(x[1][:, 0] * 100).astype(int)
+        assert q.min() >= lo and q.max() <= hi
+        drawn[lo] = q
+    assert drawn[1].min() < 4 and drawn[4].min() <= 5 and drawn[4].max() >= 40
+    rc = cli.main(["train", str(split / "train"), "--val", str(split / "val"), "--model", "deblock",
+                   "--quality-min", "40", "--quality-max", "20", "--out", str(tmp_path)])
+    assert rc == 2 and "--quality-min 40 is above --quality-max 20" in capsys.readouterr().err
