@@ -391,8 +391,12 @@ def cmd_models(args: argparse.Namespace) -> int:
             band += f", JPEG by the {card['training'].get('jpeg_encoder', 'pillow')} encoder"
             if card.get("coding_size", 256) != 256:
                 band = f"JPEG of a {card['coding_size']}x{card['coding_size']} coding (upsampled), " + band
+            stages = [*card["training"].get("earlier_stages", ()), card["training"]]
+            epochs = f"{card['training']['epochs']} epochs" if len(stages) == 1 else (
+                f"{sum(s['epochs'] for s in stages)} epochs in {len(stages)} stages "
+                f"({' + '.join(str(s['epochs']) for s in stages)})")
             print(f"  weights {card['weights_file']} (sha256 {card['sha256'][:16]}...) for {band}; "
-                  f"trained {card['training']['epochs']} epochs on {card['data']['train_images']} images")
+                  f"trained {epochs} on {card['data']['train_images']} images")
             if card.get("decoder"):  # what is done to the model's output (the figures below include it)
                 print(f"  decoding: {card['decoder']}")
             reader = card["validation"].get("reader_by_quality")

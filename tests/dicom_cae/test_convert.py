@@ -93,6 +93,12 @@ def test_models_lists_the_shipped_weights(capsys):
     out = capsys.readouterr().out
     assert "deblock (default)" in out and "seed:" in out and "sha256" in out
     assert "decoding: the model's output, then its block edges smoothed" in out  # what the figures include
+    # Weights fine-tuned in stages say all of their training, not the last stage's epochs only.
+    from dicom_cae.weights import shipped_card_list
+
+    card = next(c for c in shipped_card_list() if c["model"] == "deblock")
+    stages = [*card["training"].get("earlier_stages", ()), card["training"]]
+    assert f"trained {sum(s['epochs'] for s in stages)} epochs" in out
 
 
 PYDICOM_FILES = ["RG1_UNCI.dcm", "RG3_UNCI.dcm", "emri_small_RLE.dcm", "JPEG2000.dcm", "693_J2KR.dcm", "MR2_J2KI.dcm", "CT_small.dcm"]
