@@ -40,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ct" / "pancreas-ct-cb-001"
 ENV = {**os.environ, "TCP_NODELAY": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-DEFAULT_QUALITY = 30  # dicom_cae.pipeline.DEFAULT_QUALITY (not imported: TensorFlow stays out of this process)
+DEFAULT_QUALITY = 26  # dicom_cae.pipeline.DEFAULT_QUALITY (not imported: TensorFlow stays out of this process)
 
 
 def _files(data: Path, n: int) -> list[Path]:

@@ -11,6 +11,7 @@ import threading
 import time
 from typing import Any
 
+from dicom_cae.pipeline import DEFAULT_QUALITY
 from scp_node.config import EXAMPLE, ConfigError, load
 
 
@@ -73,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bind", metavar="ADDR", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--data-dir", metavar="DIR", help="spool, output, state (default ./dicom-cae-data)")
     p.add_argument("--http-port", type=int, metavar="N", help="serve /health and /metrics on this port")
-    p.add_argument("--quality", type=int, metavar="Q", help="JPEG quality (default 30)")
+    p.add_argument("--quality", type=int, metavar="Q", help=f"JPEG quality (default {DEFAULT_QUALITY})")
     p.add_argument("--target-psnr", type=float, metavar="DB", help="per image, the lowest JPEG quality reaching this PSNR (instead of --quality)")
     p.add_argument("--target-ssim", type=float, metavar="S", help="the same for SSIM")
     p.add_argument("--target-ratio", type=float, metavar="R", help="per image, coding size and quality within this compression ratio (instead of --quality)")

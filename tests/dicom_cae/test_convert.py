@@ -5,6 +5,7 @@ import pytest
 
 from dicom_cae import cli, private_tags
 from dicom_cae.convert import ERRORS_FILE, convert
+from dicom_cae.pipeline import DEFAULT_QUALITY
 from tests.conftest import SAMPLES, dciodvfy_errors, derived_images
 
 
@@ -268,7 +269,7 @@ def test_a_default_conversion_applies_the_model(converted_defaults):
         ds = pydicom.dcmread(f, stop_before_pixels=True)
         tags = private_tags.read(ds)
         weights[f.name] = tags["ModelWeight"]
-        assert tags["JPEGQuality"] == 30 and tags["ModelName"] == "deblock" and tags["JPEGEncoder"] == "trellis"
+        assert tags["JPEGQuality"] == DEFAULT_QUALITY and tags["ModelName"] == "deblock" and tags["JPEGEncoder"] == "trellis"
         if tags["ModelWeight"][0] > 0:
             assert "reconstructed by convolutional autoencoder deblock" in ds.DerivationDescription
     assert len(weights) == 6

@@ -28,6 +28,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from dicom_cae import private_tags
+from dicom_cae.pipeline import DEFAULT_QUALITY
 from tests.conftest import SAMPLES, dciodvfy_errors, wait_until
 from tests.scp_node.test_node import running_node
 
@@ -177,7 +178,7 @@ def _aspect_instead_of_zero_spacing(path: Path) -> None:
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     assert "PixelSpacing" not in ds
     assert [int(v) for v in ds.PixelAspectRatio] == [6, 5]  # 192 rows, 160 columns onto 256 x 256
-    assert ds.SeriesDescription == "CAE deblock q30 reconstruction"
+    assert ds.SeriesDescription == f"CAE deblock q{DEFAULT_QUALITY} reconstruction"
     assert any("PixelSpacing" in w for w in private_tags.read(ds)["Warnings"])
 
 
