@@ -1,8 +1,9 @@
 """The block-edge filter after the deblock model, measured: the model alone and the model with
 its block edges smoothed at several strengths, against plain JPEG at the same bytes, on
-validation slices (patients the model was not trained on), for the 256 and the 128 coding.
+validation slices (patients the model was not trained on), by default for the 256 and the 128
+coding.
 
-    python bench/edge_filter.py [--data ../shared/data] [--strengths 0.5,1] [--qualities 5,10,20,30,50]
+    python bench/edge_filter.py [--data ../shared/data] [--strengths 0.5,1] [--qualities 5,10,20,30,50] [--sizes 256,128]
 
 Per coding size and quality, for each variant: the seed's PSNR gain over plain JPEG (all
 images), the worst display window's gain (CT; MR/DX), and the blockiness of the most blocking
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--strengths", default="0.5,1")
     ap.add_argument("--qualities", default="5,10,20,30,50")
+    ap.add_argument("--sizes", default="256,128", help="coding sizes (256, 224, 192, 160, 128)")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from dicom_cae import codec, display, guard, image, io
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     strengths = [float(s) for s in args.strengths.split(",")]
     print(f"{len(images)} slices ({sum(ct for _, ct in images)} CT); per variant: seed PSNR gain / worst-window gain CT / "
           "MR+DX, dB over plain JPEG; blockiness x the original's (plain JPEG's first)")
-    for size in (256, 128):
+    for size in (int(v) for v in args.sizes.split(",")):
         for q in (int(v) for v in args.qualities.split(",")):
             rows: dict[str, list[tuple[float, float, float, bool]]] = {}
             for img, is_ct in images:
