@@ -165,10 +165,10 @@ def decode_to(data: bytes, size: int = SIZE) -> np.ndarray:
 #: (the quality and the coding size): no side information. Strength 1 for codings 256 to 160,
 #: 0.5 for 128 (its blocks, 16 pixels wide on the 256 grid, reach it softened by the 2x
 #: upsampling; at 224-160 the blocks of 9-13 pixels keep more of their steps).
-#: Measured on 37 slices of patients the model was not trained on (python bench/edge_filter.py):
-#: at quality 30, 256 coding, blockiness in the most blocking window 1.42 -> 1.05 x the
-#: original's, the seed's PSNR +0.23 -> +0.37 dB over plain JPEG, CT's worst window +0.07 ->
-#: +0.12 dB; at quality 5 and 10 no figure below the model alone's. At the low qualities a byte
+#: Measured on 37 slices of patients the model was not trained on (python bench/edge_filter.py,
+#: deblock-6046c889): at quality 26 (the default), 256 coding, blockiness in the most blocking
+#: window 1.36 -> 0.99 x the original's (plain JPEG 1.72), the seed's PSNR +0.43 -> +0.54 dB over
+#: plain JPEG, CT's worst window +0.19 -> +0.20 dB; at quality 10 1.41 -> 1.02, +0.69 -> +0.74. At the low qualities a byte
 #: budget picks for codings 224-160 (quality 5-10, 20 CT slices, what the guard stores), strength
 #: 1 against 0.5: blockiness in the narrowest window 3.44 -> 2.60 (224, q5), 2.43 -> 2.03 (160,
 #: q5), 1.83 -> 1.63 (192, q10), the worst window's gain over JPEG as high or higher; at 128 it
