@@ -333,9 +333,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
           f"value mapping {args.value_mapping}", flush=True)
     codec_name = f"JPEG+{recon.name}"
     reconstruct = lambda x, q: recon(x, q, batch_size=args.batch_size, mapping=args.value_mapping)  # noqa: E731
-    rows = evaluation.rd_rows(images, list(args.qualities), reconstruct, recon.name)
+    filtered = recon.edge_filter is not None  # what is stored of its output is filtered too (guard.stored_candidates)
+    rows = evaluation.rd_rows(images, list(args.qualities), reconstruct, recon.name, edge_filter=filtered)
     coded = lambda x, q, size: recon(x, q, batch_size=args.batch_size, mapping=args.value_mapping, coding_size=size)  # noqa: E731
-    ratio_rows = evaluation.ratio_rows(images, list(args.ratios), coded, recon.name) if args.ratios else None
+    ratio_rows = (evaluation.ratio_rows(images, list(args.ratios), coded, recon.name, edge_filter=filtered)
+                  if args.ratios else None)
     summary = rd_report.write(rows, Path(args.out), model_codec=codec_name,
                               description=f"JPEG + {recon.name} reconstruction (weights sha256 {recon.sha256[:16]})",
                               value_mapping=args.value_mapping, ratio_rows=ratio_rows)

@@ -91,19 +91,28 @@ def measure_view(reference: np.ndarray, test_unit: np.ndarray, view: dataset.Vie
     return quality.summary(shown.original_blockiness)
 
 
-def guarded(score: Callable[[float], dict[str, float]], jpeg: dict[str, float]) -> dict[str, float]:
-    """What the pipeline stores (pipeline.finish): JPEG decode + w x (model - JPEG decode) with
-    the first of metrics.MODEL_WEIGHTS not below the JPEG decode; ``score(w)`` measures it.
-    The result's ``model_weight`` says which."""
+def guarded(reference: np.ndarray, jpeg_unit: np.ndarray, reconstruction: np.ndarray, view: dataset.View, modality: str,
+            jpeg: dict[str, float], *, edge_quality: int | None = None, coding_size: int = codec.SIZE) -> dict[str, float]:
+    """What the pipeline stores (pipeline.finish, guard.choose_stored), measured as measure_view
+    does: of guard.stored_candidates (JPEG decode + w x (model - JPEG decode), its block edges
+    smoothed again where ``edge_quality`` says the model's were), the first not below the JPEG
+    decode's scores ``jpeg`` at the first of metrics.MODEL_WEIGHTS that has one. The result's
+    ``model_weight`` says which weight."""
+    def score(w: float):
+        return (measure_view(reference, u, view, modality, coding_size=coding_size) for u in guard.stored_candidates(
+            jpeg_unit, reconstruction, w, edge_quality=edge_quality, coding_size=coding_size))
+
     w, scores = metrics.first_not_below(score, lambda s: s, jpeg)
     return {**(scores if scores is not None else jpeg), "model_weight": w}
 
 
-def reader_table(images: dataset.ImageSet, qualities: list[int], reconstruct: Reconstruct) -> dict[str, dict[str, dict[str, float]]]:
+def reader_table(images: dataset.ImageSet, qualities: list[int], reconstruct: Reconstruct, *,
+                 edge_filter: bool = False) -> dict[str, dict[str, dict[str, float]]]:
     """What a reader sees, per quality: means over ``images`` of the worst display window's PSNR
     and SSIM, the most blocking window's blockiness (x the original's) and the seed's PSNR, of
     plain JPEG and of what the pipeline stores (JPEG + model under the never-below-JPEG guard),
-    with the share of images where the model is used (weight > 0). For model cards."""
+    with the share of images where the model is used (weight > 0). For model cards.
+    ``edge_filter``: the model's output has its block edges smoothed (guard.stored_candidates)."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     keys = ("bpp", "psnr", "display_psnr", "display_ssim", "display_blockiness")
     for q in qualities:
@@ -113,8 +122,8 @@ def reader_table(images: dataset.ImageSet, qualities: list[int], reconstruct: Re
         for i in range(len(images)):
             modality = images.modalities[i]
             jpeg = measure_view(images.modality[i], dec[i], images.views[i], modality)
-            stored = guarded(lambda w: measure_view(images.modality[i], dec[i] + w * (rec[i] - dec[i]), images.views[i],
-                                                    modality), jpeg)
+            stored = guarded(images.modality[i], dec[i], rec[i], images.views[i], modality, jpeg,
+                             edge_quality=q if edge_filter else None)
             bpp = metrics.bits_per_pixel(int(nbytes[i]))
             rows["jpeg"].append({**jpeg, "bpp": bpp})
             rows["model"].append({**stored, "bpp": bpp})
@@ -128,7 +137,8 @@ def reader_table(images: dataset.ImageSet, qualities: list[int], reconstruct: Re
 PILLOW_CODEC = "JPEG (Pillow)"
 
 
-def rd_rows(images: dataset.ImageSet, qualities: list[int], reconstruct: Reconstruct, model_name: str) -> list[dict[str, object]]:
+def rd_rows(images: dataset.ImageSet, qualities: list[int], reconstruct: Reconstruct, model_name: str, *,
+            edge_filter: bool = False) -> list[dict[str, object]]:
     """One row per image, quality and codec: plain JPEG, JPEG + model, and JPEG 2000 given the
     bytes of that JPEG (at most), each coding the same mapped image."""
     rows: list[dict[str, object]] = []
@@ -140,8 +150,8 @@ def rd_rows(images: dataset.ImageSet, qualities: list[int], reconstruct: Reconst
             j2k = codec.j2k_encode(img, int(nbytes[i]))
             modality = images.modalities[i]
             jpeg_scores = measure_view(images.modality[i], dec[i], images.views[i], modality)
-            model_scores = guarded(lambda w: measure_view(images.modality[i], dec[i] + w * (rec[i] - dec[i]), images.views[i],
-                                                          modality), jpeg_scores)
+            model_scores = guarded(images.modality[i], dec[i], rec[i], images.views[i], modality, jpeg_scores,
+                                   edge_quality=q if edge_filter else None)
             for name, size, scores in (
                 ("JPEG", int(nbytes[i]), jpeg_scores),
                 (PILLOW_CODEC, int(old_bytes[i]), measure_view(images.modality[i], old[i], images.views[i], modality)),
@@ -162,7 +172,7 @@ DEFAULT_RATIOS = (0.0093, 0.0125, 0.0175, 0.025, 0.035, 0.045, 0.0625)
 
 
 def ratio_rows(images: dataset.ImageSet, ratios: list[float], reconstruct: Callable[[np.ndarray, int, int], np.ndarray],
-               model_name: str) -> list[dict[str, object]]:
+               model_name: str, *, edge_filter: bool = False) -> list[dict[str, object]]:
     """Adaptive coding at byte budgets: per image and budget, the coding size (codec.CODING_SIZES)
     and quality that fit and store the best image (targets.choose_coding; ``reconstruct(jpeg,
     quality, coding_size)``: the model for that coding, or the decode itself), beside JPEG 2000
@@ -182,8 +192,8 @@ def ratio_rows(images: dataset.ImageSet, ratios: list[float], reconstruct: Calla
             rec = reconstruct(jpeg[None], quality, size)[0]
             weight = 0.0
             if not np.array_equal(rec, jpeg):
-                scores = guarded(lambda w: measure_view(images.modality[i], jpeg + w * (rec - jpeg), images.views[i],
-                                                        images.modalities[i], coding_size=size), scores)
+                scores = guarded(images.modality[i], jpeg, rec, images.views[i], images.modalities[i], scores,
+                                 edge_quality=quality if edge_filter else None, coding_size=size)
                 weight = scores.pop("model_weight")
             j2k = codec.j2k_encode(img, len(data))
             modality = images.modalities[i]

@@ -11,6 +11,7 @@ choose, per frame, how much of the model's correction to keep.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -87,17 +88,36 @@ class FrameMetrics:
         return (self.stored if which == "model" else self.plain).scores()
 
 
+def stored_candidates(jpeg: np.ndarray, reconstruction: np.ndarray, weight: float, *,
+                      edge_quality: int | None = None, coding_size: int = codec.SIZE) -> Iterator[np.ndarray]:
+    """The images the guard may store of one frame ([0, 1]) at the model's ``weight``, in the
+    order they are preferred: at 1 the reconstruction; below, JPEG decode + weight x
+    (reconstruction - JPEG decode), first with its block edges smoothed again when
+    ``edge_quality`` (the JPEG quality) says the reconstruction's were (the JPEG decode's share
+    brings its block steps back: codec.smooth_block_edges), then as it is. Lazy."""
+    if weight == 1:
+        yield reconstruction
+        return
+    blend = jpeg + weight * (reconstruction - jpeg)
+    if edge_quality is not None:
+        yield codec.smooth_block_edges(blend[None], edge_quality, coding_size)[0]
+    yield blend
+
+
 def choose_stored(reference: np.ndarray, jpeg: np.ndarray, reconstruction: np.ndarray, norm: image.Normalization,
                   windows: list[display.Window], *, is_ct: bool, jpeg_bytes: tuple[int, ...] = (),
-                  coding_size: int = codec.SIZE) -> tuple[np.ndarray, tuple[FrameMetrics, ...], list[float]]:
+                  coding_size: int = codec.SIZE,
+                  edge_quality: int | None = None) -> tuple[np.ndarray, tuple[FrameMetrics, ...], list[float]]:
     """What to store of each frame: its stored values, metrics, and the model's weight in it.
 
-    Per frame: JPEG decode + w x (reconstruction - JPEG decode) with the first weight w of
-    metrics.MODEL_WEIGHTS (1 first) whose stored image is not below the plain JPEG decode in
-    the seed's PSNR and SSIM, the worst display window's, and the most blocking window's
-    blockiness (metrics.not_below); w = 0 stores the JPEG decode (as does a reconstruction
-    equal to it, whose plain-JPEG metrics are then those of the stored image: measured once).
-    ``reference``: the original in modality units; ``jpeg``, ``reconstruction``: [0, 1].
+    Per frame: the first image of stored_candidates (JPEG decode + w x (reconstruction - JPEG
+    decode), its block edges smoothed again where ``edge_quality`` is given: the reconstruction's
+    were, at that JPEG quality) with the first weight w of metrics.MODEL_WEIGHTS (1 first) that
+    is not below the plain JPEG decode in the seed's PSNR and SSIM, the worst display window's,
+    and the most blocking window's blockiness (metrics.not_below); w = 0 stores the JPEG decode
+    (as does a reconstruction equal to it, whose plain-JPEG metrics are then those of the stored
+    image: measured once). ``reference``: the original in modality units; ``jpeg``,
+    ``reconstruction``: [0, 1].
     """
     jpeg_modality = image.unit_to_modality(jpeg, norm)
     seed_reference = image.seed_unit(reference, norm, clip=True)
@@ -126,8 +146,11 @@ def choose_stored(reference: np.ndarray, jpeg: np.ndarray, reconstruction: np.nd
             full = measured(reconstruction[i], plain)
 
             def at(w: float, i: int = i, full: tuple[np.ndarray, FrameMetrics] = full,
-                   plain: FrameQuality = plain) -> tuple[np.ndarray, FrameMetrics]:
-                return full if w == 1 else measured(jpeg[i] + w * (reconstruction[i] - jpeg[i]), plain)
+                   plain: FrameQuality = plain) -> Iterator[tuple[np.ndarray, FrameMetrics]]:
+                if w == 1:
+                    return iter((full,))
+                return (measured(u, plain) for u in stored_candidates(jpeg[i], reconstruction[i], w,
+                                                                      edge_quality=edge_quality, coding_size=coding_size))
 
             weight, found = metrics.first_not_below(at, lambda m: m[1].scores("model"), full[1].scores("jpeg"))
             stored_i, fm = found if found is not None else measured(jpeg[i], None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable, TypeVar
+from typing import Callable, Iterable, TypeVar
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -191,15 +191,17 @@ def not_below(test: dict[str, float], jpeg: dict[str, float]) -> bool:
                for k in GUARDED if k in test and k in jpeg)
 
 
-def first_not_below(measure: Callable[[float], T], scores: Callable[[T], dict[str, float]],
+def first_not_below(measure: Callable[[float], Iterable[T]], scores: Callable[[T], dict[str, float]],
                     jpeg: dict[str, float]) -> tuple[float, T | None]:
-    """The first weight of MODEL_WEIGHTS (0 excluded) whose image, ``measure(w)``, is not below
-    plain JPEG's ``jpeg`` scores, with that measurement; (0.0, None) when none is: the JPEG
-    decode is stored. One search for the pipeline and for ``evaluate``."""
+    """The first weight of MODEL_WEIGHTS (0 excluded) with an image not below plain JPEG's
+    ``jpeg`` scores, and that image's measurement; (0.0, None) when none is: the JPEG decode is
+    stored. ``measure(w)``: the measurements of the images that weight may store, in the order
+    they are preferred (guard.stored_candidates; taken lazily: the first not below is kept). One
+    search for the pipeline and for ``evaluate``."""
     for w in MODEL_WEIGHTS[:-1]:
-        measured = measure(w)
-        if not_below(scores(measured), jpeg):
-            return w, measured
+        for measured in measure(w):
+            if not_below(scores(measured), jpeg):
+                return w, measured
     return 0.0, None
 
 

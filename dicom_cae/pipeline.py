@@ -113,8 +113,9 @@ def finish(prep: Prepared, reconstruction: np.ndarray, *, model_name: str, weigh
     reference = prep.modality if prep.modality is not None else image.unit_to_modality(prep.reference, prep.norm)
     is_ct = str(prep.dataset.get("Modality", "")).upper() == "CT"
     windows = list(prep.windows)
-    stored, frames, weights = guard.choose_stored(reference, prep.jpeg, reconstruction, prep.norm, windows, is_ct=is_ct,
-                                                  jpeg_bytes=prep.jpeg_bytes, coding_size=prep.coding_size)
+    stored, frames, weights = guard.choose_stored(
+        reference, prep.jpeg, reconstruction, prep.norm, windows, is_ct=is_ct, jpeg_bytes=prep.jpeg_bytes,
+        coding_size=prep.coding_size, edge_quality=prep.quality if edge_filter and coding_served else None)
     # The filter is named where what is stored holds some of the filtered reconstruction.
     filtered = codec.edge_filter_name(prep.coding_size) if edge_filter and coding_served and any(weights) else None
     target = prep.target
@@ -208,8 +209,11 @@ class Pipeline:
         is_ct = str(ds.get("Modality", "")).upper() == "CT"
 
         def stored(jpeg: np.ndarray, quality: int, size: int) -> np.ndarray:
+            served = self.reconstructor.for_coding(quality, self.mapping, size)
+            filtered = served is not None and served.edge_filter is not None
             out, _, _ = guard.choose_stored(img.modality, jpeg, self._recon(jpeg, quality, size), img.norm,
-                                            list(img.windows), is_ct=is_ct, coding_size=size)
+                                            list(img.windows), is_ct=is_ct, coding_size=size,
+                                            edge_quality=quality if filtered else None)
             return image.stored_to_modality(out, img.norm)
 
         size, quality = targets.for_fidelity(img, target, stored, source)

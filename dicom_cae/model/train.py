@@ -376,7 +376,7 @@ def train(cfg: TrainConfig) -> Path:
         print(_table(val), flush=True)
         _save_inference_weights(model, cfg.model, out / f"{cfg.model}.last.weights.h5")
 
-    validation = _validation(val_set, reconstruct, cfg.coding_size, reader)
+    validation = _validation(val_set, reconstruct, cfg.coding_size, reader, edge_filter=ARCHITECTURES[cfg.model].edge_filter)
     tmp = out / f"{cfg.model}.last.weights.h5"
     digest = sha256_of(tmp)
     final = out / f"{cfg.model}-{digest[:8]}.weights.h5"
@@ -444,13 +444,14 @@ EDGE_FILTER_NOTE = ("the model's output, then its block edges smoothed (codec.sm
                     "the validation figures include it")
 
 
-def _validation(val_set: dataset.ImageSet, reconstruct: Any, coding_size: int, reader: bool) -> dict[str, Any]:
+def _validation(val_set: dataset.ImageSet, reconstruct: Any, coding_size: int, reader: bool, *,
+                edge_filter: bool = False) -> dict[str, Any]:
     """A model card's validation: the seed's metrics by quality, and for models told the coding
     size what a reader sees of what the pipeline stores (evaluation.reader_table)."""
     print("final validation at JPEG qualities " + ", ".join(map(str, CARD_QUALITIES)), flush=True)
     final_val = evaluation.compare(val_set.images, list(CARD_QUALITIES), reconstruct, coding_size=coding_size)
     print(_table(final_val), flush=True)
-    reader_val = evaluation.reader_table(val_set, list(CARD_QUALITIES), reconstruct) if reader else None
+    reader_val = evaluation.reader_table(val_set, list(CARD_QUALITIES), reconstruct, edge_filter=edge_filter) if reader else None
     return {
         "pixel_accuracy_tolerance": metrics.PIXEL_TOLERANCE,
         "by_quality": {str(q): {k: s.as_dict() for k, s in v.items()} for q, v in final_val.items()},
@@ -475,7 +476,8 @@ def revalidate(card_path: Path, root: Path) -> dict[str, Any]:
     def reconstruct(x: np.ndarray, q: int) -> np.ndarray:
         return recon(x, q, coding_size=coding_size)
 
-    card["validation"] = _validation(val_set, reconstruct, coding_size, ARCHITECTURES[card["model"]].uses_coding)
+    card["validation"] = _validation(val_set, reconstruct, coding_size, ARCHITECTURES[card["model"]].uses_coding,
+                                     edge_filter=ARCHITECTURES[card["model"]].edge_filter)
     if ARCHITECTURES[card["model"]].edge_filter:
         card["decoder"] = EDGE_FILTER_NOTE
     card["validated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

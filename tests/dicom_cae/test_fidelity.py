@@ -104,7 +104,7 @@ def test_the_default_model_filters_its_block_edges_and_says_so(pipe):
         assert tags["ModelWeight"][0] > 0, size
         assert tags["EdgeFilter"] == name and f"block edges smoothed (filter {name}" in d.dataset.DerivationDescription
     # Where the guard stores the JPEG decode alone, no filter is named (nothing of it is stored).
-    prep = pipeline.compress(io.read(SAMPLES / "ct_phantom_1.dcm"), "ct", img, 30, coding_size=128)
+    prep = pipeline.compress(io.read(SAMPLES / "ct_phantom_1.dcm"), "ct", img, 90, coding_size=128)
     (d,) = pipe.run([prep])
     tags = private_tags.read(d.dataset)
     assert tags["ModelWeight"] == [0.0] and "EdgeFilter" not in tags and "smoothed" not in d.dataset.DerivationDescription
@@ -397,3 +397,39 @@ def test_a_default_conversion_keeps_the_models_correction_on_chest_ct(pipe):
     weights = [private_tags.read(d.dataset)["ModelWeight"][0] for d in derived]
     assert len(weights) == len(paths) >= 20
     assert np.mean([w > 0 for w in weights]) >= 0.9
+
+
+def test_a_partial_correction_has_its_block_edges_smoothed_again():
+    """Issue 15: where the guard keeps part of the model's correction (JPEG + w x correction),
+    JPEG's share brought its block steps back (at the seed's budget CT was left at 1.41 x the
+    original's blockiness). The blend's block edges are smoothed again when the model's were;
+    the smoothed blend is stored when it is not below plain JPEG, and it shows fewer blocks than
+    the blend as it is."""
+    from dicom_cae import guard
+
+    ds = io.read(SAMPLES / "ct_phantom_1.dcm")
+    prep = pipeline.prepare(ds, "ct", quality=10)
+    filtered = codec.smooth_block_edges(prep.jpeg, 10)
+    noise = np.random.default_rng(0).normal(0, 0.005, prep.jpeg.shape).astype(np.float32)
+    recon = np.clip(filtered + noise, 0, 1)  # the whole correction is noisier than JPEG: a part is kept
+    windows = list(prep.windows)
+    stored = {}
+    for edge_quality in (None, 10):
+        _, (frame,), (weight,) = guard.choose_stored(prep.modality, prep.jpeg, recon, prep.norm, windows, is_ct=True,
+                                                     edge_quality=edge_quality)
+        stored[edge_quality] = weight, frame.stored.summary(frame.original_blockiness), frame.plain.summary(
+            frame.original_blockiness)
+    (w_as_is, as_is, jpeg), (w_smoothed, smoothed, _) = stored[None], stored[10]
+    assert 0 < w_as_is < 1 and 0 < w_smoothed < 1
+    assert smoothed["display_blockiness"] < as_is["display_blockiness"] <= jpeg["display_blockiness"]
+    assert metrics.not_below(smoothed, jpeg)
+    # The pipeline asks for it where the model's output was filtered, and only there.
+    for edge_filter, expected in ((True, smoothed), (False, as_is)):
+        frame = pipeline.finish(prep, recon, model_name="test", weights_sha256="0" * 64, edge_filter=edge_filter).frames[0]
+        assert frame.stored.summary(frame.original_blockiness)["display_blockiness"] == expected["display_blockiness"]
+    candidates = list(guard.stored_candidates(prep.jpeg[0], recon[0], 0.5, edge_quality=10))
+    blend = prep.jpeg[0] + 0.5 * (recon[0] - prep.jpeg[0])
+    np.testing.assert_array_equal(candidates[1], blend)
+    np.testing.assert_array_equal(candidates[0], codec.smooth_block_edges(blend[None], 10)[0])
+    assert [np.array_equal(c, recon[0]) for c in guard.stored_candidates(prep.jpeg[0], recon[0], 1.0, edge_quality=10)] == [True]
+    assert len(list(guard.stored_candidates(prep.jpeg[0], recon[0], 0.5))) == 1

@@ -207,12 +207,31 @@ def test_the_guard_holds_every_guarded_figure_and_tries_the_weights_in_order():
 
     def measure(w):
         tried.append(w)
-        return {**jpeg, "psnr": 30.0 + (0.5 - w)}  # better than JPEG from w = 0.5 down
+        return [{**jpeg, "psnr": 30.0 + (0.5 - w)}]  # better than JPEG from w = 0.5 down
 
     assert metrics.first_not_below(measure, lambda s: s, jpeg) == (0.5, {**jpeg, "psnr": 30.0})
     assert tried == [1.0, 0.75, 0.5]
     tried.clear()
-    assert metrics.first_not_below(lambda w: {**jpeg, "ssim": 0.0}, lambda s: s, jpeg) == (0.0, None)
+    assert metrics.first_not_below(lambda w: [{**jpeg, "ssim": 0.0}], lambda s: s, jpeg) == (0.0, None)
+
+
+def test_the_guard_keeps_a_weights_first_image_not_below_jpeg_and_measures_no_further():
+    """A weight may store one of several images (the blend with its block edges smoothed again,
+    then as it is): the first not below JPEG is kept, the next is measured only when the first
+    is below, and a weight with none goes on to the next weight."""
+    jpeg = {"psnr": 30.0, "display_blockiness": 1.4}
+    measured = []
+
+    def candidates(w):
+        for name, psnr in ((f"smoothed {w}", 29.0 if w > 0.5 else 31.0), (f"as is {w}", 30.5 if w == 0.75 else 29.0)):
+            measured.append(name)
+            yield {**jpeg, "psnr": psnr, "name": name}
+
+    assert metrics.first_not_below(candidates, lambda s: s, jpeg) == (0.75, {**jpeg, "psnr": 30.5, "name": "as is 0.75"})
+    assert measured == ["smoothed 1.0", "as is 1.0", "smoothed 0.75", "as is 0.75"]
+    measured.clear()
+    jpeg = {**jpeg, "psnr": 30.6}  # now only the smoothed blend at 0.5 is above
+    assert metrics.first_not_below(candidates, lambda s: s, jpeg)[0] == 0.5 and measured[-1] == "smoothed 0.5"
 
 
 def test_psnr_b_adds_the_blocking_effect_only_when_edges_step_more():
