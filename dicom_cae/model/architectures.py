@@ -38,6 +38,7 @@ class Architecture:
     description: str
     uses_coding: bool = False  # takes the coding size / 256 as a third input
     edge_filter: bool = False  # its output's block edges are smoothed (codec.smooth_block_edges)
+    flips: int = 1  # its output is the mean over this many flips of its input (reconstructor.FLIPS)
 
 
 def _conv(filters: int, activation: str | None = "relu", **kw) -> layers.Conv2D:
@@ -142,6 +143,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             "trained in the display windows and at the block edges (592,704 parameters)",
             uses_coding=True,
             edge_filter=True,
+            flips=4,
         ),
     )
 }

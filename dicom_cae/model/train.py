@@ -423,7 +423,7 @@ def train(cfg: TrainConfig) -> Path:
             **({"init_weights": f"{Path(cfg.init_weights).name} (sha256 {sha256_of(cfg.init_weights)[:12]})"}
                if cfg.init_weights else {}),
         },
-        **({"decoder": EDGE_FILTER_NOTE} if ARCHITECTURES[cfg.model].edge_filter else {}),
+        **({"decoder": note} if (note := decoder_note(cfg.model)) else {}),
         "validation": validation,
         "software": {
             "dicom_cae": dicom_cae.__version__,
@@ -437,11 +437,20 @@ def train(cfg: TrainConfig) -> Path:
     return final
 
 
-#: What a card says of the decoding its figures include, for models whose output is filtered.
-EDGE_FILTER_NOTE = ("the model's output, then its block edges smoothed (codec.smooth_block_edges, "
-                    f"{codec.EDGE_FILTER_ID}: limit {codec.edge_strength(codec.SIZE):g} quantizer step at codings 256 to 160, "
-                    f"{codec.edge_strength(128):g} at 128, the step capped at {codec.EDGE_STEP_CAP}); "
-                    "the validation figures include it")
+def decoder_note(model: str) -> str | None:
+    """What a card says of the decoding around the model that its figures include: the mean over
+    flips of the input (reconstructor.FLIPS) and the block-edge filter; None for the model alone."""
+    arch = ARCHITECTURES[model]
+    if arch.flips == 1 and not arch.edge_filter:
+        return None
+    text = ("the mean of the model's outputs over " + ", ".join(("the input", "the input flipped left-right",
+            "flipped up-down", "flipped both ways")[: arch.flips]) + " (each flipped back)" if arch.flips > 1
+            else "the model's output")
+    if arch.edge_filter:
+        text += (", then its block edges smoothed (codec.smooth_block_edges, "
+                 f"{codec.EDGE_FILTER_ID}: limit {codec.edge_strength(codec.SIZE):g} quantizer step at codings 256 to 160, "
+                 f"{codec.edge_strength(128):g} at 128, the step capped at {codec.EDGE_STEP_CAP})")
+    return text + "; the validation figures include it"
 
 
 def _validation(val_set: dataset.ImageSet, reconstruct: Any, coding_size: int, reader: bool, *,
@@ -478,8 +487,8 @@ def revalidate(card_path: Path, root: Path) -> dict[str, Any]:
 
     card["validation"] = _validation(val_set, reconstruct, coding_size, ARCHITECTURES[card["model"]].uses_coding,
                                      edge_filter=ARCHITECTURES[card["model"]].edge_filter)
-    if ARCHITECTURES[card["model"]].edge_filter:
-        card["decoder"] = EDGE_FILTER_NOTE
+    if note := decoder_note(card["model"]):
+        card["decoder"] = note
     card["validated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     return card

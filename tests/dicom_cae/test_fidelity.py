@@ -103,11 +103,13 @@ def test_the_default_model_filters_its_block_edges_and_says_so(pipe):
         tags = private_tags.read(d.dataset)
         assert tags["ModelWeight"][0] > 0, size
         assert tags["EdgeFilter"] == name and f"block edges smoothed (filter {name}" in d.dataset.DerivationDescription
+        assert "the mean of its outputs over 4 flips of its input" in d.dataset.DerivationDescription
     # Where the guard stores the JPEG decode alone, no filter is named (nothing of it is stored).
     prep = pipeline.compress(io.read(SAMPLES / "ct_phantom_1.dcm"), "ct", img, 90, coding_size=128)
     (d,) = pipe.run([prep])
     tags = private_tags.read(d.dataset)
     assert tags["ModelWeight"] == [0.0] and "EdgeFilter" not in tags and "smoothed" not in d.dataset.DerivationDescription
+    assert "flips" not in d.dataset.DerivationDescription
     from dicom_cae.model import load
 
     seed = pipeline.Pipeline(load("seed"), mapping="minmax")

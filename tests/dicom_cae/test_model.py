@@ -50,6 +50,10 @@ def test_shipped_weights_match_their_card_and_beat_jpeg():
     assert card["sha256"][:8] in card["weights_file"]
     assert card["data"]["train_patients"] > 0 and card["data"]["val_patients"] > 0
     assert card["training"]["jpeg_encoder"] == codec.DEFAULT_ENCODER
+    from dicom_cae.model.train import decoder_note
+
+    # its figures were measured with today's decoding around the model (flips, edge filter)
+    assert card["decoder"] == decoder_note("deblock")
     for q, row in card["validation"]["reader_by_quality"].items():
         assert row["model"]["display_psnr"] >= row["jpeg"]["display_psnr"], q
         assert row["model"]["display_blockiness"] <= row["jpeg"]["display_blockiness"], q
@@ -85,3 +89,26 @@ def test_batching_pads_the_last_batch_and_gives_the_same_result(model):
     a = model(jpeg, 20, batch_size=4)
     b = np.concatenate([model(jpeg[i : i + 1], 20, batch_size=4) for i in range(5)])
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_the_default_model_is_the_mean_over_four_flips_and_so_flips_with_its_input(model):
+    """Issue 15: the stored reconstruction is the mean of the model's outputs over the input
+    flipped none, left-right, up-down and both ways (each flipped back; reconstructor.FLIPS), a
+    self-ensemble that gains in the worst display window. The four are a group, so a flipped
+    image comes back as the reconstruction flipped, which the model alone does not do."""
+    from dicom_cae import image, io
+    from dicom_cae.model.reconstructor import FLIPS
+    from tests.conftest import SAMPLES
+
+    assert model.flips == len(FLIPS) == 4
+    unit, _ = image.normalize(io.read(SAMPLES / "mr_nonsquare.dcm"), "mr")
+    jpeg = codec.jpeg_roundtrip(unit[0], 10)[0][None]
+    for axes in ((2,), (1,), (1, 2)):
+        flipped = np.ascontiguousarray(np.flip(jpeg, axes))
+        np.testing.assert_allclose(model(flipped, 10), np.flip(model(jpeg, 10), axes), atol=1e-5)
+        alone = np.abs(model(flipped, 10, flips=1) - np.flip(model(jpeg, 10, flips=1), axes)).max()
+        assert alone > 1e-3  # the model alone is not flip-equivariant: the test above can fail
+    each = [np.flip(model(np.ascontiguousarray(np.flip(jpeg, a)), 10, flips=1, filter_edges=False), a) for a in FLIPS]
+    np.testing.assert_allclose(model(jpeg, 10, filter_edges=False), np.mean(each, axis=0), atol=1e-5)
+    with pytest.raises(ValueError, match="flips must be 1 to 4"):
+        model(jpeg, 10, flips=5)
