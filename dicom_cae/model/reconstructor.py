@@ -172,10 +172,10 @@ class Reconstructor:
         out = x.copy()  # images above max_quality pass through
         served = np.flatnonzero(qualities <= self.max_quality)
         x, q = x[served], qualities[served] / 100.0
-        result = np.zeros_like(x)
-        for axes in FLIPS[:flips]:
-            result += np.flip(self._forward(np.ascontiguousarray(np.flip(x, axes)), q, batch_size, coding_size), axes)
-        result /= flips
+        # All flips in one run of the model: a few frames fill one padded batch, not one each.
+        stacked = np.concatenate([np.flip(x, axes) for axes in FLIPS[:flips]])
+        y = np.split(self._forward(stacked, np.tile(q, flips), batch_size, coding_size), flips)
+        result = np.mean([np.flip(part, axes) for part, axes in zip(y, FLIPS[:flips])], axis=0, dtype=np.float32)
         if self.edge_filter and filter_edges and len(served):
             result = codec.smooth_block_edges(result, qualities[served], coding_size)
         out[served] = result
