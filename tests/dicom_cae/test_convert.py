@@ -93,7 +93,8 @@ def test_models_lists_the_shipped_weights(capsys):
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out
     assert "deblock (default)" in out and "seed:" in out and "sha256" in out
-    assert "decoding: the model's output, then its block edges smoothed" in out  # what the figures include
+    assert "decoding: the mean of the model's outputs over the input, the input flipped left-right" in out  # what the figures include
+    assert "then its block edges smoothed" in out
     # Weights fine-tuned in stages say all of their training, not the last stage's epochs only.
     from dicom_cae.weights import shipped_card_list
 

@@ -150,17 +150,20 @@ def test_health_is_degraded_while_processing_fails(tmp_path, pipe, setting):
 
         node.worker.pipe.reconstructor = type("Broken", (), {"__call__": staticmethod(fail), "name": broken.name,
                                                              "identity": broken.identity,
-                                                             "for_quality": broken.for_quality})()
-        ae = AE(ae_title="MODALITY")
-        ae.add_requested_context(CTImageStorage)
-        assoc = ae.associate("127.0.0.1", node.port, ae_title=node.cfg.ae_title)
-        assert assoc.send_c_store(pydicom.dcmread(SAMPLES / "ct_phantom_1.dcm")).Status == 0
-        assoc.release()
-        health = wait_until(lambda: (h := _health(port))["status"] == "degraded" and h, what="degraded")
-        assert health["problems"] == ["processing"] and "out of accelerator memory" in health["processing"]["last_error"]
-        assert health["queue_depth"] == 1 and health["oldest_queued_age_s"] >= 0
-        assert node.counters.snapshot()["failed"] == 0  # nothing was blamed on the instance
-        node.worker.pipe.reconstructor = broken
+                                                             "for_quality": broken.for_quality,
+                                                             "for_coding": broken.for_coding})()
+        try:  # the pipeline is the session's: never leave it broken for the tests after this one
+            ae = AE(ae_title="MODALITY")
+            ae.add_requested_context(CTImageStorage)
+            assoc = ae.associate("127.0.0.1", node.port, ae_title=node.cfg.ae_title)
+            assert assoc.send_c_store(pydicom.dcmread(SAMPLES / "ct_phantom_1.dcm")).Status == 0
+            assoc.release()
+            health = wait_until(lambda: (h := _health(port))["status"] == "degraded" and h, what="degraded")
+            assert health["problems"] == ["processing"] and "out of accelerator memory" in health["processing"]["last_error"]
+            assert health["queue_depth"] == 1 and health["oldest_queued_age_s"] >= 0
+            assert node.counters.snapshot()["failed"] == 0  # nothing was blamed on the instance
+        finally:
+            node.worker.pipe.reconstructor = broken
         wait_until(lambda: node.counters.snapshot()["processed"] == 1, timeout=30, what="processed once the model works")
         assert _health(port)["status"] == "ok"
 
