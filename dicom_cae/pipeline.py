@@ -140,7 +140,7 @@ def finish(prep: Prepared, reconstruction: np.ndarray, *, model_name: str, weigh
     derivation = derive.describe(
         quality=prep.quality, coding_size=prep.coding_size, mapping_name=prep.norm.mapping_name, model_name=model_name,
         weights_sha256=weights_sha256, weights=weights, compression_ratio=ratio, served=coding_served,
-        max_quality=max_quality, target=aim, edge_filter=filtered, flips=flips if coding_served else 1,
+        max_quality=max_quality, target=aim, edge_filter=filtered, flips=flips,
         resampled_from=(prep.norm.src_rows, prep.norm.src_cols) if prep.norm.resampled else None)
     uids = derive.derived_uids(prep.dataset, key=uid_key or key(model_name, weights_sha256, prep.setting))
     ds = derive.derive(prep.dataset, stored, prep.norm, uids=uids, private=private, derivation=derivation,

@@ -28,6 +28,8 @@ LOGGER = logging.getLogger(__name__)
 #: 4 flips against 1: +0.03 dB (CT) and +0.04 (MR) in the worst display window, +0.10 dB on the
 #: seed's metric; at quality 8 +0.04 / +0.07, blockiness 1.13 -> 1.08 x the original's.
 FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (1,), (1, 2))
+#: FLIPS in words, for model cards.
+FLIP_NAMES = ("the input", "the input flipped left-right", "flipped up-down", "flipped both ways")
 
 from dicom_cae.weights import DEFAULT_MODEL, sha256_of, shipped_card_list  # noqa: E402,F401 (their home; re-exported)
 

@@ -20,7 +20,7 @@ import tensorflow as tf
 import dicom_cae
 from dicom_cae import codec, dataset, evaluation, metrics
 from dicom_cae.model.architectures import ARCHITECTURES, build
-from dicom_cae.model.reconstructor import from_model, sha256_of
+from dicom_cae.model.reconstructor import FLIP_NAMES, from_model, sha256_of
 
 LOGGER = logging.getLogger(__name__)
 
@@ -443,9 +443,9 @@ def decoder_note(model: str) -> str | None:
     arch = ARCHITECTURES[model]
     if arch.flips == 1 and not arch.edge_filter:
         return None
-    text = ("the mean of the model's outputs over " + ", ".join(("the input", "the input flipped left-right",
-            "flipped up-down", "flipped both ways")[: arch.flips]) + " (each flipped back)" if arch.flips > 1
-            else "the model's output")
+    text = "the model's output"
+    if arch.flips > 1:
+        text = f"the mean of the model's outputs over {', '.join(FLIP_NAMES[: arch.flips])} (each flipped back)"
     if arch.edge_filter:
         text += (", then its block edges smoothed (codec.smooth_block_edges, "
                  f"{codec.EDGE_FILTER_ID}: limit {codec.edge_strength(codec.SIZE):g} quantizer step at codings 256 to 160, "
