@@ -373,6 +373,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from dicom_cae.model.architectures import ARCHITECTURES
+    from dicom_cae.model.reconstructor import PRECISION_VARIABLE, choose_precision
     from dicom_cae.weights import DEFAULT_MODEL, shipped_card_list
 
     cards = shipped_card_list()
@@ -382,6 +383,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     for name, arch in ARCHITECTURES.items():
         default = " (default)" if name == DEFAULT_MODEL else ""
         print(f"{name}{default}: {arch.description}")
+        if arch.bfloat16:  # where it runs in bfloat16, what it stores differs a little from float32
+            print(f"  runs here in {choose_precision(name)} (set {PRECISION_VARIABLE} to float32, bfloat16 or auto)")
         mine = sorted((c for c in cards if c["model"] == name), key=lambda c: "serves" in c)
         if not mine:
             print(f"  no weights ship; train it with 'dicom-cae train --model {name}'")

@@ -430,7 +430,7 @@ def report_document(
 def describe(*, quality: int, coding_size: int, mapping_name: str, model_name: str, weights_sha256: str,
              weights: list[float], compression_ratio: float, served: bool, max_quality: int = 100,
              target: str = "", resampled_from: tuple[int, int] | None = None, edge_filter: str | None = None,
-             flips: int = 1) -> str:
+             flips: int = 1, precision: str = "float32") -> str:
     """The Derivation Description: how the image was coded, mapped and restored, in words, as
     the private block's ModelWeight says it frame by frame. ``target``: what chose the coding
     (a fidelity target or a byte budget, in words; empty for a quality given)."""
@@ -445,6 +445,8 @@ def describe(*, quality: int, coding_size: int, mapping_name: str, model_name: s
                "(min/max image or display window)")
     else:
         how = f"reconstructed by convolutional autoencoder {model_name} (weights sha256 {weights_sha256[:12]})"
+        if precision != "float32":
+            how += f", its convolutions computed in {precision}"
         if flips > 1:
             how += f", the mean of its outputs over {flips} flips of its input"
         if edge_filter:

@@ -106,11 +106,13 @@ def compress(ds: Dataset, source: str, img: image.Prepared, quality: int, target
 
 
 def finish(prep: Prepared, reconstruction: np.ndarray, *, model_name: str, weights_sha256: str, max_quality: int = 100,
-           uid_key: str | None = None, coding_served: bool = True, edge_filter: bool = False, flips: int = 1) -> Derived:
+           uid_key: str | None = None, coding_served: bool = True, edge_filter: bool = False, flips: int = 1,
+           precision: str = "float32") -> Derived:
     """Map the reconstruction back to stored values (as guard.choose_stored chooses: never
     below the plain JPEG decode; the private block's ModelWeight says how), measure, build the
     instance. ``edge_filter``: the reconstruction's block edges were smoothed (codec.smooth_block_edges);
-    ``flips``: it is the mean of the model's outputs over that many flips of its input."""
+    ``flips``: it is the mean of the model's outputs over that many flips of its input;
+    ``precision``: what the model computed in."""
     reference = prep.modality if prep.modality is not None else image.unit_to_modality(prep.reference, prep.norm)
     is_ct = str(prep.dataset.get("Modality", "")).upper() == "CT"
     windows = list(prep.windows)
@@ -140,7 +142,7 @@ def finish(prep: Prepared, reconstruction: np.ndarray, *, model_name: str, weigh
     derivation = derive.describe(
         quality=prep.quality, coding_size=prep.coding_size, mapping_name=prep.norm.mapping_name, model_name=model_name,
         weights_sha256=weights_sha256, weights=weights, compression_ratio=ratio, served=coding_served,
-        max_quality=max_quality, target=aim, edge_filter=filtered, flips=flips,
+        max_quality=max_quality, target=aim, edge_filter=filtered, flips=flips, precision=precision,
         resampled_from=(prep.norm.src_rows, prep.norm.src_cols) if prep.norm.resampled else None)
     uids = derive.derived_uids(prep.dataset, key=uid_key or key(model_name, weights_sha256, prep.setting))
     ds = derive.derive(prep.dataset, stored, prep.norm, uids=uids, private=private, derivation=derivation,
@@ -153,7 +155,8 @@ def key(model_name: str, weights_sha256: str, setting: Setting, mapping: str = v
     """What, besides the source, decides the output (and so its deterministic UIDs): the model,
     the JPEG quality or the fidelity target that chose it, the value mapping (the seed's
     minmax adds nothing, so that its outputs keep the UIDs they always had) and what is done
-    around the model (Reconstructor.decoder: its flips and the filter after it; none adds nothing)."""
+    around the model (Reconstructor.decoder: its precision, its flips and the filter after it;
+    none adds nothing)."""
     text = f"{model_name}:{weights_sha256}:" + (f"q{setting}" if isinstance(setting, int) else setting.key)
     text = text if mapping == value_mapping.MINMAX else f"{text}:{mapping}"
     return f"{text}:{decoder}" if decoder else text
@@ -246,4 +249,4 @@ class Pipeline:
             return finish(prep, reconstruction, model_name=self.reconstructor.name, max_quality=self.reconstructor.max_quality,
                           weights_sha256=self.reconstructor.sha256, coding_served=False, uid_key=uid_key)
         return finish(prep, reconstruction, model_name=r.name, weights_sha256=r.sha256, max_quality=r.max_quality,
-                      uid_key=uid_key, edge_filter=r.edge_filter is not None, flips=r.flips)
+                      uid_key=uid_key, edge_filter=r.edge_filter is not None, flips=r.flips, precision=r.precision)

@@ -15,7 +15,8 @@
   convolutions of 128 channels on the 32x32 block grid, one more input plane (592,704
   parameters: it can start from blockres's weights); trained for what a reader sees (display
   windows and block edges, see train.make_reader_loss). Its output's block edges are smoothed
-  by codec.smooth_block_edges (the small steps it leaves, spread over the blocks).
+  by codec.smooth_block_edges (the small steps it leaves, spread over the blocks). It can run
+  in bfloat16 (build(precision=...); reconstructor.choose_precision says when).
 """
 
 from __future__ import annotations
@@ -33,12 +34,19 @@ BLOCK = 8
 @dataclass(frozen=True)
 class Architecture:
     name: str
-    build: Callable[[], keras.Model]
+    build: Callable[..., keras.Model]
     uses_quality: bool
     description: str
     uses_coding: bool = False  # takes the coding size / 256 as a third input
     edge_filter: bool = False  # its output's block edges are smoothed (codec.smooth_block_edges)
     flips: int = 1  # its output is the mean over this many flips of its input (reconstructor.FLIPS)
+    bfloat16: bool = False  # build(precision="bfloat16") runs its convolutions in bfloat16
+
+
+#: The Keras dtype policy of layers run in bfloat16: float32 variables (the weights load and
+#: save as float32), bfloat16 arithmetic.
+BFLOAT16_POLICY = "mixed_bfloat16"
+PRECISIONS = ("float32", "bfloat16")
 
 
 def _conv(filters: int, activation: str | None = "relu", **kw) -> layers.Conv2D:
@@ -79,18 +87,18 @@ def build_seed_residual() -> keras.Model:
     return keras.Model(inp, out, name="seed-residual")
 
 
-def space_to_depth(x: keras.KerasTensor, block: int = BLOCK) -> keras.KerasTensor:
+def space_to_depth(x: keras.KerasTensor, block: int = BLOCK, **kw) -> keras.KerasTensor:
     n = SIZE // block
-    x = layers.Reshape((n, block, n, block))(x)
-    x = layers.Permute((1, 3, 2, 4))(x)
-    return layers.Reshape((n, n, block * block))(x)
+    x = layers.Reshape((n, block, n, block), **kw)(x)
+    x = layers.Permute((1, 3, 2, 4), **kw)(x)
+    return layers.Reshape((n, n, block * block), **kw)(x)
 
 
-def depth_to_space(x: keras.KerasTensor, block: int = BLOCK) -> keras.KerasTensor:
+def depth_to_space(x: keras.KerasTensor, block: int = BLOCK, **kw) -> keras.KerasTensor:
     n = SIZE // block
-    x = layers.Reshape((n, n, block, block))(x)
-    x = layers.Permute((1, 3, 2, 4))(x)
-    return layers.Reshape((SIZE, SIZE, 1))(x)
+    x = layers.Reshape((n, n, block, block), **kw)(x)
+    x = layers.Permute((1, 3, 2, 4), **kw)(x)
+    return layers.Reshape((SIZE, SIZE, 1), **kw)(x)
 
 
 def build_blockres(filters: int = 128, depth: int = 5) -> keras.Model:
@@ -108,17 +116,24 @@ def build_blockres(filters: int = 128, depth: int = 5) -> keras.Model:
     return keras.Model([inp, quality], out, name="blockres")
 
 
-def build_deblock(filters: int = 128, depth: int = 5) -> keras.Model:
+def build_deblock(filters: int = 128, depth: int = 5, *, precision: str = "float32") -> keras.Model:
+    """``precision`` "bfloat16": everything up to the correction in bfloat16 (the network sees
+    its input rounded to bfloat16); the correction is put back in place and added to the
+    float32 input in float32, so the output keeps the input's precision where the correction is
+    small. On CPUs with bfloat16 units (AMX, AVX512-BF16) about 4x faster than float32."""
+    body = {"dtype": BFLOAT16_POLICY} if precision == "bfloat16" else {}
+    tail = {"dtype": "float32"} if body else {}
     inp = keras.Input((SIZE, SIZE, 1), name="jpeg")
     quality = keras.Input((1,), name="quality")  # JPEG quality / 100
     coding = keras.Input((1,), name="coding")  # coding size / 256
     n = SIZE // BLOCK
-    planes = layers.UpSampling2D(size=n)(layers.Reshape((1, 1, 2))(layers.Concatenate()([quality, coding])))
-    x = layers.Concatenate()([space_to_depth(inp), planes])
+    planes = layers.UpSampling2D(size=n, **body)(
+        layers.Reshape((1, 1, 2), **body)(layers.Concatenate(**body)([quality, coding])))
+    x = layers.Concatenate(**body)([space_to_depth(inp, **body), planes])
     for _ in range(depth - 1):
-        x = _conv(filters)(x)
-    corr = _conv(BLOCK * BLOCK, None, kernel_initializer="zeros")(x)
-    out = _clip01()(layers.Add()([inp, depth_to_space(corr)]))
+        x = _conv(filters, **body)(x)
+    corr = _conv(BLOCK * BLOCK, None, kernel_initializer="zeros", **body)(x)
+    out = layers.ReLU(max_value=1.0, name="clip01", **tail)(layers.Add(**tail)([inp, depth_to_space(corr, **tail)]))
     return keras.Model([inp, quality, coding], out, name="deblock")
 
 
@@ -144,20 +159,27 @@ ARCHITECTURES: dict[str, Architecture] = {
             uses_coding=True,
             edge_filter=True,
             flips=4,
+            bfloat16=True,
         ),
     )
 }
 
 
-def build(name: str) -> keras.Model:
-    """Build the named architecture with fresh weights.
+def build(name: str, *, precision: str = "float32") -> keras.Model:
+    """Build the named architecture with fresh weights; ``precision`` "bfloat16" for one that
+    allows it (Architecture.bfloat16), else float32 (training and the seed: float32).
 
     Raises:
-        ModelError: unknown name.
+        ModelError: unknown name, or a precision the architecture does not run in.
     """
     from dicom_cae.errors import ModelError
 
-    try:
-        return ARCHITECTURES[name].build()
-    except KeyError:
-        raise ModelError(f"unknown model {name!r}; known: {', '.join(ARCHITECTURES)}") from None
+    if name not in ARCHITECTURES:
+        raise ModelError(f"unknown model {name!r}; known: {', '.join(ARCHITECTURES)}")
+    arch = ARCHITECTURES[name]
+    if precision == "float32":
+        return arch.build()
+    if precision == "bfloat16" and arch.bfloat16:
+        return arch.build(precision=precision)
+    raise ModelError(f"model {name!r} runs in {' or '.join(PRECISIONS if arch.bfloat16 else PRECISIONS[:1])}, "
+                     f"not {precision!r}")

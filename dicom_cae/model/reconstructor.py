@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import tensorflow as tf
 
 from dicom_cae import codec
 from dicom_cae.errors import ModelError
-from dicom_cae.model.architectures import ARCHITECTURES, SIZE, build
+from dicom_cae.model.architectures import ARCHITECTURES, PRECISIONS, SIZE, build
 
 LOGGER = logging.getLogger(__name__)
 
@@ -30,6 +31,12 @@ LOGGER = logging.getLogger(__name__)
 FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (1,), (1, 2))
 #: FLIPS in words, for model cards.
 FLIP_NAMES = ("the input", "the input flipped left-right", "flipped up-down", "flipped both ways")
+
+#: The environment variable that sets the precision models run in: float32, bfloat16 or auto
+#: (unset: auto, see choose_precision).
+PRECISION_VARIABLE = "DICOM_CAE_PRECISION"
+#: CPU flags (/proc/cpuinfo) of bfloat16 arithmetic units.
+BFLOAT16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 from dicom_cae.weights import DEFAULT_MODEL, sha256_of, shipped_card_list  # noqa: E402,F401 (their home; re-exported)
 
@@ -50,6 +57,7 @@ class Reconstructor:
     weights_path: str
     card: dict[str, Any] = field(default_factory=dict)
     bands: list[Reconstructor] = field(default_factory=list)  # weights for a band of qualities
+    precision: str = "float32"  # what the model's convolutions compute in (choose_precision)
     _fn: Any = None
 
     @property
@@ -110,9 +118,11 @@ class Reconstructor:
 
     @property
     def decoder(self) -> str | None:
-        """What is done around the model, as the outputs' UIDs depend on it: the self-ensemble
-        over its flips and the block-edge filter ('flips4:ramp(...)'), or None (the model alone)."""
-        parts = ([f"flips{self.flips}"] if self.flips > 1 else []) + ([self.edge_filter] if self.edge_filter else [])
+        """What is done around the model, as the outputs' UIDs depend on it: the precision when
+        not float32, the self-ensemble over its flips and the block-edge filter
+        ('bfloat16:flips4:ramp(...)'), or None (the model alone, in float32)."""
+        parts = ([self.precision] if self.precision != "float32" else []) + (
+            [f"flips{self.flips}"] if self.flips > 1 else []) + ([self.edge_filter] if self.edge_filter else [])
         return ":".join(parts) or None
 
     @property
@@ -200,14 +210,52 @@ class Reconstructor:
         return result
 
 
-def load(name: str | None = None, *, weights: str | Path | None = None) -> Reconstructor:
-    """The named model with its shipped weights, or with the weights in ``weights``.
+def cpu_flags() -> frozenset[str]:
+    """This machine's CPU flags (/proc/cpuinfo; none where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def choose_precision(name: str, *, setting: str | None = None, flags: frozenset[str] | None = None,
+                     gpu: bool | None = None) -> str:
+    """The precision model ``name`` runs in here: float32, unless the architecture can run in
+    bfloat16 (Architecture.bfloat16) and either ``setting`` (default: the environment variable
+    PRECISION_VARIABLE) says bfloat16, or it says auto (or nothing) and the CPU has bfloat16
+    units (BFLOAT16_CPU_FLAGS) and no GPU is visible. Measured on 48 validation slices at
+    qualities 2-75: bfloat16 against float32, the stored reconstruction differs by 0.00003-0.0003
+    rms (of [0, 1]) and every mean metric by at most 0.006 dB, at a quarter of the time.
+
+    Raises:
+        ModelError: a setting other than float32, bfloat16 or auto.
+    """
+    setting = (os.environ.get(PRECISION_VARIABLE, "") if setting is None else setting).strip().lower() or "auto"
+    if setting not in (*PRECISIONS, "auto"):
+        raise ModelError(f"{PRECISION_VARIABLE}={setting!r}: expected float32, bfloat16 or auto")
+    if not ARCHITECTURES[name].bfloat16 or setting == "float32":
+        return "float32"
+    if setting == "bfloat16":
+        return setting
+    flags = cpu_flags() if flags is None else flags
+    gpu = bool(tf.config.list_physical_devices("GPU")) if gpu is None else gpu
+    return "bfloat16" if not gpu and any(f in flags for f in BFLOAT16_CPU_FLAGS) else "float32"
+
+
+def load(name: str | None = None, *, weights: str | Path | None = None, precision: str | None = None) -> Reconstructor:
+    """The named model with its shipped weights, or with the weights in ``weights``, run in
+    ``precision`` (float32, bfloat16 or auto; None: as choose_precision says).
 
     With ``weights`` and no ``name``, the architecture comes from the model card beside the
     weights file (``X.weights.h5`` -> ``X.json``), else the default model.
 
     Raises:
-        ModelError: unknown name, no shipped weights for it, or weights that do not fit.
+        ModelError: unknown name, no shipped weights for it, weights that do not fit, or an
+            unknown precision.
     """
     card: dict[str, Any] = {}
     if weights is not None:
@@ -230,19 +278,22 @@ def load(name: str | None = None, *, weights: str | Path | None = None) -> Recon
             )
         card = cards[name]
         path = Path(card["weights_path"])
+        chosen = choose_precision(name, setting=precision)
         bands = [
-            _load_file(name, Path(c["weights_path"]), c)
+            _load_file(name, Path(c["weights_path"]), c, chosen)
             for c in shipped_card_list()
             if c["model"] == name and "serves" in c
         ]
-        recon = _load_file(name, path, card)
+        recon = _load_file(name, path, card, chosen)
         recon.bands = bands
         return recon
-    return _load_file(name, path, card)
+    if name not in ARCHITECTURES:
+        raise ModelError(f"unknown model {name!r}; known: {', '.join(ARCHITECTURES)}")
+    return _load_file(name, path, card, choose_precision(name, setting=precision))
 
 
-def _load_file(name: str, path: Path, card: dict[str, Any]) -> Reconstructor:
-    model = build(name)
+def _load_file(name: str, path: Path, card: dict[str, Any], precision: str = "float32") -> Reconstructor:
+    model = build(name, precision=precision)
     _check_weight_count(model, path, name)
     try:
         model.load_weights(str(path))
@@ -251,8 +302,8 @@ def _load_file(name: str, path: Path, card: dict[str, Any]) -> Reconstructor:
     digest = sha256_of(path)
     if card.get("sha256") and card["sha256"] != digest:
         raise ModelError(f"weights {path} have sha256 {digest}, their model card says {card['sha256']}")
-    LOGGER.info("model %s loaded from %s (sha256 %s)", name, path.name, digest[:12])
-    return Reconstructor(name=name, model=model, sha256=digest, weights_path=str(path), card=card)
+    LOGGER.info("model %s loaded from %s (sha256 %s, %s)", name, path.name, digest[:12], precision)
+    return Reconstructor(name=name, model=model, sha256=digest, weights_path=str(path), card=card, precision=precision)
 
 
 def _check_weight_count(model: keras.Model, path: Path, name: str) -> None:

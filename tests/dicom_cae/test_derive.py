@@ -200,14 +200,37 @@ def test_the_filter_after_the_model_gives_other_uids(pipe):
     assert r.edge_filter == codec.EDGE_FILTER_ID
     unfiltered = pipeline.key(r.name, r.sha256, 30, pipe.mapping)
     assert pipe.key(30) != unfiltered and pipe.key(30).startswith(unfiltered)
-    # the mean over the input's flips is part of the decoding too (the model alone gives other pixels)
-    assert pipe.key(30) == f"{unfiltered}:flips4:{codec.EDGE_FILTER_ID}"
+    # the mean over the input's flips is part of the decoding too (the model alone gives other
+    # pixels), and so is bfloat16 where the model runs in it (see the next test)
+    precision = [] if r.precision == "float32" else [r.precision]
+    assert pipe.key(30) == ":".join([unfiltered, *precision, "flips4", codec.EDGE_FILTER_ID])
     assert pipe.key(30) != pipeline.key(r.name, r.sha256, 30, pipe.mapping, codec.EDGE_FILTER_ID)
     src = pydicom.dcmread(SAMPLES / "ct_phantom_1.dcm")
     assert derive.derived_uids(src, key=pipe.key(30)).instance != derive.derived_uids(src, key=unfiltered).instance
     seed = pipeline.Pipeline(load("seed"), mapping="minmax")
     assert seed.reconstructor.edge_filter is None
     assert seed.key(10) == f"seed:{seed.reconstructor.sha256}:q10"
+
+
+def test_bfloat16_gives_other_uids_and_says_so():
+    """The deblock model run in bfloat16 stores pixels a little other than in float32, so its
+    outputs get other UIDs (one UID, two pixel data would be a DICOM error) and the Derivation
+    Description says the precision; in float32 it says nothing of it."""
+    from dicom_cae.model import load
+
+    src = io.read(SAMPLES / "ct_phantom_1.dcm")
+    img = image.prepare(src, "ct", mapping="window")
+    keys, texts = {}, {}
+    for precision in ("float32", "bfloat16"):
+        p = pipeline.Pipeline(load(precision=precision), batch_size=4, mapping="window")
+        assert p.reconstructor.precision == precision
+        keys[precision] = p.key(10)
+        (d,) = p.run([pipeline.compress(io.read(SAMPLES / "ct_phantom_1.dcm"), "ct", img, 10)])
+        assert private_tags.read(d.dataset)["ModelWeight"][0] > 0
+        texts[precision] = d.dataset.DerivationDescription
+    assert keys["bfloat16"] == keys["float32"].replace(":flips4", ":bfloat16:flips4")
+    assert derive.derived_uids(src, key=keys["bfloat16"]).instance != derive.derived_uids(src, key=keys["float32"]).instance
+    assert "its convolutions computed in bfloat16" in texts["bfloat16"] and "bfloat16" not in texts["float32"]
 
 
 def test_a_stand_in_series_uid_depends_on_the_study():
