@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if not files:
         print(f"no validation slices under {args.data}", file=sys.stderr)
         return 2
-    model = load("deblock")
+    model = load()
     images = [(image.prepare(ds := io.read(p), str(p), mapping="window"), ds.Modality == "CT") for p in files]
     strengths = [float(s) for s in args.strengths.split(",")]
     print(f"{len(images)} slices ({sum(ct for _, ct in images)} CT); per variant: seed PSNR gain / worst-window gain CT / "

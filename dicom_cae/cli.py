@@ -136,7 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ssim-weight", type=float, default=0.005, help="weight of (1 - SSIM) added to the MSE loss (default 0.005; 0 for MSE only)")
     t.add_argument("--loss", choices=["mse", "bce"], help="base loss (default: bce for the seed's sigmoid output, mse otherwise)")
     t.add_argument("--no-augment", action="store_true", help="no flips or transposes")
-    t.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPU)")
+    compute = t.add_mutually_exclusive_group()
+    compute.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPU)")
+    compute.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                   help="compute precision of models that allow bfloat16 (deblock): bfloat16 trains ~5x faster on CPUs "
+                        "with bfloat16 units; weights stay float32 (default float32)")
     t.add_argument("--init-weights", metavar="FILE", help="start from these weights")
     t.add_argument("--coding-size", type=int, choices=(256, 224, 192, 160, 128), default=256,
                    help="train to restore JPEG of the image reduced to this size and upsampled (default 256: JPEG artefacts only)")
@@ -297,6 +301,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         augment=not args.no_augment,
         seed=args.seed,
         mixed_precision=args.mixed_precision,
+        precision=args.precision,
         value_mapping=args.value_mapping,
         init_weights=args.init_weights,
         coding_size=args.coding_size,

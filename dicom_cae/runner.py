@@ -48,14 +48,16 @@ class Settings:
     target: Target | RatioTarget | None = None
     batch_size: int = DEFAULT_BATCH_SIZE  # images per model call
     identity: str | None = None  # the digest of every weight file the model uses (checked where it runs)
+    precision: str | None = None  # what the model computes in (reconstructor.choose_precision), the same on every worker
 
     @classmethod
     def build(cls, *, model: str | None = None, weights: str | None = None, mapping: str | None = None,
               quality: int | None = None, target: Target | None = None, target_ratio: float | None = None,
-              batch_size: int | None = None) -> Settings:
+              batch_size: int | None = None, precision: str | None = None) -> Settings:
         """The settings a command, the node's configuration or the Orthanc plugin asks for, each
         default and check in one place, decided before any model loads (the weights' identity
-        from the model cards, or the digest of the weights file).
+        from the model cards, or the digest of the weights file; the precision here, as
+        ``precision`` or DICOM_CAE_PRECISION and this machine say, so that every worker computes alike).
 
         Raises ValueError for a value out of range, ModelError for a model that ships no weights.
         """
@@ -78,8 +80,10 @@ class Settings:
             path, identity = None, shipped_identity(name)
             if identity is None:
                 raise ModelError(f"no weights ship for model {name!r}")
+        from dicom_cae.model.reconstructor import choose_precision
+
         return cls(name, str(path) if path else None, value_mapping.check(mapping or value_mapping.DEFAULT), quality,
-                   target, batch_size, identity)
+                   target, batch_size, identity, choose_precision(name, setting=precision))
 
     @classmethod
     def of(cls, pipe: Pipeline, *, quality: int = DEFAULT_QUALITY, target: Target | RatioTarget | None = None) -> Settings:
@@ -87,13 +91,13 @@ class Settings:
         r = pipe.reconstructor
         shipped = r.identity == shipped_identity(r.name)  # else the workers load the same file by path
         settings = cls(r.name, None if shipped else str(Path(r.weights_path).resolve()), pipe.mapping, quality, target,
-                       pipe.batch_size, r.identity)
+                       pipe.batch_size, r.identity, r.precision)
         remember(settings, pipe)
         return settings
 
     @property
     def model_key(self) -> tuple[Any, ...]:
-        return (self.model, self.weights, self.mapping, self.batch_size)
+        return (self.model, self.weights, self.mapping, self.batch_size, self.precision)
 
 
 def shipped_identity(name: str) -> str | None:
@@ -160,7 +164,8 @@ def pipeline_for(settings: Settings) -> Pipeline:
         if pipe is None:
             from dicom_cae.model import load
 
-            pipe = Pipeline(load(settings.model, weights=settings.weights), batch_size=settings.batch_size,
+            pipe = Pipeline(load(settings.model, weights=settings.weights, precision=settings.precision),
+                            batch_size=settings.batch_size,
                             mapping=settings.mapping)
             _PIPELINES[settings.model_key] = pipe
         return pipe
@@ -230,6 +235,9 @@ def run_batch(settings: Settings, paths: list[str], root: str, *, skip_done: boo
     if settings.identity and pipe.reconstructor.identity != settings.identity:  # a deployment error, not the input's
         raise ModelError(f"this worker's {pipe.reconstructor.name} weights ({pipe.reconstructor.identity[:12]}) are not the "
                          f"ones asked for ({settings.identity[:12]}): install the same dicom-cae version and weights there")
+    if settings.precision and pipe.reconstructor.precision != settings.precision:  # (its UIDs and pixels would differ)
+        raise ModelError(f"this worker's {pipe.reconstructor.name} computes in {pipe.reconstructor.precision}, "
+                         f"{settings.precision} was asked for")
     store = Store(root)
     with ThreadPoolExecutor(max(1, threads), thread_name_prefix="stage") as pool:
         items = list(pool.map(lambda p: _prepare(pipe, settings, store, p, skip_done, by_sop), paths))

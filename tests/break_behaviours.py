@@ -115,6 +115,10 @@ M = [
  ("81 the precision not said in the Derivation Description", "dicom_cae/pipeline.py", "finish", "flips=flips, precision=precision,", "flips=flips, precision=\"float32\",", "tests/dicom_cae/test_derive.py::test_bfloat16_gives_other_uids_and_says_so"),
  ("82 bfloat16 chosen without bfloat16 units", "dicom_cae/model/reconstructor.py", "choose_precision", "not gpu and any(f in flags for f in BFLOAT16_CPU_FLAGS)", "not gpu", "tests/dicom_cae/test_model.py::test_the_precision_is_float32_unless_bfloat16_units_or_the_setting_say_otherwise"),
  ("83 the float32 setting ignored", "dicom_cae/model/reconstructor.py", "choose_precision", 'if not ARCHITECTURES[name].bfloat16 or setting == "float32":', "if not ARCHITECTURES[name].bfloat16:", "tests/dicom_cae/test_model.py::test_the_precision_is_float32_unless_bfloat16_units_or_the_setting_say_otherwise"),
+ ("84 a deeper deblock's new layers not started as the identity", "dicom_cae/model/train.py", "_deepened", "eye[k.shape[0] // 2, k.shape[1] // 2] = np.eye(k.shape[2], dtype=k.dtype)", "eye[0, 0] = np.eye(k.shape[2], dtype=k.dtype)", "tests/dicom_cae/test_train.py::test_a_deeper_deblock_starts_as_the_one_it_starts_from"),
+ ("85 --precision not passed to training", "dicom_cae/model/train.py", "_train", "model = build(cfg.model, precision=cfg.precision)", "model = build(cfg.model)", "tests/dicom_cae/test_train.py::test_training_in_bfloat16_keeps_float32_weights_and_says_so"),
+ ("86 workers choose their own precision", "dicom_cae/runner.py", "pipeline_for", "load(settings.model, weights=settings.weights, precision=settings.precision)", "load(settings.model, weights=settings.weights)", "tests/dicom_cae/test_scale_out.py::test_workers_compute_in_the_precision_this_process_chose"),
+ ("87 a worker computing in another precision not refused", "dicom_cae/runner.py", "run_batch", "if settings.precision and pipe.reconstructor.precision != settings.precision:", "if False:", "tests/dicom_cae/test_scale_out.py::test_workers_compute_in_the_precision_this_process_chose"),
 ]
 
 

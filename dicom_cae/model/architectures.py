@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import keras
@@ -116,7 +117,7 @@ def build_blockres(filters: int = 128, depth: int = 5) -> keras.Model:
     return keras.Model([inp, quality], out, name="blockres")
 
 
-def build_deblock(filters: int = 128, depth: int = 5, *, precision: str = "float32") -> keras.Model:
+def build_deblock(filters: int = 128, depth: int = 5, *, precision: str = "float32", name: str = "deblock") -> keras.Model:
     """``precision`` "bfloat16": everything up to the correction in bfloat16 (the network sees
     its input rounded to bfloat16); the correction is put back in place and added to the
     float32 input in float32, so the output keeps the input's precision where the correction is
@@ -134,7 +135,7 @@ def build_deblock(filters: int = 128, depth: int = 5, *, precision: str = "float
         x = _conv(filters, **body)(x)
     corr = _conv(BLOCK * BLOCK, None, kernel_initializer="zeros", **body)(x)
     out = layers.ReLU(max_value=1.0, name="clip01", **tail)(layers.Add(**tail)([inp, depth_to_space(corr, **tail)]))
-    return keras.Model([inp, quality, coding], out, name="deblock")
+    return keras.Model([inp, quality, coding], out, name=name)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -156,6 +157,17 @@ ARCHITECTURES: dict[str, Architecture] = {
             True,
             "8x8-block space-to-depth residual network told the JPEG quality and the coding size, "
             "trained in the display windows and at the block edges (592,704 parameters)",
+            uses_coding=True,
+            edge_filter=True,
+            flips=4,
+            bfloat16=True,
+        ),
+        Architecture(
+            "deblock-deep",
+            partial(build_deblock, depth=7, name="deblock-deep"),
+            True,
+            "deblock with seven 3x3 convolutions of 128 channels on the block grid instead of five "
+            "(887,872 parameters: it can start from deblock's weights, the two more layers as the identity)",
             uses_coding=True,
             edge_filter=True,
             flips=4,

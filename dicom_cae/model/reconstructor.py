@@ -210,6 +210,12 @@ class Reconstructor:
         return result
 
 
+def computes_in(model: keras.Model) -> str:
+    """What ``model``'s convolutions compute in (float32, bfloat16, float16: a Keras dtype policy
+    set globally, as training's --mixed-precision does, shows here too)."""
+    return next((l.compute_dtype for l in model.layers if isinstance(l, keras.layers.Conv2D)), "float32")
+
+
 def cpu_flags() -> frozenset[str]:
     """This machine's CPU flags (/proc/cpuinfo; none where it cannot be read)."""
     try:
@@ -302,8 +308,9 @@ def _load_file(name: str, path: Path, card: dict[str, Any], precision: str = "fl
     digest = sha256_of(path)
     if card.get("sha256") and card["sha256"] != digest:
         raise ModelError(f"weights {path} have sha256 {digest}, their model card says {card['sha256']}")
-    LOGGER.info("model %s loaded from %s (sha256 %s, %s)", name, path.name, digest[:12], precision)
-    return Reconstructor(name=name, model=model, sha256=digest, weights_path=str(path), card=card, precision=precision)
+    LOGGER.info("model %s loaded from %s (sha256 %s, %s)", name, path.name, digest[:12], computes_in(model))
+    return Reconstructor(name=name, model=model, sha256=digest, weights_path=str(path), card=card,
+                         precision=computes_in(model))
 
 
 def _check_weight_count(model: keras.Model, path: Path, name: str) -> None:
@@ -330,4 +337,4 @@ def _check_weight_count(model: keras.Model, path: Path, name: str) -> None:
 
 def from_model(model: keras.Model, name: str) -> Reconstructor:
     """Wrap a model being trained (weights not on disk) for validation."""
-    return Reconstructor(name=name, model=model, sha256="0" * 64, weights_path="")
+    return Reconstructor(name=name, model=model, sha256="0" * 64, weights_path="", precision=computes_in(model))

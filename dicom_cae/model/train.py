@@ -20,7 +20,7 @@ import tensorflow as tf
 import dicom_cae
 from dicom_cae import codec, dataset, evaluation, metrics
 from dicom_cae.model.architectures import ARCHITECTURES, build
-from dicom_cae.model.reconstructor import FLIP_NAMES, from_model, sha256_of
+from dicom_cae.model.reconstructor import FLIP_NAMES, computes_in, from_model, sha256_of
 
 LOGGER = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     mixed_precision: bool = False
+    precision: str = "float32"  # bfloat16: the convolutions in bfloat16 (architectures that allow it), weights float32
     init_weights: str | None = None
     ssim_weight: float = 0.005
     repeats: int = 1
@@ -273,6 +274,9 @@ def init_from(model: keras.Model, path: Path) -> None:
     source = build(source_name)
     source.load_weights(str(path))
     src, dst = source.get_weights(), model.get_weights()
+    if (deeper := _deepened(src, dst)) is not None:
+        model.set_weights(deeper)
+        return
     if len(src) != len(dst):
         raise ValueError(f"cannot start {model.name} from {source_name} weights: {len(src)} arrays, {len(dst)} needed")
     out = []
@@ -286,6 +290,29 @@ def init_from(model: keras.Model, path: Path) -> None:
         else:
             raise ValueError(f"cannot start {model.name} from {source_name} weights: {a.shape} against {b.shape}")
     model.set_weights(out)
+
+
+def _deepened(src: list[np.ndarray], dst: list[np.ndarray]) -> list[np.ndarray] | None:
+    """The weights of a deeper stack of convolutions (deblock-deep) from a shallower one's
+    (deblock), when they differ only in more square convolutions before the last: those start
+    as the identity (the centre tap passes each channel on, no bias; their input has been
+    through a ReLU, so the ReLU after them changes nothing), so the model begins as the one it
+    starts from. None when the shapes do not fit that."""
+    extra = len(dst) - len(src)
+    if extra <= 0 or extra % 2 or len(src) < 4:
+        return None
+    head, tail = src[:-2], src[-2:]
+    middle = dst[len(head) : len(head) + extra]
+    if [a.shape for a in head + tail] != [b.shape for b in dst[: len(head)] + dst[-2:]]:
+        return None
+    if any(k.ndim != 4 or k.shape[2] != k.shape[3] or b.shape != (k.shape[3],) for k, b in zip(middle[::2], middle[1::2])):
+        return None
+    identity = []
+    for k, b in zip(middle[::2], middle[1::2]):
+        eye = np.zeros_like(k)
+        eye[k.shape[0] // 2, k.shape[1] // 2] = np.eye(k.shape[2], dtype=k.dtype)
+        identity += [eye, np.zeros_like(b)]
+    return head + identity + tail
 
 
 def _save_inference_weights(model: keras.Model, name: str, path: Path) -> None:
@@ -309,9 +336,19 @@ def train(cfg: TrainConfig) -> Path:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
+    if cfg.precision != "float32" and cfg.model in ARCHITECTURES and not ARCHITECTURES[cfg.model].bfloat16:
+        raise ValueError(f"model {cfg.model!r} trains in float32 only")
+    if not cfg.mixed_precision:
+        return _train(cfg, out)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        return _train(cfg, out)
+    finally:  # models loaded later in this process compute as they say again
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def _train(cfg: TrainConfig, out: Path) -> Path:
     rng = np.random.default_rng(cfg.seed)
-    if cfg.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
 
     print(f"loading training data from {', '.join(cfg.train_dirs)}", flush=True)
     train_set = dataset.load(list(cfg.train_dirs), mapping=cfg.value_mapping)
@@ -327,7 +364,7 @@ def train(cfg: TrainConfig) -> Path:
         flush=True,
     )
 
-    model = build(cfg.model)
+    model = build(cfg.model, precision=cfg.precision)
     if cfg.init_weights:
         init_from(model, Path(cfg.init_weights))
     uses_quality = ARCHITECTURES[cfg.model].uses_quality
@@ -418,6 +455,7 @@ def train(cfg: TrainConfig) -> Path:
             "jpeg_encoder": codec.DEFAULT_ENCODER,
             "augmentation": "flips and transposes" if cfg.augment else "none",
             "device": _device(),
+            **({"precision": f"{computed} (float32 weights)"} if (computed := computes_in(model)) != "float32" else {}),
             "seconds": round(time.time() - started),
             "seed": cfg.seed,
             **({"init_weights": f"{Path(cfg.init_weights).name} (sha256 {sha256_of(cfg.init_weights)[:12]})"}
@@ -425,6 +463,7 @@ def train(cfg: TrainConfig) -> Path:
         },
         **({"decoder": note} if (note := decoder_note(cfg.model)) else {}),
         "validation": validation,
+        "validated_in": computes_in(model),  # the precision the validation figures were computed in
         "software": {
             "dicom_cae": dicom_cae.__version__,
             "tensorflow": tf.__version__,
@@ -489,6 +528,7 @@ def revalidate(card_path: Path, root: Path) -> dict[str, Any]:
                                      edge_filter=ARCHITECTURES[card["model"]].edge_filter)
     if note := decoder_note(card["model"]):
         card["decoder"] = note
+    card["validated_in"] = recon.precision
     card["validated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     return card

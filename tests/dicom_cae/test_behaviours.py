@@ -15,6 +15,7 @@ from pydicom.uid import generate_uid
 from dicom_cae import codec, image, io, metrics, pipeline, private_tags
 from dicom_cae.convert import ERRORS_FILE, convert
 from tests.conftest import SAMPLES, derived_images
+from dicom_cae.weights import DEFAULT_MODEL
 
 
 def test_rescale_slope_and_intercept_reach_the_modality_values():
@@ -68,7 +69,7 @@ def test_reconstruction_uses_the_weights_the_tags_name(pipe):
     prep = pipe.prepare(ds, "ct", quality=5)
     derived = pipe.run([prep])[0]
     tags = private_tags.read(derived.dataset)
-    assert tags["WeightsSHA256"] == pipe.reconstructor.sha256 and tags["ModelName"] == "deblock"
+    assert tags["WeightsSHA256"] == pipe.reconstructor.sha256 and tags["ModelName"] == DEFAULT_MODEL
     w = tags["ModelWeight"][0]
     assert w > 0  # the model's correction is stored (not below JPEG)
     recon = pipe.reconstructor(prep.jpeg, 5, coding_size=prep.coding_size)

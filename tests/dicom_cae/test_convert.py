@@ -7,6 +7,7 @@ from dicom_cae import cli, private_tags
 from dicom_cae.convert import ERRORS_FILE, convert
 from dicom_cae.pipeline import DEFAULT_QUALITY
 from tests.conftest import SAMPLES, dciodvfy_errors, derived_images
+from dicom_cae.weights import DEFAULT_MODEL
 
 
 def _outputs(out):
@@ -92,13 +93,13 @@ def test_cli_exit_codes_and_summary(tmp_path, capsys):
 def test_models_lists_the_shipped_weights(capsys):
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out
-    assert "deblock (default)" in out and "seed:" in out and "sha256" in out
+    assert f"{DEFAULT_MODEL} (default)" in out and "seed:" in out and "sha256" in out
     assert "decoding: the mean of the model's outputs over the input, the input flipped left-right" in out  # what the figures include
     assert "then its block edges smoothed" in out
     # Weights fine-tuned in stages say all of their training, not the last stage's epochs only.
     from dicom_cae.weights import shipped_card_list
 
-    card = next(c for c in shipped_card_list() if c["model"] == "deblock")
+    card = next(c for c in shipped_card_list() if c["model"] == DEFAULT_MODEL)
     stages = [*card["training"].get("earlier_stages", ()), card["training"]]
     assert f"trained {sum(s['epochs'] for s in stages)} epochs" in out
 
@@ -270,9 +271,9 @@ def test_a_default_conversion_applies_the_model(converted_defaults):
         ds = pydicom.dcmread(f, stop_before_pixels=True)
         tags = private_tags.read(ds)
         weights[f.name] = tags["ModelWeight"]
-        assert tags["JPEGQuality"] == DEFAULT_QUALITY and tags["ModelName"] == "deblock" and tags["JPEGEncoder"] == "trellis"
+        assert tags["JPEGQuality"] == DEFAULT_QUALITY and tags["ModelName"] == DEFAULT_MODEL and tags["JPEGEncoder"] == "trellis"
         if tags["ModelWeight"][0] > 0:
-            assert "reconstructed by convolutional autoencoder deblock" in ds.DerivationDescription
+            assert f"reconstructed by convolutional autoencoder {DEFAULT_MODEL} " in ds.DerivationDescription
     assert len(weights) == 6
     assert sum(w[0] > 0 for w in weights.values()) >= 5, weights
 

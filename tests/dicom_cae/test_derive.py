@@ -5,6 +5,7 @@ import pytest
 from dicom_cae import codec, derive, image, io, pipeline, private_tags
 from dicom_cae.convert import output_path
 from tests.conftest import SAMPLES
+from dicom_cae.weights import DEFAULT_MODEL
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def test_written_file_reads_back_with_its_private_block(ct_derived, tmp_path):
     back = pydicom.dcmread(path)
     assert back.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
     tags = private_tags.read(back)
-    assert tags["ModelName"] == "deblock"
+    assert tags["ModelName"] == DEFAULT_MODEL
     assert tags["JPEGQuality"] == 10
     assert tags["PSNR"][0] == pytest.approx(d.frames[0].model.psnr)
     assert tags["JPEGOnlyPSNR"][0] == pytest.approx(d.frames[0].jpeg.psnr)
@@ -229,7 +230,8 @@ def test_bfloat16_gives_other_uids_and_says_so():
         assert private_tags.read(d.dataset)["ModelWeight"][0] > 0
         texts[precision] = d.dataset.DerivationDescription
     assert keys["bfloat16"] == keys["float32"].replace(":flips4", ":bfloat16:flips4")
-    assert derive.derived_uids(src, key=keys["bfloat16"]).instance != derive.derived_uids(src, key=keys["float32"]).instance
+    uids = {p: derive.derived_uids(src, key=k) for p, k in keys.items()}
+    assert uids["bfloat16"].instance != uids["float32"].instance and uids["bfloat16"].series != uids["float32"].series
     assert "its convolutions computed in bfloat16" in texts["bfloat16"] and "bfloat16" not in texts["float32"]
 
 

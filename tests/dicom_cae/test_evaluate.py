@@ -11,6 +11,7 @@ import pytest
 from dicom_cae import cli, codec, image, io, pipeline, private_tags
 from dicom_cae.evaluation import bd_psnr, bd_rate
 from tests.conftest import SAMPLES, derived_images
+from dicom_cae.weights import DEFAULT_MODEL
 
 
 def test_bjontegaard_deltas_of_known_shifts():
@@ -37,7 +38,7 @@ def test_evaluate_writes_compressai_json_plot_and_tables(tmp_path, capsys):
     assert cli.main(["evaluate", str(SAMPLES), "--qualities", "1,5,10,20", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "Bjontegaard" in printed and "seed's operating point" in printed
-    for name, codec_name in (("jpeg.json", "JPEG"), ("jpeg-deblock.json", "JPEG+deblock"), ("jpeg2000.json", "JPEG 2000")):
+    for name, codec_name in (("jpeg.json", "JPEG"), (f"jpeg-{DEFAULT_MODEL}.json", f"JPEG+{DEFAULT_MODEL}"), ("jpeg2000.json", "JPEG 2000")):
         data = json.loads((out / name).read_text())
         assert data["name"] == codec_name and data["description"]
         assert {"bpp", "psnr", "ssim", "pixel_accuracy", "compression_ratio"} <= set(data["results"])
@@ -45,7 +46,8 @@ def test_evaluate_writes_compressai_json_plot_and_tables(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == 6 and set(summary["by_modality"]) == {"CT", "MR", "CR"}
     # The encoder's gain apart from the model's: the old encoder (Pillow) is a codec of its own.
-    assert set(summary["bjontegaard"]) == {"JPEG+deblock vs JPEG", "JPEG+deblock vs JPEG 2000", "JPEG+deblock vs JPEG (Pillow)",
+    ours = f"JPEG+{DEFAULT_MODEL}"
+    assert set(summary["bjontegaard"]) == {f"{ours} vs JPEG", f"{ours} vs JPEG 2000", f"{ours} vs JPEG (Pillow)",
                                            "JPEG vs JPEG (Pillow)", "JPEG vs JPEG 2000", "JPEG (Pillow) vs JPEG 2000"}
     assert "display_blockiness" in json.loads((out / "jpeg.json").read_text())["results"]
     assert summary["seed_table"]["quality"] == 1

@@ -5,6 +5,7 @@ from dicom_cae import codec
 from dicom_cae.errors import ModelError
 from dicom_cae.model import build, load
 from dicom_cae.model.reconstructor import sha256_of, shipped_cards
+from dicom_cae.weights import DEFAULT_MODEL
 
 
 def test_seed_is_exactly_the_fixed_architecture():
@@ -36,7 +37,7 @@ def test_residual_models_start_as_the_identity_on_the_jpeg_image():
 
 
 def test_unknown_model_name_is_a_clear_error():
-    with pytest.raises(ModelError, match="unknown model 'nope'; known: seed, seed-residual, blockres, deblock"):
+    with pytest.raises(ModelError, match="unknown model 'nope'; known: seed, seed-residual, blockres, deblock, deblock-deep"):
         load("nope")
 
 
@@ -44,8 +45,8 @@ def test_shipped_weights_match_their_card_and_beat_jpeg():
     """The default weights' card: hash, patient-level split, and what is stored (never below
     plain JPEG) ahead of plain JPEG where a reader looks, at every quality on the card."""
     cards = shipped_cards()
-    assert {"deblock", "seed"} <= set(cards)
-    card = cards["deblock"]
+    assert {DEFAULT_MODEL, "seed"} <= set(cards)
+    card = cards[DEFAULT_MODEL]
     assert sha256_of(card["weights_path"]) == card["sha256"]
     assert card["sha256"][:8] in card["weights_file"]
     assert card["data"]["train_patients"] > 0 and card["data"]["val_patients"] > 0
@@ -53,7 +54,7 @@ def test_shipped_weights_match_their_card_and_beat_jpeg():
     from dicom_cae.model.train import decoder_note
 
     # its figures were measured with today's decoding around the model (flips, edge filter)
-    assert card["decoder"] == decoder_note("deblock")
+    assert card["decoder"] == decoder_note(DEFAULT_MODEL)
     for q, row in card["validation"]["reader_by_quality"].items():
         assert row["model"]["display_psnr"] >= row["jpeg"]["display_psnr"], q
         assert row["model"]["display_blockiness"] <= row["jpeg"]["display_blockiness"], q

@@ -16,6 +16,7 @@ import pytest
 from dicom_cae import private_tags
 from dicom_cae.store import INDEX, Store
 from tests.conftest import ROOT, SAMPLES, derived_images, free_port
+from dicom_cae.weights import DEFAULT_MODEL, shipped_card_list
 
 
 pytestmark = pytest.mark.slow  # real peers and processes: the full suite, not the fast tier
@@ -131,14 +132,39 @@ def test_workers_load_the_weights_this_process_loaded():
     from dicom_cae.model import load
 
     shipped = runner.Settings.of(pipeline.Pipeline(load()))
-    assert shipped.weights is None and shipped.identity == runner.shipped_identity("deblock")
+    assert shipped.weights is None and shipped.identity == runner.shipped_identity(DEFAULT_MODEL)
     trained_elsewhere = ROOT / "dicom_cae" / "weights" / "blockres-6d363b1b.weights.h5"
     one_file = load("blockres", weights=trained_elsewhere)
     alone = runner.Settings.of(pipeline.Pipeline(one_file))
     assert runner.pipeline_for(alone).reconstructor.identity == alone.identity == one_file.sha256
-    path = next((ROOT / "dicom_cae" / "weights").glob("deblock-*.weights.h5"))
+    path = ROOT / "dicom_cae" / "weights" / next(c["weights_file"] for c in shipped_card_list() if c["model"] == DEFAULT_MODEL and "serves" not in c)
     same = runner.Settings.of(pipeline.Pipeline(load(weights=path)))
     assert runner.pipeline_for(same).reconstructor.identity == shipped.identity
+
+
+def test_workers_compute_in_the_precision_this_process_chose(monkeypatch):
+    """Review: each worker chose the model's precision from its own CPU and environment, so a
+    cluster of mixed CPUs could split one source series into two derived series (the precision
+    is in the UIDs' key). The settings carry the precision; a worker loads the model in it,
+    whatever its environment says, and refuses a pipeline computing in another."""
+    from dicom_cae import pipeline, runner
+    from dicom_cae.errors import ModelError
+    from dicom_cae.model import load
+
+    here = runner.Settings.of(pipeline.Pipeline(load(precision="float32"), batch_size=3))
+    assert here.precision == "float32"
+    monkeypatch.setenv("DICOM_CAE_PRECISION", "bfloat16")  # the worker's own setting
+    built = runner.Settings.build(batch_size=5)
+    assert built.precision == "bfloat16" and built.model_key != runner.Settings.build(batch_size=5, precision="float32").model_key
+    runner._PIPELINES.pop(here.model_key)  # as in a fresh worker process
+    worker = runner.pipeline_for(here)
+    assert worker.reconstructor.precision == "float32" and worker.key(10) == pipeline.Pipeline(load(precision="float32")).key(10)
+    runner._PIPELINES[here.model_key] = pipeline.Pipeline(load(precision="bfloat16"), batch_size=3)
+    try:
+        with pytest.raises(ModelError, match="computes in bfloat16, float32 was asked for"):
+            runner.run_batch(here, [str(SAMPLES / "ct_phantom_1.dcm")], "unused")
+    finally:
+        runner._PIPELINES.pop(here.model_key)
 
 
 def test_what_travels_between_processes_is_small_and_whole():

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -96,3 +97,46 @@ def test_a_deblock_epoch_draws_its_qualities_within_the_range_asked(split, tmp_p
     rc = cli.main(["train", str(split / "train"), "--val", str(split / "val"), "--model", "deblock",
                    "--quality-min", "40", "--quality-max", "20", "--out", str(tmp_path)])
     assert rc == 2 and "--quality-min 40 is above --quality-max 20" in capsys.readouterr().err
+
+
+def test_a_deeper_deblock_starts_as_the_one_it_starts_from():
+    """deblock-deep (seven convolutions) started from deblock's weights (five): the two more
+    layers begin as the identity, so before any training it reconstructs exactly as deblock."""
+    import numpy as np
+
+    from dicom_cae import codec, image, io
+    from dicom_cae.model import build
+    from dicom_cae.model.reconstructor import from_model
+    from dicom_cae.model.train import init_from
+
+    shipped = load("deblock", precision="float32")
+    deep = build("deblock-deep")
+    assert deep.count_params() == 887_872
+    init_from(deep, Path(shipped.weights_path))
+    unit, _ = image.normalize(io.read(SAMPLES / "mr_nonsquare.dcm"), "mr")
+    jpeg = codec.jpeg_roundtrip(unit[0], 10)[0][None]
+    np.testing.assert_allclose(from_model(deep, "deblock-deep")(jpeg, 10), shipped(jpeg, 10), atol=1e-6)
+    assert not np.allclose(shipped(jpeg, 10), jpeg, atol=1e-3)  # (the model does something to compare)
+
+
+@pytest.mark.slow
+def test_training_in_bfloat16_keeps_float32_weights_and_says_so(split, tmp_path, capsys):
+    """`--precision bfloat16` trains deblock's convolutions in bfloat16: the weights saved are
+    float32 and load in either precision, and the card says how it was trained."""
+    out = tmp_path / "run"
+    rc = cli.main([
+        "train", str(split / "train"), "--val", str(split / "val"), "--model", "deblock", "--epochs", "1",
+        "--batch-size", "2", "--val-qualities", "10", "--precision", "bfloat16", "--out", str(out),
+    ])
+    assert rc == 0
+    weights = next(out.glob("deblock-*.weights.h5"))
+    card = json.loads(weights.with_name(weights.name.replace(".weights.h5", ".json")).read_text())
+    assert card["training"]["precision"] == "bfloat16 (float32 weights)"
+    for precision in ("float32", "bfloat16"):
+        recon = load(weights=weights, precision=precision)
+        assert recon.precision == precision and all(w.dtype == "float32" for w in recon.model.weights)
+    assert card["validated_in"] == "bfloat16"  # the figures on the card were computed so
+    capsys.readouterr()
+    rc = cli.main(["train", str(split / "train"), "--val", str(split / "val"), "--model", "seed", "--epochs", "1",
+                   "--precision", "bfloat16", "--out", str(tmp_path / "seed")])
+    assert rc == 2 and "model 'seed' trains in float32 only" in capsys.readouterr().err
