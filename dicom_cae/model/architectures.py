@@ -17,6 +17,9 @@
   windows and block edges, see train.make_reader_loss). Its output's block edges are smoothed
   by codec.smooth_block_edges (the small steps it leaves, spread over the blocks). It can run
   in bfloat16 (build(precision=...); reconstructor.choose_precision says when).
+- ``deblock-deep`` (the default): deblock with seven convolutions instead of five (887,872
+  parameters); train.init_from starts it from deblock's weights, the two more layers as the
+  identity.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-DEFAULT_MODEL = "deblock"
+DEFAULT_MODEL = "deblock-deep"
 WEIGHTS_PACKAGE = "dicom_cae.weights"
 
 
