@@ -11,6 +11,7 @@ import urllib.request
 
 
 from dicom_cae.pipeline import DEFAULT_QUALITY
+from dicom_cae.weights import DEFAULT_MODEL
 from scp_node.forward import backoff
 from tests.conftest import SAMPLES, free_port, need_tool, peer_env, wait_until
 from tests.scp_node.test_node import running_node, storescu
@@ -65,7 +66,7 @@ def test_derived_series_reach_orthanc_and_nothing_is_lost_while_it_is_down(tmp_p
             wait_until(lambda: _count(http_port) == 4, what="3 derived instances and the report in Orthanc")
             series = {s["MainDicomTags"]["Modality"]: s for s in _get(http_port, "/series?expand")}
             assert set(series) == {"CT", "DOC"}
-            assert series["CT"]["MainDicomTags"]["SeriesDescription"].startswith(f"CAE deblock q{DEFAULT_QUALITY}")
+            assert series["CT"]["MainDicomTags"]["SeriesDescription"].startswith(f"CAE {DEFAULT_MODEL} q{DEFAULT_QUALITY}")
             tags = _get(http_port, f"/instances/{series['CT']['Instances'][0]}/simplified-tags")
             assert tags["ImageType"].startswith("DERIVED\\SECONDARY") and tags["Rows"] == "256"
             assert _get(http_port, f"/instances/{series['DOC']['Instances'][0]}/simplified-tags")["MIMETypeOfEncapsulatedDocument"] == "application/pdf"

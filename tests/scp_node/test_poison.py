@@ -29,6 +29,7 @@ from pynetdicom.sop_class import Verification
 
 from dicom_cae import private_tags
 from dicom_cae.pipeline import DEFAULT_QUALITY
+from dicom_cae.weights import DEFAULT_MODEL
 from tests.conftest import SAMPLES, dciodvfy_errors, wait_until
 from tests.scp_node.test_node import running_node
 
@@ -178,7 +179,7 @@ def _aspect_instead_of_zero_spacing(path: Path) -> None:
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     assert "PixelSpacing" not in ds
     assert [int(v) for v in ds.PixelAspectRatio] == [6, 5]  # 192 rows, 160 columns onto 256 x 256
-    assert ds.SeriesDescription == f"CAE deblock q{DEFAULT_QUALITY} reconstruction"
+    assert ds.SeriesDescription == f"CAE {DEFAULT_MODEL} q{DEFAULT_QUALITY} reconstruction"
     assert any("PixelSpacing" in w for w in private_tags.read(ds)["Warnings"])
 
 
