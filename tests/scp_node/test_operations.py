@@ -151,7 +151,8 @@ def test_health_is_degraded_while_processing_fails(tmp_path, pipe, setting):
         node.worker.pipe.reconstructor = type("Broken", (), {"__call__": staticmethod(fail), "name": broken.name,
                                                              "identity": broken.identity,
                                                              "for_quality": broken.for_quality,
-                                                             "for_coding": broken.for_coding})()
+                                                             "for_coding": broken.for_coding,
+                                                             "precision": broken.precision})()
         try:  # the pipeline is the session's: never leave it broken for the tests after this one
             ae = AE(ae_title="MODALITY")
             ae.add_requested_context(CTImageStorage)
