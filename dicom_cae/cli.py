@@ -378,7 +378,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from dicom_cae.model.architectures import ARCHITECTURES
-    from dicom_cae.model.reconstructor import PRECISION_VARIABLE, choose_precision
+    from dicom_cae.model.reconstructor import choose_precision
+    from dicom_cae.precision import PRECISION_VARIABLE
     from dicom_cae.weights import DEFAULT_MODEL, shipped_card_list
 
     cards = shipped_card_list()

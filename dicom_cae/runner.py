@@ -48,7 +48,7 @@ class Settings:
     target: Target | RatioTarget | None = None
     batch_size: int = DEFAULT_BATCH_SIZE  # images per model call
     identity: str | None = None  # the digest of every weight file the model uses (checked where it runs)
-    precision: str | None = None  # what the model computes in (reconstructor.choose_precision), the same on every worker
+    precision: str | None = None  # float32 or bfloat16, decided here (precision.resolve), the same on every worker
 
     @classmethod
     def build(cls, *, model: str | None = None, weights: str | None = None, mapping: str | None = None,
@@ -57,11 +57,12 @@ class Settings:
         """The settings a command, the node's configuration or the Orthanc plugin asks for, each
         default and check in one place, decided before any model loads (the weights' identity
         from the model cards, or the digest of the weights file; the precision here, as
-        ``precision`` or DICOM_CAE_PRECISION and this machine say, so that every worker computes alike).
+        ``precision`` or DICOM_CAE_PRECISION and this machine say, so that every worker computes
+        alike; all without TensorFlow).
 
         Raises ValueError for a value out of range, ModelError for a model that ships no weights.
         """
-        from dicom_cae import codec, weights as shipped
+        from dicom_cae import codec, precision as site, weights as shipped
 
         if target_ratio is not None:
             if target is not None:
@@ -80,10 +81,8 @@ class Settings:
             path, identity = None, shipped_identity(name)
             if identity is None:
                 raise ModelError(f"no weights ship for model {name!r}")
-        from dicom_cae.model.reconstructor import choose_precision
-
         return cls(name, str(path) if path else None, value_mapping.check(mapping or value_mapping.DEFAULT), quality,
-                   target, batch_size, identity, choose_precision(name, setting=precision))
+                   target, batch_size, identity, site.resolve(precision))
 
     @classmethod
     def of(cls, pipe: Pipeline, *, quality: int = DEFAULT_QUALITY, target: Target | RatioTarget | None = None) -> Settings:
@@ -235,9 +234,12 @@ def run_batch(settings: Settings, paths: list[str], root: str, *, skip_done: boo
     if settings.identity and pipe.reconstructor.identity != settings.identity:  # a deployment error, not the input's
         raise ModelError(f"this worker's {pipe.reconstructor.name} weights ({pipe.reconstructor.identity[:12]}) are not the "
                          f"ones asked for ({settings.identity[:12]}): install the same dicom-cae version and weights there")
-    if settings.precision and pipe.reconstructor.precision != settings.precision:  # (its UIDs and pixels would differ)
+    from dicom_cae.model.reconstructor import choose_precision  # (the model is loaded here already)
+
+    wanted = choose_precision(pipe.reconstructor.name, setting=settings.precision) if settings.precision else None
+    if wanted and pipe.reconstructor.precision != wanted:
         raise ModelError(f"this worker's {pipe.reconstructor.name} computes in {pipe.reconstructor.precision}, "
-                         f"{settings.precision} was asked for")
+                         f"{wanted} was asked for")  # (its UIDs and pixels would differ)
     store = Store(root)
     with ThreadPoolExecutor(max(1, threads), thread_name_prefix="stage") as pool:
         items = list(pool.map(lambda p: _prepare(pipe, settings, store, p, skip_done, by_sop), paths))

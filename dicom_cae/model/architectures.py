@@ -50,7 +50,6 @@ class Architecture:
 #: The Keras dtype policy of layers run in bfloat16: float32 variables (the weights load and
 #: save as float32), bfloat16 arithmetic.
 BFLOAT16_POLICY = "mixed_bfloat16"
-PRECISIONS = ("float32", "bfloat16")
 
 
 def _conv(filters: int, activation: str | None = "relu", **kw) -> layers.Conv2D:
@@ -79,9 +78,9 @@ def build_seed() -> keras.Model:
     return keras.Model(inp, out, name="seed")
 
 
-def _clip01() -> layers.Layer:
+def _clip01(**kw) -> layers.Layer:
     # ReLU with max_value clips to [0, 1] without a Lambda layer.
-    return layers.ReLU(max_value=1.0, name="clip01")
+    return layers.ReLU(max_value=1.0, name="clip01", **kw)
 
 
 def build_seed_residual() -> keras.Model:
@@ -137,7 +136,7 @@ def build_deblock(filters: int = 128, depth: int = 5, *, precision: str = "float
     for _ in range(depth - 1):
         x = _conv(filters, **body)(x)
     corr = _conv(BLOCK * BLOCK, None, kernel_initializer="zeros", **body)(x)
-    out = layers.ReLU(max_value=1.0, name="clip01", **tail)(layers.Add(**tail)([inp, depth_to_space(corr, **tail)]))
+    out = _clip01(**tail)(layers.Add(**tail)([inp, depth_to_space(corr, **tail)]))
     return keras.Model([inp, quality, coding], out, name=name)
 
 
@@ -180,6 +179,20 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
+def architecture(name: str) -> Architecture:
+    """The named architecture.
+
+    Raises:
+        ModelError: unknown name.
+    """
+    from dicom_cae.errors import ModelError
+
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise ModelError(f"unknown model {name!r}; known: {', '.join(ARCHITECTURES)}") from None
+
+
 def build(name: str, *, precision: str = "float32") -> keras.Model:
     """Build the named architecture with fresh weights; ``precision`` "bfloat16" for one that
     allows it (Architecture.bfloat16), else float32 (training and the seed: float32).
@@ -188,10 +201,9 @@ def build(name: str, *, precision: str = "float32") -> keras.Model:
         ModelError: unknown name, or a precision the architecture does not run in.
     """
     from dicom_cae.errors import ModelError
+    from dicom_cae.precision import PRECISIONS
 
-    if name not in ARCHITECTURES:
-        raise ModelError(f"unknown model {name!r}; known: {', '.join(ARCHITECTURES)}")
-    arch = ARCHITECTURES[name]
+    arch = architecture(name)
     if precision == "float32":
         return arch.build()
     if precision == "bfloat16" and arch.bfloat16:

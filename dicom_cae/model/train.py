@@ -20,7 +20,7 @@ import tensorflow as tf
 import dicom_cae
 from dicom_cae import codec, dataset, evaluation, metrics
 from dicom_cae.model.architectures import ARCHITECTURES, build
-from dicom_cae.model.reconstructor import FLIP_NAMES, computes_in, from_model, sha256_of
+from dicom_cae.model.reconstructor import FLIP_NAMES, from_model, sha256_of
 
 LOGGER = logging.getLogger(__name__)
 
@@ -455,7 +455,7 @@ def _train(cfg: TrainConfig, out: Path) -> Path:
             "jpeg_encoder": codec.DEFAULT_ENCODER,
             "augmentation": "flips and transposes" if cfg.augment else "none",
             "device": _device(),
-            **({"precision": f"{computed} (float32 weights)"} if (computed := computes_in(model)) != "float32" else {}),
+            **({"precision": f"{recon.precision} (float32 weights)"} if recon.precision != "float32" else {}),
             "seconds": round(time.time() - started),
             "seed": cfg.seed,
             **({"init_weights": f"{Path(cfg.init_weights).name} (sha256 {sha256_of(cfg.init_weights)[:12]})"}
@@ -463,7 +463,7 @@ def _train(cfg: TrainConfig, out: Path) -> Path:
         },
         **({"decoder": note} if (note := decoder_note(cfg.model)) else {}),
         "validation": validation,
-        "validated_in": computes_in(model),  # the precision the validation figures were computed in
+        "validated_in": recon.precision,  # the precision the validation figures were computed in
         "software": {
             "dicom_cae": dicom_cae.__version__,
             "tensorflow": tf.__version__,

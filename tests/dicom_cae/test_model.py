@@ -119,7 +119,8 @@ def test_the_precision_is_float32_unless_bfloat16_units_or_the_setting_say_other
     """The deblock model runs in bfloat16 where the CPU has bfloat16 units and no GPU is
     visible, or where DICOM_CAE_PRECISION says so; float32 elsewhere, and the seed always
     (its published figures stay reproducible). A mistyped setting is a clear error."""
-    from dicom_cae.model.reconstructor import PRECISION_VARIABLE, choose_precision
+    from dicom_cae.model.reconstructor import choose_precision
+    from dicom_cae.precision import PRECISION_VARIABLE
 
     amx = frozenset({"avx512f", "amx_bf16"})
     assert choose_precision("deblock", setting="auto", flags=amx, gpu=False) == "bfloat16"

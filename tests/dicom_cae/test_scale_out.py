@@ -167,6 +167,17 @@ def test_workers_compute_in_the_precision_this_process_chose(monkeypatch):
         runner._PIPELINES.pop(here.model_key)
 
 
+def test_settings_are_decided_without_tensorflow():
+    """Review: deciding the settings' precision imported TensorFlow (and started its GPU probe)
+    into every process that builds settings, the Orthanc plugin's own among them, which runs no
+    model. The precision is decided from the setting and /proc alone."""
+    code = ("import sys; from dicom_cae import runner; s = runner.Settings.build(precision='auto'); "
+            "print(s.precision in ('float32', 'bfloat16'), 'tensorflow' in sys.modules, 'keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "False", "False"]
+
+
 def test_what_travels_between_processes_is_small_and_whole():
     """Issue 9's defects: a NotAnImageError raised in a process pool broke the pool (the
     project's errors did not survive pickling), and a prepared instance carried its whole
