@@ -129,7 +129,7 @@ def finish(prep: Prepared, reconstruction: np.ndarray, *, model_name: str, weigh
         streams=prep.jpeg_streams, coding_size=prep.coding_size, is_ct=is_ct,
         target_psnr=target.psnr if target else None, target_ssim=target.ssim if target else None,
         target_ratio=prep.ratio_target.ratio if prep.ratio_target else None, warnings=prep.warnings,
-        edge_filter=filtered)
+        edge_filter=filtered, precision=precision if coding_served else None)
     ratio = prep.frames * image.SIZE * image.SIZE / sum(prep.jpeg_bytes)
     if prep.ratio_target:
         aim = f"coding size and quality chosen for compression ratio <= {prep.ratio_target.ratio}"

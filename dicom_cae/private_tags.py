@@ -91,6 +91,7 @@ ELEMENTS: tuple[PrivateElement, ...] = (
     PrivateElement(0x39, "JPEGOnlyDisplayPSNRB", "FD", True, "dB", "DisplayPSNRB of the plain JPEG decode", True, "frames x windows"),
     PrivateElement(0x3A, "JPEGEncoder", "LO", False, "", "The JPEG encoder: trellis (mozjpeg trellis quantization, flat table scaled by the quality, rewritten as baseline) or pillow (libjpeg, Annex K table)", True),
     PrivateElement(0x3B, "EdgeFilter", "LO", False, "", "The filter applied to the model's reconstruction before ModelWeight blends it: 'ramp S' takes the part e of each step across the coding's block edges that the steps beside it do not explain, as e x (1 - |e| / limit) where it goes the step's way (limit: S x the quantizer step, the step capped at 40, / 255), and spreads it linearly over the two blocks' halves (absent when the model's output is not filtered)", True),
+    PrivateElement(0x3C, "ModelPrecision", "LO", False, "", "The arithmetic the model's convolutions ran in: float32, or bfloat16 (float32 weights; chosen on CPUs with bfloat16 units, DICOM_CAE_PRECISION) whose pixels differ from float32's by about 0.0003 rms", True),
 )
 @dataclass(frozen=True)
 class PrivateBlock:
@@ -152,6 +153,7 @@ class PrivateBlock:
     JPEGOnlyDisplayPSNRB: tuple[float, ...] | None = None
     JPEGEncoder: str | None = None
     EdgeFilter: str | None = None
+    ModelPrecision: str | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):  # lists given for per-frame values are kept as tuples
@@ -164,7 +166,7 @@ class PrivateBlock:
                   windows: list[Window], reference: np.ndarray, stored: np.ndarray, streams: tuple[bytes, ...],
                   coding_size: int, is_ct: bool, target_psnr: float | None = None, target_ssim: float | None = None,
                   target_ratio: float | None = None, warnings: tuple[str, ...] = (),
-                  edge_filter: str | None = None) -> PrivateBlock:
+                  edge_filter: str | None = None, precision: str | None = None) -> PrivateBlock:
         """The block of a derived instance: its frames' metrics (guard.FrameMetrics, stored
         and plain JPEG), the model's weight in each, how values were mapped, and the error
         statistics of ``stored`` against ``reference`` (both modality units, all frames)."""
@@ -216,7 +218,7 @@ class PrivateBlock:
             JPEGOnlyDisplayBlockiness=shown("display_jpeg", "blockiness"),
             OriginalDisplayBlockiness=[b for f in frames for b in f.original_blockiness],
             DisplayPSNRB=shown("display_model", "psnr_b"), JPEGOnlyDisplayPSNRB=shown("display_jpeg", "psnr_b"),
-            JPEGEncoder=encoder, EdgeFilter=edge_filter,
+            JPEGEncoder=encoder, EdgeFilter=edge_filter, ModelPrecision=precision,
         )
 
     @classmethod

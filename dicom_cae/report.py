@@ -128,6 +128,7 @@ def image_rows(study_dir: str | os.PathLike[str], files: list[Path] | None = Non
                     "value_mapping": tags.ValueMapping or "minmax",
                     "model_weight": tags.ModelWeight[i] if tags.ModelWeight else None,
                     "edge_filter": tags.EdgeFilter,
+                    "precision": tags.ModelPrecision,
                     "coding_size": tags.CodingSize or 256,
                     "display": display_model,
                     **_worst_window(display_model),
@@ -210,6 +211,7 @@ def build(study_dir: str | os.PathLike[str], files: list[Path] | None = None) ->
         "series": sorted({r["series_instance_uid"] for r in rows}),
         "modalities": modalities,
         "models": sorted({f"{r['model']} ({r['weights_sha256'][:12]})"
+                          + (f", convolutions in {r['precision']}" if r.get("precision") else "")
                           + (f", block edges smoothed ({r['edge_filter']})" if r.get("edge_filter") else "") for r in rows}),
         "jpeg_qualities": sorted({r["jpeg_quality"] for r in rows}),
         "warnings": sorted({w for r in rows for w in r["warnings"]}),

@@ -57,6 +57,20 @@ def png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def agreement_lines(diff: np.ndarray) -> list[tuple[float, bool, str]]:
+    """The Bland-Altman chart's lines (value, dashed, label) for the differences ``diff``: the
+    bias, and where there are two images or more (a standard deviation) its limits of agreement."""
+    if not len(diff):
+        return []
+    bias = float(np.mean(diff))
+    lines = [(bias, False, f"bias {bias:+.5f}")]
+    if len(diff) > 1:
+        sd = float(np.std(diff, ddof=1))
+        lines += [(bias + 1.96 * sd, True, f"+1.96 SD {bias + 1.96 * sd:+.5f}"),
+                  (bias - 1.96 * sd, True, f"-1.96 SD {bias - 1.96 * sd:+.5f}")]
+    return lines
+
+
 def _fmt(v: Any, digits: int = 4) -> str:
     if v is None:
         return "-"
@@ -141,11 +155,8 @@ def figures(report: dict[str, Any], panels: list[Panel]) -> dict[str, np.ndarray
                               [S(x, y, label="image"), *fit, S(lim, lim, "line", charts.BLACK, "identity", dashed=True)])
     mean, diff = (x + y) / 2, y - x
     agreement = [S(mean, diff), S(mean, np.zeros(1), "hline", charts.BLACK, dashed=True)]
-    if len(diff):
-        bias, sd = diff.mean(), diff.std(ddof=1) if len(diff) > 1 else 0.0
-        for v, dashed, text in ((bias, False, f"bias {bias:+.5f}"), (bias + 1.96 * sd, True, f"+1.96 SD {bias + 1.96 * sd:+.5f}"),
-                                (bias - 1.96 * sd, True, f"-1.96 SD {bias - 1.96 * sd:+.5f}")):
-            agreement.append(S(mean, np.array([v, v]), "hline", charts.RED, dashed=dashed, note=text))
+    for v, dashed, text in agreement_lines(diff):
+        agreement.append(S(mean, np.array([v, v]), "hline", charts.RED, dashed=dashed, note=text))
     bland = charts.Chart("Bland-Altman of mean intensity", "mean of original and reconstructed",
                          "reconstructed - original", agreement)
     figs["regression"] = charts.side_by_side([charts.draw(regression, (550, 420)), charts.draw(bland, (550, 420))])
@@ -235,6 +246,11 @@ def render_html(report: dict[str, Any], figs: dict[str, np.ndarray], header: dic
     summary = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in _summary_rows(report))
     reg = report["regression"]
     ba = report["bland_altman"]
+    fit = (f"Least squares: slope <b>{_fmt(reg['slope'])}</b>, intercept <b>{_fmt(reg['intercept'])}</b>, "
+           f"R<sup>2</sup> <b>{_fmt(reg['r2'])}</b> over {reg['n']} image(s)." if reg["slope"] is not None
+           else f"No least-squares line over {reg['n']} image(s) (it needs two images or more).")
+    limits = (f"limits of agreement {_fmt(ba['lower'], 5)} to {_fmt(ba['upper'], 5)}" if ba["sd"] is not None
+              else "no limits of agreement (they need two images or more)")
     err = report["error"]
     unit = err["unit"]
     pct = "".join(
@@ -271,9 +287,8 @@ range), the worst window counted.{hu_note} Then the seed's figures, on each imag
 0..1. Worst = lowest, for errors the largest. Pixel accuracy: share of pixels within {report['pixel_accuracy_tolerance']} of the range.</p>
 <table><tr><th>metric</th><th>mean</th><th>median</th><th>worst</th></tr>{summary}</table>
 <h2>Mean intensity: original against reconstructed</h2>
-<p>Least squares: slope <b>{_fmt(reg['slope'])}</b>, intercept <b>{_fmt(reg['intercept'])}</b>, R<sup>2</sup> <b>{_fmt(reg['r2'])}</b>
-over {reg['n']} image(s). A slope of 1 and an intercept of 0 mean the reconstruction keeps each image's mean intensity.
-Bland-Altman: bias {_fmt(ba['bias'], 5)}, limits of agreement {_fmt(ba['lower'], 5)} to {_fmt(ba['upper'], 5)} (normalized units).</p>
+<p>{fit} A slope of 1 and an intercept of 0 mean the reconstruction keeps each image's mean intensity.
+Bland-Altman: bias {_fmt(ba['bias'], 5)}, {limits} (normalized units).</p>
 {imgs['regression']}
 <h2>Per-pixel error</h2>
 <p class="note">What a mean cannot show. Percentiles of the absolute error per image ({html.escape(unit)}), averaged over the images; maximum over all.</p>

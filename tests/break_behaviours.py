@@ -120,6 +120,9 @@ M = [
  ("86 workers choose their own precision", "dicom_cae/runner.py", "pipeline_for", "load(settings.model, weights=settings.weights, precision=settings.precision)", "load(settings.model, weights=settings.weights)", "tests/dicom_cae/test_scale_out.py::test_workers_compute_in_the_precision_this_process_chose"),
  ("87 a worker computing in another precision not refused", "dicom_cae/runner.py", "run_batch", "if wanted and pipe.reconstructor.precision != wanted:", "if False:", "tests/dicom_cae/test_scale_out.py::test_workers_compute_in_the_precision_this_process_chose"),
  ("88 the settings' precision chosen through the model (TensorFlow in a process that loads none)", "dicom_cae/runner.py", "Settings.build", "target, batch_size, identity, site.resolve(precision))", "target, batch_size, identity, __import__('dicom_cae.model.reconstructor', fromlist=['x']).choose_precision(name, setting=precision))", "tests/dicom_cae/test_scale_out.py::test_settings_are_decided_without_tensorflow"),
+ ("89 the precision not recorded in the derived instance", "dicom_cae/pipeline.py", "finish", "edge_filter=filtered, precision=precision if coding_served else None)", "edge_filter=filtered)", "tests/dicom_cae/test_report.py::test_the_model_row_names_the_precision_the_model_computed_in"),
+ ("90 the report's Model row without the precision", "dicom_cae/report.py", "build", '+ (f", convolutions in {r[\'precision\']}" if r.get("precision") else "")', '+ ""', "tests/dicom_cae/test_report.py::test_the_model_row_names_the_precision_the_model_computed_in"),
+ ("91 one image's limits of agreement drawn at the bias", "dicom_cae/report_html.py", "agreement_lines", "if len(diff) > 1:", "if len(diff) > 0:", "tests/dicom_cae/test_report.py::test_one_image_has_a_bias_but_no_limits_of_agreement"),
 ]
 
 

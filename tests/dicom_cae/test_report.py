@@ -187,3 +187,47 @@ def test_the_pdf_shows_the_htmls_png_pixels_without_compressing_them_again(tmp_p
     assert pdf.png_data(b"not a png", pixels.shape) is None
     assert pdf.png_data(report_html.png(pixels[:, :, 0]), pixels.shape) is None  # grey: not what the PDF declares
     assert pdf.png_data(report_html.png(pixels), (41, 60, 3)) is None
+
+
+def test_one_image_has_a_bias_but_no_limits_of_agreement(converted_samples):
+    """A study of one image has no standard deviation: its Bland-Altman chart draws the bias
+    alone (three labels on one line overlapped before) and its text says why there are no
+    limits, nor a regression line; a study of several draws and states them."""
+    import numpy as np
+
+    from dicom_cae.report_html import agreement_lines
+
+    assert [dashed for _, dashed, _ in agreement_lines(np.array([0.01]))] == [False]
+    lines = agreement_lines(np.array([0.01, 0.03, 0.02]))
+    assert [dashed for _, dashed, _ in lines] == [False, True, True]
+    assert lines[1][0] == pytest.approx(0.02 + 1.96 * 0.01) and lines[2][0] == pytest.approx(0.02 - 1.96 * 0.01)
+    out, _ = converted_samples
+    seen = set()
+    for report in out.glob("*/report.json"):
+        rep = json.loads(report.read_text())
+        page = (report.parent / "report.html").read_text()
+        one = rep["images"] == 1
+        assert ("no limits of agreement (they need two images or more)" in page) == one
+        assert ("No least-squares line over 1 image(s)" in page) == one
+        if not one:
+            assert f"limits of agreement {rep['bland_altman']['lower']:.5f} to" in page
+        seen.add(one)
+    assert seen == {True, False}
+
+
+def test_the_model_row_names_the_precision_the_model_computed_in(converted_samples, model):
+    """Issue 15 (say truthfully what the model did): each derived instance records the
+    arithmetic its model ran in (ModelPrecision), as its Derivation Description does, and the
+    report's Model row names it."""
+    out, _ = converted_samples
+    precision = model.precision
+    for report in out.glob("*/report.json"):
+        rep = json.loads(report.read_text())
+        for f in report.parent.rglob("*.dcm"):
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+            if ds.Modality == "DOC":
+                continue
+            assert private_tags.read(ds)["ModelPrecision"] == precision
+            assert ("computed in bfloat16" in ds.DerivationDescription) == (precision == "bfloat16")
+        assert rep["models"] and all(f"convolutions in {precision}" in m for m in rep["models"])
+        assert f"convolutions in {precision}" in (report.parent / "report.html").read_text()
