@@ -57,17 +57,15 @@ def png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def agreement_lines(diff: np.ndarray) -> list[tuple[float, bool, str]]:
-    """The Bland-Altman chart's lines (value, dashed, label) for the differences ``diff``: the
-    bias, and where there are two images or more (a standard deviation) its limits of agreement."""
-    if not len(diff):
+def agreement_lines(ba: dict[str, Any]) -> list[tuple[float, bool, str]]:
+    """The Bland-Altman chart's lines (value, dashed, label) from the report's ``bland_altman``:
+    the bias, and its limits of agreement where the report has them (a standard deviation: two
+    images or more)."""
+    if ba["bias"] is None:
         return []
-    bias = float(np.mean(diff))
-    lines = [(bias, False, f"bias {bias:+.5f}")]
-    if len(diff) > 1:
-        sd = float(np.std(diff, ddof=1))
-        lines += [(bias + 1.96 * sd, True, f"+1.96 SD {bias + 1.96 * sd:+.5f}"),
-                  (bias - 1.96 * sd, True, f"-1.96 SD {bias - 1.96 * sd:+.5f}")]
+    lines = [(ba["bias"], False, f"bias {ba['bias']:+.5f}")]
+    if ba["sd"] is not None:
+        lines += [(ba["upper"], True, f"+1.96 SD {ba['upper']:+.5f}"), (ba["lower"], True, f"-1.96 SD {ba['lower']:+.5f}")]
     return lines
 
 
@@ -155,7 +153,7 @@ def figures(report: dict[str, Any], panels: list[Panel]) -> dict[str, np.ndarray
                               [S(x, y, label="image"), *fit, S(lim, lim, "line", charts.BLACK, "identity", dashed=True)])
     mean, diff = (x + y) / 2, y - x
     agreement = [S(mean, diff), S(mean, np.zeros(1), "hline", charts.BLACK, dashed=True)]
-    for v, dashed, text in agreement_lines(diff):
+    for v, dashed, text in agreement_lines(report["bland_altman"]):
         agreement.append(S(mean, np.array([v, v]), "hline", charts.RED, dashed=dashed, note=text))
     bland = charts.Chart("Bland-Altman of mean intensity", "mean of original and reconstructed",
                          "reconstructed - original", agreement)

@@ -122,7 +122,7 @@ M = [
  ("88 the settings' precision chosen through the model (TensorFlow in a process that loads none)", "dicom_cae/runner.py", "Settings.build", "target, batch_size, identity, site.resolve(precision))", "target, batch_size, identity, __import__('dicom_cae.model.reconstructor', fromlist=['x']).choose_precision(name, setting=precision))", "tests/dicom_cae/test_scale_out.py::test_settings_are_decided_without_tensorflow"),
  ("89 the precision not recorded in the derived instance", "dicom_cae/pipeline.py", "finish", "edge_filter=filtered, precision=precision if coding_served else None)", "edge_filter=filtered)", "tests/dicom_cae/test_report.py::test_the_model_row_names_the_precision_the_model_computed_in"),
  ("90 the report's Model row without the precision", "dicom_cae/report.py", "build", '+ (f", convolutions in {r[\'precision\']}" if r.get("precision") else "")', '+ ""', "tests/dicom_cae/test_report.py::test_the_model_row_names_the_precision_the_model_computed_in"),
- ("91 one image's limits of agreement drawn at the bias", "dicom_cae/report_html.py", "agreement_lines", "if len(diff) > 1:", "if len(diff) > 0:", "tests/dicom_cae/test_report.py::test_one_image_has_a_bias_but_no_limits_of_agreement"),
+ ("91 one image's limits of agreement drawn at the bias", "dicom_cae/report.py", "build", "sd = float(diffs.std(ddof=1)) if len(diffs) > 1 else math.nan", "sd = float(diffs.std(ddof=1)) if len(diffs) > 1 else 0.0", "tests/dicom_cae/test_report.py::test_one_image_has_a_bias_but_no_limits_of_agreement"),
 ]
 
 

@@ -197,14 +197,19 @@ def test_one_image_has_a_bias_but_no_limits_of_agreement(converted_samples):
 
     from dicom_cae.report_html import agreement_lines
 
-    assert [dashed for _, dashed, _ in agreement_lines(np.array([0.01]))] == [False]
-    lines = agreement_lines(np.array([0.01, 0.03, 0.02]))
-    assert [dashed for _, dashed, _ in lines] == [False, True, True]
-    assert lines[1][0] == pytest.approx(0.02 + 1.96 * 0.01) and lines[2][0] == pytest.approx(0.02 - 1.96 * 0.01)
     out, _ = converted_samples
     seen = set()
     for report in out.glob("*/report.json"):
         rep = json.loads(report.read_text())
+        lines = agreement_lines(rep["bland_altman"])
+        diff = np.array([r["mean_reconstructed"] - r["mean_original"] for r in rep["per_image"]])
+        if len(diff) == 1:
+            assert [dashed for _, dashed, _ in lines] == [False]
+        else:
+            sd = float(np.std(diff, ddof=1))
+            assert [dashed for _, dashed, _ in lines] == [False, True, True]
+            assert lines[1][0] == pytest.approx(diff.mean() + 1.96 * sd, abs=2e-6)
+            assert lines[2][0] == pytest.approx(diff.mean() - 1.96 * sd, abs=2e-6)
         page = (report.parent / "report.html").read_text()
         one = rep["images"] == 1
         assert ("no limits of agreement (they need two images or more)" in page) == one

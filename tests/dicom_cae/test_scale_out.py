@@ -142,7 +142,7 @@ def test_workers_load_the_weights_this_process_loaded():
     assert runner.pipeline_for(same).reconstructor.identity == shipped.identity
 
 
-def test_workers_compute_in_the_precision_this_process_chose(monkeypatch):
+def test_workers_compute_in_the_precision_this_process_chose(monkeypatch, tmp_path):
     """Review: each worker chose the model's precision from its own CPU and environment, so a
     cluster of mixed CPUs could split one source series into two derived series (the precision
     is in the UIDs' key). The settings carry the precision; a worker loads the model in it,
@@ -162,7 +162,7 @@ def test_workers_compute_in_the_precision_this_process_chose(monkeypatch):
     runner._PIPELINES[here.model_key] = pipeline.Pipeline(load(precision="bfloat16"), batch_size=3)
     try:
         with pytest.raises(ModelError, match="computes in bfloat16, float32 was asked for"):
-            runner.run_batch(here, [str(SAMPLES / "ct_phantom_1.dcm")], "unused")
+            runner.run_batch(here, [str(SAMPLES / "ct_phantom_1.dcm")], str(tmp_path))
     finally:
         runner._PIPELINES.pop(here.model_key)
 
