@@ -276,6 +276,8 @@ def test_orthanc_killed_while_a_study_is_processed_completes_it_after_a_restart(
                    what="the study completed after the restart")
         counts = sorted((v["modality"], v["instances"]) for v in o.series(study).values())
         assert counts == [("CT", len(files)), ("CT", len(files)), ("DOC", 1)], counts
+        # The plugin marks the study done after its last upload (the report): wait for that mark.
+        wait_until(lambda: o.get("/dicom-cae/health")["queue"]["pending"] == 0, timeout=60, what="the study marked done")
         assert o.get("/dicom-cae/health")["queue"] == {"pending": 0, "problem": 0, "done": 1}
 
 
