@@ -152,6 +152,12 @@ class Shown:
         shown = w.apply(values)
         return (1.0 - shown if self.invert else shown).astype(np.float32)
 
+    def worst_psnr(self, test: np.ndarray) -> float:
+        """The PSNR of ``test`` (modality units) in its worst window, as measure scores it (PSNR
+        alone: a quick look at a candidate before it is measured in full). inf with no window."""
+        return min((metrics.psnr(r.image, self._show(w, test)) for w, r in zip(self.wins, self.references)),
+                   default=float("inf"))
+
     def measure(self, test: np.ndarray) -> list[WindowQuality]:
         out = []
         for w, r in zip(self.wins, self.references):

@@ -96,13 +96,16 @@ def guarded(reference: np.ndarray, jpeg_unit: np.ndarray, reconstruction: np.nda
     """What the pipeline stores (pipeline.finish, guard.choose_stored), measured as measure_view
     does: of guard.stored_candidates (JPEG decode + w x (model - JPEG decode), its block edges
     smoothed again where ``edge_quality`` says the model's were), the first not below the JPEG
-    decode's scores ``jpeg`` at the first of metrics.MODEL_WEIGHTS that has one. The result's
-    ``model_weight`` says which weight."""
+    decode's scores ``jpeg`` at the first of metrics.MODEL_WEIGHTS that has one, in the order a
+    viewer sees them best (guard.ranked_weights). The result's ``model_weight`` says which weight."""
     def score(w: float):
         return (measure_view(reference, u, view, modality, coding_size=coding_size) for u in guard.stored_candidates(
             jpeg_unit, reconstruction, w, edge_quality=edge_quality, coding_size=coding_size))
 
-    w, scores = metrics.first_not_below(score, lambda s: s, jpeg)
+    shown = display.Shown(reference, list(view.windows), invert=view.norm.invert, coding_size=coding_size)
+    order = guard.ranked_weights(jpeg_unit, reconstruction, shown, view.norm, edge_quality=edge_quality,
+                                 coding_size=coding_size)
+    w, scores = metrics.first_not_below(score, lambda s: s, jpeg, order=order)
     return {**(scores if scores is not None else jpeg), "model_weight": w}
 
 

@@ -17,6 +17,12 @@ import numpy as np
 
 from dicom_cae import codec, display, image, metrics
 
+#: How the guard chooses what is stored: part of the derived UIDs' key (pipeline.key), as
+#: another choice stores other pixels. "view-ranked": the weights of metrics.MODEL_WEIGHTS in
+#: the order a viewer sees their images best (ranked_weights), a partial correction's block
+#: edges smoothed at JPEG's share of the filter's strength.
+GUARD_ID = "guard:view-ranked(" + ",".join(f"{w:g}" for w in metrics.MODEL_WEIGHTS[:-1]) + ")"
+
 #: PSNR of identical images is infinite; averages over images cap it here.
 PSNR_CAP = 100.0
 
@@ -93,15 +99,36 @@ def stored_candidates(jpeg: np.ndarray, reconstruction: np.ndarray, weight: floa
     """The images the guard may store of one frame ([0, 1]) at the model's ``weight``, in the
     order they are preferred: at 1 the reconstruction; below, JPEG decode + weight x
     (reconstruction - JPEG decode), first with its block edges smoothed again when
-    ``edge_quality`` (the JPEG quality) says the reconstruction's were (the JPEG decode's share
-    brings its block steps back: codec.smooth_block_edges), then as it is. Lazy."""
+    ``edge_quality`` (the JPEG quality) says the reconstruction's were, then as it is. Lazy.
+
+    The JPEG decode's share, 1 - weight, brings back that share of its block steps, and the
+    filter smooths them at that share of its strength (codec.smooth_block_edges, whose limit
+    scales with the strength). At full strength it took for block steps what the image's own
+    steps across the block edges are (noise, fine structure): on the validation CT at quality 22
+    the worst window lost 0.2-0.3 dB against the same blend as it is (docs/evaluation.md)."""
     if weight == 1:
         yield reconstruction
         return
     blend = jpeg + weight * (reconstruction - jpeg)
     if edge_quality is not None:
-        yield codec.smooth_block_edges(blend[None], edge_quality, coding_size)[0]
+        yield codec.smooth_block_edges(blend[None], edge_quality, coding_size,
+                                       strength=(1.0 - weight) * codec.edge_strength(coding_size))[0]
     yield blend
+
+
+def ranked_weights(jpeg: np.ndarray, reconstruction: np.ndarray, shown: display.Shown, norm: image.Normalization, *,
+                   edge_quality: int | None = None, coding_size: int = codec.SIZE) -> tuple[float, ...]:
+    """metrics.MODEL_WEIGHTS but 0, the weight whose image a viewer sees best first: by the PSNR
+    of its preferred image (stored_candidates' first) in the worst display window of ``shown``
+    (one frame; ``norm`` that frame's normalization), before the stored values are rounded.
+    Ties, and a frame shown in no window, keep MODEL_WEIGHTS' order (more of the model first).
+    The guard then stores the first of them not below plain JPEG (metrics.first_not_below)."""
+    weights = metrics.MODEL_WEIGHTS[:-1]
+    if not shown.wins:
+        return weights
+    seen = [shown.worst_psnr(image.unit_to_modality(next(iter(stored_candidates(
+        jpeg, reconstruction, w, edge_quality=edge_quality, coding_size=coding_size)))[None], norm)[0]) for w in weights]
+    return tuple(w for _, w in sorted(zip(seen, weights), key=lambda sw: -sw[0]))
 
 
 def choose_stored(reference: np.ndarray, jpeg: np.ndarray, reconstruction: np.ndarray, norm: image.Normalization,
@@ -112,9 +139,10 @@ def choose_stored(reference: np.ndarray, jpeg: np.ndarray, reconstruction: np.nd
 
     Per frame: the first image of stored_candidates (JPEG decode + w x (reconstruction - JPEG
     decode), its block edges smoothed again where ``edge_quality`` is given: the reconstruction's
-    were, at that JPEG quality) with the first weight w of metrics.MODEL_WEIGHTS (1 first) that
-    is not below the plain JPEG decode in the seed's PSNR and SSIM, the worst display window's,
-    and the most blocking window's blockiness (metrics.not_below); w = 0 stores the JPEG decode
+    were, at that JPEG quality) with the first weight w of metrics.MODEL_WEIGHTS, in the order a
+    viewer sees them best (ranked_weights), that is not below the plain JPEG decode in the seed's
+    PSNR and SSIM, the worst display window's, and the most blocking window's blockiness
+    (metrics.not_below); w = 0 stores the JPEG decode
     (as does a reconstruction equal to it, whose plain-JPEG metrics are then those of the stored
     image: measured once). ``reference``: the original in modality units; ``jpeg``,
     ``reconstruction``: [0, 1].
@@ -152,7 +180,10 @@ def choose_stored(reference: np.ndarray, jpeg: np.ndarray, reconstruction: np.nd
                 return (measured(u, plain) for u in stored_candidates(jpeg[i], reconstruction[i], w,
                                                                       edge_quality=edge_quality, coding_size=coding_size))
 
-            weight, found = metrics.first_not_below(at, lambda m: m[1].scores("model"), full[1].scores("jpeg"))
+            order = ranked_weights(jpeg[i], reconstruction[i], shown, one, edge_quality=edge_quality,
+                                   coding_size=coding_size)
+            weight, found = metrics.first_not_below(at, lambda m: m[1].scores("model"), full[1].scores("jpeg"),
+                                                    order=order)
             stored_i, fm = found if found is not None else measured(jpeg[i], None)
         stored_frames.append(stored_i)
         frame_list.append(fm)

@@ -154,12 +154,13 @@ def key(model_name: str, weights_sha256: str, setting: Setting, mapping: str = v
         decoder: str | None = None) -> str:
     """What, besides the source, decides the output (and so its deterministic UIDs): the model,
     the JPEG quality or the fidelity target that chose it, the value mapping (the seed's
-    minmax adds nothing, so that its outputs keep the UIDs they always had) and what is done
-    around the model (Reconstructor.decoder: its precision, its flips and the filter after it;
-    none adds nothing)."""
+    minmax adds nothing), what is done around the model (Reconstructor.decoder: its precision,
+    its flips and the filter after it; none adds nothing) and how the guard chooses what of
+    the model's correction is stored (guard.GUARD_ID; since it ranks the weights by what a
+    viewer sees, the seed's outputs too have other UIDs than before)."""
     text = f"{model_name}:{weights_sha256}:" + (f"q{setting}" if isinstance(setting, int) else setting.key)
     text = text if mapping == value_mapping.MINMAX else f"{text}:{mapping}"
-    return f"{text}:{decoder}" if decoder else text
+    return f"{text}:{decoder}:{guard.GUARD_ID}" if decoder else f"{text}:{guard.GUARD_ID}"
 
 
 class Pipeline:

@@ -41,7 +41,7 @@ M = [
  ("19 outputs written without durable", "dicom_cae/runner.py", "<module>", "skip_done=False, durable=True, by_sop=True)", "skip_done=False, durable=False, by_sop=True)", "tests/scp_node/test_durability.py::test_the_order_of_durable_steps_seen_by_strace"),
  ("20 reported although an instance arrived", "scp_node/state.py", "State.study_reported", "WHERE study_uid = ? AND last_received <= ?\",", "WHERE study_uid = ? AND ? IS NOT NULL\",", "tests/scp_node/test_operations.py::test_a_study_is_not_marked_reported_when_an_instance_arrived_during_its_report"),
  ("21 a reconstruction below JPEG is stored", "dicom_cae/metrics.py", "not_below", "return all(test[k] <= jpeg[k] if k in LOWER_IS_BETTER else test[k] >= jpeg[k]", "return True or all(test[k] <= jpeg[k] if k in LOWER_IS_BETTER else test[k] >= jpeg[k]", f"{F}::test_a_reconstruction_below_plain_jpeg_is_not_stored"),
- ("22 only all or nothing of the correction", "dicom_cae/metrics.py", "<module>", "MODEL_WEIGHTS = (1.0, 0.75, 0.5, 0.25, 0.0)", "MODEL_WEIGHTS = (1.0, 0.0)", f"{F}::test_part_of_a_correction_is_stored_where_all_of_it_would_be_below_jpeg"),
+ ("22 only all or nothing of the correction", "dicom_cae/metrics.py", "<module>", "MODEL_WEIGHTS = (1.0, 0.9, 0.75, 0.5, 0.25, 0.0)", "MODEL_WEIGHTS = (1.0, 0.0)", f"{F}::test_part_of_a_correction_is_stored_where_all_of_it_would_be_below_jpeg"),
  # Issue 19's nine behaviours.
  ("23 report's worst window is the best", "dicom_cae/report.py", "_worst_window", 'worst = min(per_window, key=lambda w: w["psnr"])', 'worst = max(per_window, key=lambda w: w["psnr"])', f"{F}::test_the_reports_worst_window_column_is_the_worst_window_recomputed_from_the_pixels"),
  ("24 guard in the best window", "dicom_cae/guard.py", "FrameQuality.scores", '"display_psnr": min((q.quality.psnr for q in self.shown), default=self.seed.psnr),', '"display_psnr": max((q.quality.psnr for q in self.shown), default=self.seed.psnr),', f"{F}::test_the_guard_compares_in_the_worst_window_not_the_best"),
@@ -123,6 +123,8 @@ M = [
  ("89 the precision not recorded in the derived instance", "dicom_cae/pipeline.py", "finish", "edge_filter=filtered, precision=precision if coding_served else None)", "edge_filter=filtered)", "tests/dicom_cae/test_report.py::test_the_model_row_names_the_precision_the_model_computed_in"),
  ("90 the report's Model row without the precision", "dicom_cae/report.py", "build", '+ (f", convolutions in {r[\'precision\']}" if r.get("precision") else "")', '+ ""', "tests/dicom_cae/test_report.py::test_the_model_row_names_the_precision_the_model_computed_in"),
  ("91 one image's limits of agreement drawn at the bias", "dicom_cae/report.py", "build", "sd = float(diffs.std(ddof=1)) if len(diffs) > 1 else math.nan", "sd = float(diffs.std(ddof=1)) if len(diffs) > 1 else 0.0", "tests/dicom_cae/test_report.py::test_one_image_has_a_bias_but_no_limits_of_agreement"),
+ ("92 a partial correction smoothed at the filter's full strength", "dicom_cae/guard.py", "stored_candidates", "strength=(1.0 - weight) * codec.edge_strength(coding_size))[0]", "strength=codec.edge_strength(coding_size))[0]", f"{F}::test_a_partial_correction_is_smoothed_only_as_much_as_jpegs_share_brought_back"),
+ ("93 the guard tries the weights from 1 down, not as a viewer sees them", "dicom_cae/guard.py", "ranked_weights", "return tuple(w for _, w in sorted(zip(seen, weights), key=lambda sw: -sw[0]))", "return weights", f"{F}::test_the_guard_stores_the_weight_whose_image_a_viewer_sees_best"),
 ]
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_cae import codec, derive, image, io, pipeline, private_tags
+from dicom_cae import codec, derive, guard, image, io, pipeline, private_tags
 from dicom_cae.convert import output_path
 from tests.conftest import SAMPLES
 from dicom_cae.weights import DEFAULT_MODEL
@@ -200,17 +200,20 @@ def test_the_filter_after_the_model_gives_other_uids(pipe):
     r = pipe.reconstructor
     assert r.edge_filter == codec.EDGE_FILTER_ID
     unfiltered = pipeline.key(r.name, r.sha256, 30, pipe.mapping)
-    assert pipe.key(30) != unfiltered and pipe.key(30).startswith(unfiltered)
+    unguarded = unfiltered.removesuffix(f":{guard.GUARD_ID}")
+    assert pipe.key(30) != unfiltered and pipe.key(30).startswith(unguarded)
     # the mean over the input's flips is part of the decoding too (the model alone gives other
     # pixels), and so is bfloat16 where the model runs in it (see the next test)
     precision = [] if r.precision == "float32" else [r.precision]
-    assert pipe.key(30) == ":".join([unfiltered, *precision, "flips4", codec.EDGE_FILTER_ID])
+    assert pipe.key(30) == ":".join([unguarded, *precision, "flips4", codec.EDGE_FILTER_ID, guard.GUARD_ID])
     assert pipe.key(30) != pipeline.key(r.name, r.sha256, 30, pipe.mapping, codec.EDGE_FILTER_ID)
     src = pydicom.dcmread(SAMPLES / "ct_phantom_1.dcm")
     assert derive.derived_uids(src, key=pipe.key(30)).instance != derive.derived_uids(src, key=unfiltered).instance
     seed = pipeline.Pipeline(load("seed"), mapping="minmax")
     assert seed.reconstructor.edge_filter is None
-    assert seed.key(10) == f"seed:{seed.reconstructor.sha256}:q10"
+    # how the guard chooses what is stored decides the pixels too: the seed's outputs changed
+    # with the view-ranked guard, and so did their UIDs
+    assert seed.key(10) == f"seed:{seed.reconstructor.sha256}:q10:{guard.GUARD_ID}"
 
 
 def test_bfloat16_gives_other_uids_and_says_so():

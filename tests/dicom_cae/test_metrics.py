@@ -202,7 +202,7 @@ def test_the_guard_holds_every_guarded_figure_and_tries_the_weights_in_order():
         worse = {**jpeg, k: jpeg[k] + (0.1 if k in metrics.LOWER_IS_BETTER else -0.1)}
         assert not metrics.not_below(worse, jpeg), k
     assert metrics.not_below({k: v for k, v in jpeg.items() if k != "display_blockiness"}, jpeg)
-    assert metrics.MODEL_WEIGHTS == (1.0, 0.75, 0.5, 0.25, 0.0)
+    assert metrics.MODEL_WEIGHTS == (1.0, 0.9, 0.75, 0.5, 0.25, 0.0)
     tried = []
 
     def measure(w):
@@ -210,7 +210,11 @@ def test_the_guard_holds_every_guarded_figure_and_tries_the_weights_in_order():
         return [{**jpeg, "psnr": 30.0 + (0.5 - w)}]  # better than JPEG from w = 0.5 down
 
     assert metrics.first_not_below(measure, lambda s: s, jpeg) == (0.5, {**jpeg, "psnr": 30.0})
-    assert tried == [1.0, 0.75, 0.5]
+    assert tried == [1.0, 0.9, 0.75, 0.5]
+    tried.clear()
+    # in the order given (the guard's: what a viewer sees best first), 0 never among them
+    assert metrics.first_not_below(measure, lambda s: s, jpeg, order=(0.9, 0.25, 1.0)) == (0.25, {**jpeg, "psnr": 30.25})
+    assert tried == [0.9, 0.25]
     tried.clear()
     assert metrics.first_not_below(lambda w: [{**jpeg, "ssim": 0.0}], lambda s: s, jpeg) == (0.0, None)
 
@@ -228,7 +232,7 @@ def test_the_guard_keeps_a_weights_first_image_not_below_jpeg_and_measures_no_fu
             yield {**jpeg, "psnr": psnr, "name": name}
 
     assert metrics.first_not_below(candidates, lambda s: s, jpeg) == (0.75, {**jpeg, "psnr": 30.5, "name": "as is 0.75"})
-    assert measured == ["smoothed 1.0", "as is 1.0", "smoothed 0.75", "as is 0.75"]
+    assert measured == ["smoothed 1.0", "as is 1.0", "smoothed 0.9", "as is 0.9", "smoothed 0.75", "as is 0.75"]
     measured.clear()
     jpeg = {**jpeg, "psnr": 30.6}  # now only the smoothed blend at 0.5 is above
     assert metrics.first_not_below(candidates, lambda s: s, jpeg)[0] == 0.5 and measured[-1] == "smoothed 0.5"
