@@ -105,7 +105,7 @@ def stored_candidates(jpeg: np.ndarray, reconstruction: np.ndarray, weight: floa
     filter smooths them at that share of its strength (codec.smooth_block_edges, whose limit
     scales with the strength). At full strength it took for block steps what the image's own
     steps across the block edges are (noise, fine structure): on the validation CT at quality 22
-    the worst window lost 0.2-0.3 dB against the same blend as it is (docs/evaluation.md)."""
+    the worst window lost 0.2-0.3 dB against the same blend as it is (docs/metrics.md)."""
     if weight == 1:
         yield reconstruction
         return
@@ -171,19 +171,15 @@ def choose_stored(reference: np.ndarray, jpeg: np.ndarray, reconstruction: np.nd
             weight, (stored_i, fm) = 0.0, measured(jpeg[i], None)
         else:
             plain = measure_frame(reference[i], jpeg_modality[i], one, shown, is_ct=is_ct, seed_reference=seed_ref)
-            full = measured(reconstruction[i], plain)
 
-            def at(w: float, i: int = i, full: tuple[np.ndarray, FrameMetrics] = full,
-                   plain: FrameQuality = plain) -> Iterator[tuple[np.ndarray, FrameMetrics]]:
-                if w == 1:
-                    return iter((full,))
+            def at(w: float, i: int = i, plain: FrameQuality = plain) -> Iterator[tuple[np.ndarray, FrameMetrics]]:
+                # measured only when tried (stored_candidates yields the reconstruction itself at 1)
                 return (measured(u, plain) for u in stored_candidates(jpeg[i], reconstruction[i], w,
                                                                       edge_quality=edge_quality, coding_size=coding_size))
 
             order = ranked_weights(jpeg[i], reconstruction[i], shown, one, edge_quality=edge_quality,
                                    coding_size=coding_size)
-            weight, found = metrics.first_not_below(at, lambda m: m[1].scores("model"), full[1].scores("jpeg"),
-                                                    order=order)
+            weight, found = metrics.first_not_below(at, lambda m: m[1].scores("model"), plain.scores(), order=order)
             stored_i, fm = found if found is not None else measured(jpeg[i], None)
         stored_frames.append(stored_i)
         frame_list.append(fm)
