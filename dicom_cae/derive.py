@@ -453,8 +453,8 @@ def describe(*, quality: int, coding_size: int, mapping_name: str, model_name: s
             how += f", its block edges smoothed (filter {edge_filter}: the small steps the blocks leave spread over them)"
         if any(w < 1 for w in weights):
             shown = ", ".join(f"{w:g}" for w in weights) if len(weights) <= 4 else f"{min(weights):g}-{max(weights):g}"
-            how += (f", stored as JPEG decode + {shown} x its correction (of the weights not below plain JPEG, "
-                    "the one seen best in the worst display window)")
+            how += (f", stored as JPEG decode + {shown} x its correction (the weights tried in the order their "
+                    "images score in the worst display window, the first not below plain JPEG)")
     mapped = {
         mapping.MINMAX: "values mapped linearly from each frame's minimum and maximum",
         mapping.WINDOW: "values mapped window-aware (half of the 8-bit codes to the display windows)",

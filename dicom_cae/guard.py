@@ -21,7 +21,7 @@ from dicom_cae import codec, display, image, metrics
 #: another choice stores other pixels. "view-ranked": the weights of metrics.MODEL_WEIGHTS in
 #: the order a viewer sees their images best (ranked_weights), a partial correction's block
 #: edges smoothed at JPEG's share of the filter's strength.
-GUARD_ID = "guard:view-ranked(" + ",".join(f"{w:g}" for w in metrics.MODEL_WEIGHTS[:-1]) + ")"
+GUARD_ID = "guard:view-ranked(" + ",".join(f"{w:g}" for w in metrics.MODEL_WEIGHTS[:-1]) + ");blend-edges:(1-w)"
 
 #: PSNR of identical images is infinite; averages over images cap it here.
 PSNR_CAP = 100.0
@@ -128,6 +128,7 @@ def ranked_weights(jpeg: np.ndarray, reconstruction: np.ndarray, shown: display.
         return weights
     seen = [shown.worst_psnr(image.unit_to_modality(next(iter(stored_candidates(
         jpeg, reconstruction, w, edge_quality=edge_quality, coding_size=coding_size)))[None], norm)[0]) for w in weights]
+    seen = [-np.inf if np.isnan(s) else s for s in seen]  # an image no PSNR can score goes last
     return tuple(w for _, w in sorted(zip(seen, weights), key=lambda sw: -sw[0]))
 
 

@@ -202,6 +202,8 @@ def first_not_below(measure: Callable[[float], Iterable[T]], scores: Callable[[T
     the measurements of the images that weight may store, in the order they are preferred
     (guard.stored_candidates; taken lazily: the first not below is kept). One search for the
     pipeline and for ``evaluate``."""
+    if order is not None and 0 in order:
+        raise ValueError("weight 0 is the JPEG decode itself, stored when no weight passes; it is not tried")
     for w in MODEL_WEIGHTS[:-1] if order is None else order:
         for measured in measure(w):
             if not_below(scores(measured), jpeg):

@@ -483,3 +483,19 @@ def test_the_guard_stores_the_weight_whose_image_a_viewer_sees_best(pipe):
     assert weight < 1 and seen[weight] == max(seen.values())
     assert stored >= seen[1.0] + 0.05
     assert metrics.not_below(frame.stored.scores(), frame.plain.scores())
+
+
+def test_weights_that_show_alike_keep_the_order_more_of_the_model_first():
+    """Ties in the guard's ranking (here: a reconstruction equal to the JPEG decode, so every
+    weight's image is the same) keep MODEL_WEIGHTS' order, and so does a frame shown in no
+    window."""
+    from dicom_cae import guard
+
+    prep = pipeline.prepare(io.read(SAMPLES / "ct_phantom_1.dcm"), "ct", quality=26)
+    one = image.one_frame(prep.norm, 0)
+    shown = display.Shown(prep.modality[0], list(prep.windows), invert=prep.norm.invert)
+    assert guard.ranked_weights(prep.jpeg[0], prep.jpeg[0].copy(), shown, one) == metrics.MODEL_WEIGHTS[:-1]
+    better = prep.jpeg[0] + 0.5 * (prep.reference[0] - prep.jpeg[0])  # half way to the original
+    assert guard.ranked_weights(prep.jpeg[0], better, shown, one)[0] == 1.0
+    nowhere = display.Shown(prep.modality[0], [], invert=prep.norm.invert)
+    assert guard.ranked_weights(prep.jpeg[0], better, nowhere, one) == metrics.MODEL_WEIGHTS[:-1]

@@ -195,7 +195,7 @@ def test_blockiness_of_a_flat_image_and_of_steps_only_at_the_edges():
 
 def test_the_guard_holds_every_guarded_figure_and_tries_the_weights_in_order():
     """Each of the GUARDED figures alone can refuse a stored image; a figure missing from either
-    side is not compared; the weights are tried 1, 0.75, 0.5, 0.25, then the JPEG decode."""
+    side is not compared; the weights are tried 1, 0.9, 0.75, 0.5, 0.25 (or in the order given), then the JPEG decode."""
     jpeg = {"psnr": 30.0, "ssim": 0.9, "display_psnr": 28.0, "display_ssim": 0.85, "display_blockiness": 1.4}
     assert metrics.GUARDED == ("psnr", "ssim", "display_psnr", "display_ssim", "display_blockiness")
     for k in metrics.GUARDED:
@@ -216,6 +216,8 @@ def test_the_guard_holds_every_guarded_figure_and_tries_the_weights_in_order():
     assert metrics.first_not_below(measure, lambda s: s, jpeg, order=(0.9, 0.25, 1.0)) == (0.25, {**jpeg, "psnr": 30.25})
     assert tried == [0.9, 0.25]
     tried.clear()
+    with pytest.raises(ValueError, match="weight 0"):
+        metrics.first_not_below(measure, lambda s: s, jpeg, order=(1.0, 0.0))
     assert metrics.first_not_below(lambda w: [{**jpeg, "ssim": 0.0}], lambda s: s, jpeg) == (0.0, None)
 
 
