@@ -126,8 +126,8 @@ def ranked_weights(jpeg: np.ndarray, reconstruction: np.ndarray, shown: display.
     weights = metrics.MODEL_WEIGHTS[:-1]
     if not shown.wins:
         return weights
-    seen = [shown.worst_psnr(image.unit_to_modality(next(iter(stored_candidates(
-        jpeg, reconstruction, w, edge_quality=edge_quality, coding_size=coding_size)))[None], norm)[0]) for w in weights]
+    seen = [shown.worst_psnr(image.unit_to_modality(next(stored_candidates(
+        jpeg, reconstruction, w, edge_quality=edge_quality, coding_size=coding_size))[None], norm)[0]) for w in weights]
     seen = [-np.inf if np.isnan(s) else s for s in seen]  # an image no PSNR can score goes last
     return tuple(w for _, w in sorted(zip(seen, weights), key=lambda sw: -sw[0]))
 

@@ -160,7 +160,7 @@ def key(model_name: str, weights_sha256: str, setting: Setting, mapping: str = v
     viewer sees, the seed's outputs too have other UIDs than before)."""
     text = f"{model_name}:{weights_sha256}:" + (f"q{setting}" if isinstance(setting, int) else setting.key)
     text = text if mapping == value_mapping.MINMAX else f"{text}:{mapping}"
-    return f"{text}:{decoder}:{guard.GUARD_ID}" if decoder else f"{text}:{guard.GUARD_ID}"
+    return ":".join(part for part in (text, decoder, guard.GUARD_ID) if part)
 
 
 class Pipeline:
